@@ -1,0 +1,1 @@
+"""rollback-bot domain: policy, SLO evaluation, incidents, verification, freeze, store, rendering, CLI."""

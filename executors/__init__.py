@@ -1,0 +1,1 @@
+"""Rollback actions, one module each, behind the Protocol in executors.base. Never imports Slack."""

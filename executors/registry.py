@@ -1,0 +1,56 @@
+"""Executors by stable string name: the names are written in policy files and stored with every step.
+
+bot.policy validates `rollback:` steps against a registry, bot.runner builds executors from it. Tests pass
+their own Registry instead of the default one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+from executors.base import Executor
+
+
+@dataclass(frozen=True)
+class Clients:
+    """Clients handed to executors; tests swap them for ones pointed at fakes or test servers."""
+
+    mlflow: Any = None
+
+
+@dataclass(frozen=True)
+class ExecutorSpec:
+    name: str
+    config: type[BaseModel]
+    build: Callable[[Any, Clients], Executor]
+
+
+class Registry:
+    def __init__(self, specs: Iterable[ExecutorSpec] = ()) -> None:
+        self._specs: dict[str, ExecutorSpec] = {}
+        for spec in specs:
+            self.register(spec)
+
+    def register(self, spec: ExecutorSpec) -> None:
+        if spec.name in self._specs:
+            raise ValueError(f"executor {spec.name!r} is registered twice")
+        self._specs[spec.name] = spec
+
+    def get(self, name: str) -> ExecutorSpec:
+        return self._specs[name]
+
+    def names(self) -> list[str]:
+        return sorted(self._specs)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._specs
+
+
+def default_registry() -> Registry:
+    from executors import mlflow_alias
+
+    return Registry([mlflow_alias.SPEC])
