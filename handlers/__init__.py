@@ -1,0 +1,18 @@
+"""The Slack surface: slash commands, button actions and modal submissions. Each listener parses, acks,
+and delegates to bot.core.RollbackBot; none holds policy or assembles Block Kit itself.
+
+Called by bot.app: `register_handlers(app, bot)`.
+"""
+
+from __future__ import annotations
+
+from slack_bolt import App
+
+from bot.core import RollbackBot
+from handlers import actions, commands, views
+
+
+def register_handlers(app: App, bot: RollbackBot) -> None:
+    commands.register(app, bot)
+    actions.register(app, bot)
+    views.register(app, bot)

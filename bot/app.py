@@ -1,0 +1,105 @@
+"""The app factory: builds the Bolt app and the domain, wires handlers, and serves HTTP.
+
+Called by bot.cli (`serve`, `demo`) and by tests. Routes: POST /slack/events (Bolt, which verifies Slack's
+signature), GET /healthz (200 once ready), GET /metrics (Prometheus text). Served by waitress, a
+production WSGI server; Socket Mode instead of /slack/events when SLACK_APP_TOKEN is set.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from slack_bolt import App
+from slack_bolt.adapter.wsgi import SlackRequestHandler
+
+from bot import metrics
+from bot.config import Settings
+from bot.core import RollbackBot
+from bot.policy import Policy
+from bot.prom import Prometheus
+from bot.scheduler import Scheduler
+from bot.slack_out import SlackOut, make_client
+from bot.store import Store
+from handlers import register_handlers
+
+log = logging.getLogger(__name__)
+
+
+class RedactSecrets(logging.Filter):
+    """Replaces any configured token or secret in a log record with ***, whoever logged it."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        super().__init__()
+        self.secrets = [s for s in secrets if s]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if any(s in message for s in self.secrets):
+            for s in self.secrets:
+                message = message.replace(s, "***")
+            record.msg, record.args = message, None
+        return True
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    bot: RollbackBot
+    bolt: App
+    ready: threading.Event
+
+    def wsgi(self) -> Callable[..., Iterable[bytes]]:
+        slack = SlackRequestHandler(self.bolt, path="/slack/events")
+
+        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+            path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "")
+            if path == "/healthz" and method == "GET":
+                ok = self.ready.is_set()
+                start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")])
+                return [b"ok\n" if ok else b"starting\n"]
+            if path == "/metrics" and method == "GET":
+                start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
+                return [generate_latest(metrics.REGISTRY)]
+            return slack(environ, start_response)
+
+        return app
+
+
+def build(settings: Settings, policy: Policy, *, mlflow: Any = None) -> Runtime:
+    """Everything `serve` runs, not yet started. `mlflow` lets tests pass their own client."""
+    if mlflow is None:
+        from mlflow import MlflowClient
+
+        mlflow = MlflowClient(tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri)
+    client = make_client(settings.slack_bot_token, settings.slack_api_url)
+    bot = RollbackBot(policy=policy, store=Store(settings.database_url), prom=Prometheus(settings.prometheus_url),
+                      slack=SlackOut(client), mlflow=mlflow, scheduler=Scheduler())
+    bolt = App(token=settings.slack_bot_token, signing_secret=settings.slack_signing_secret, client=client,
+               process_before_response=False)
+    register_handlers(bolt, bot)
+    return Runtime(settings, bot, bolt, threading.Event())
+
+
+def serve(runtime: Runtime, host: str = "0.0.0.0", port: int = 3000) -> None:
+    """Start the loops and serve until interrupted."""
+    import waitress
+
+    runtime.bot.start()
+    if runtime.settings.slack_app_token:
+        from slack_bolt.adapter.socket_mode import SocketModeHandler
+
+        handler = SocketModeHandler(runtime.bolt, runtime.settings.slack_app_token)
+        handler.connect()
+        log.info("Socket Mode connected; HTTP serves only /healthz and /metrics")
+    runtime.ready.set()
+    log.info("rollback-bot serving on http://%s:%s", host, port)
+    try:
+        waitress.serve(runtime.wsgi(), host=host, port=port, threads=16, ident="rollback-bot",
+                       _quiet=True)
+    finally:
+        runtime.bot.scheduler.shutdown()

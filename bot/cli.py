@@ -1,0 +1,82 @@
+"""The `rollback-bot` command: serve, check-policy, demo.
+
+Entry point declared in pyproject.toml. Exit codes: 0 ok, 1 runtime failure, 2 bad input (policy or
+environment), with a message that names what is wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from bot.config import ConfigError, Settings
+from bot.policy import PolicyError, load_policy
+
+
+def _check_policy(args: argparse.Namespace) -> int:
+    try:
+        policy = load_policy(args.file)
+    except PolicyError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"{args.file}: {exc.strerror}", file=sys.stderr)
+        return 2
+    names = ", ".join(policy.services)
+    print(f"{args.file}: ok — {len(policy.services)} service(s): {names}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from bot.app import RedactSecrets, build, serve
+
+    try:
+        policy = load_policy(args.policy)
+        settings = Settings.from_env()
+    except PolicyError as exc:
+        print(f"refusing to start: invalid policy\n{exc}", file=sys.stderr)
+        return 2
+    except (ConfigError, OSError) as exc:
+        print(f"refusing to start: {exc}", file=sys.stderr)
+        return 2
+    handler = logging.StreamHandler()
+    handler.addFilter(RedactSecrets(settings.secrets()))
+    logging.basicConfig(level=logging.INFO, handlers=[handler],
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    serve(build(settings, policy), host=args.host, port=args.port)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from bot.sandbox.demo import run_demo
+
+    return run_demo(headless=args.headless, port=args.port)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rollback-bot", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="serve Slack commands and interactivity over HTTP (or Socket Mode)")
+    p.add_argument("--policy", required=True, help="policy YAML file")
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, default=3000)
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("check-policy", help="validate a policy file")
+    p.add_argument("file")
+    p.set_defaults(func=_check_policy)
+
+    p = sub.add_parser("demo", help="play the whole rollback story locally, no Slack workspace needed")
+    p.add_argument("--headless", action="store_true", help="scripted user, print the transcript")
+    p.add_argument("--port", type=int, default=8080)
+    p.set_defaults(func=_demo)
+
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

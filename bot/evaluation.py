@@ -1,0 +1,105 @@
+"""SLO evaluation: turn Prometheus readings into ok / breach / no data / error, and track how long each
+breach and each healthy streak has held.
+
+Called every `evaluate_every` by bot.core (which opens incidents for sustained breaches and runs the
+promotion gate) and every `verify.every` by bot.verify (which only needs `read`). One bad query never
+breaks a cycle: that SLO is reported as erroring and the rest go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from bot.policy import Policy, Service, Slo
+from bot.prom import Prometheus, QueryResult
+from bot.store import SloState, Store
+
+log = logging.getLogger(__name__)
+
+OK, BREACH, NODATA, ERROR = "ok", "breach", "nodata", "error"
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One SLO's state at one moment."""
+
+    service: str
+    slo: str
+    status: str
+    value: float | None
+    target: str
+    error: str | None = None
+    breach_since: float | None = None
+    sustained: bool = False
+
+    @property
+    def within_target(self) -> bool:
+        return self.status == OK
+
+
+def judge(slo: Slo, result: QueryResult) -> tuple[str, float | None]:
+    """Status and value of one SLO from its query result. Several series: the worst one counts."""
+    if result.error is not None:
+        return ERROR, None
+    if not result.values:
+        return NODATA, None
+    value = max(result.values) if slo.above is not None else min(result.values)
+    return (BREACH if slo.breached(value) else OK), value
+
+
+def read(prom: Prometheus, services: Iterable[Service]) -> dict[str, list[Reading]]:
+    """Query every SLO of these services once (identical queries are sent once) and judge them."""
+    services = list(services)
+    results = prom.query_many(slo.query for svc in services for slo in svc.slos)
+    out: dict[str, list[Reading]] = {}
+    for svc in services:
+        readings = []
+        for slo in svc.slos:
+            result = results[slo.query]
+            status, value = judge(slo, result)
+            if result.error:
+                log.warning("%s/%s: query failed: %s", svc.name, slo.name, result.error)
+            readings.append(Reading(svc.name, slo.name, status, value, slo.target_text(), result.error))
+        out[svc.name] = readings
+    return out
+
+
+class Evaluator:
+    """Keeps, in the store, since when each SLO has breached and since when each service is healthy."""
+
+    def __init__(self, store: Store, prom: Prometheus) -> None:
+        self.store = store
+        self.prom = prom
+
+    def evaluate(self, policy: Policy, now: float | None = None) -> dict[str, list[Reading]]:
+        now = now or time.time()
+        fresh = read(self.prom, policy.services.values())
+        out: dict[str, list[Reading]] = {}
+        for name, readings in fresh.items():
+            svc = policy.services[name]
+            tracked = [self._track(svc, slo, r, now) for slo, r in zip(svc.slos, readings, strict=True)]
+            out[name] = tracked
+            healthy = all(r.within_target for r in tracked)
+            since = self.store.healthy_since(name)
+            if healthy and since is None:
+                self.store.set_healthy_since(name, now)
+            elif not healthy and since is not None:
+                self.store.set_healthy_since(name, None)
+        return out
+
+    def _track(self, svc: Service, slo: Slo, reading: Reading, now: float) -> Reading:
+        previous = self.store.slo_state(svc.name, slo.name)
+        breach_since: float | None = None
+        if reading.status == BREACH:
+            breach_since = previous.breach_since if previous and previous.breach_since else now
+        elif reading.status in (NODATA, ERROR) and previous is not None:
+            # No data or a failed query neither ends a breach nor starts one: keep the clock as it was,
+            # but it cannot become "sustained" on a reading we do not have.
+            breach_since = previous.breach_since
+        self.store.put_slo_state(SloState(svc.name, slo.name, reading.status, reading.value, breach_since, now))
+        sustained = reading.status == BREACH and breach_since is not None and now - breach_since >= slo.for_
+        return Reading(reading.service, reading.slo, reading.status, reading.value, reading.target,
+                       reading.error, breach_since, sustained)

@@ -1,0 +1,83 @@
+"""Prometheus reads for SLO evaluation and verification.
+
+Called by bot.evaluation. Each distinct query string is sent once per cycle however many SLOs use it, the
+queries of one cycle run concurrently, and a failing query comes back as an error for that query only.
+An empty result or NaN is "no data", never a number.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import requests
+from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
+from urllib3.util.retry import Retry
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """Values of one instant query: empty tuple = no data; error set = the query itself failed."""
+
+    query: str
+    values: tuple[float, ...] = ()
+    error: str | None = None
+
+
+class Prometheus:
+    def __init__(self, url: str, *, timeout: float = 5.0, retries: int = 1, workers: int = 8) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.retries = retries
+        # Our own retry loop below decides what is retried; the client's built-in one would back off for
+        # seconds on a down Prometheus and stall the evaluation cycle.
+        self._conn = PrometheusConnect(url=url, disable_ssl=True, retry=Retry(total=0, raise_on_status=False))
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prom")
+        self.queries_sent = 0
+
+    def query(self, query: str) -> QueryResult:
+        last_error = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(0.2 * attempt)
+            self.queries_sent += 1
+            try:
+                data = self._conn.custom_query(query=query, timeout=self.timeout)
+            except PrometheusApiClientException as exc:
+                # Prometheus answered with an error (bad PromQL, 5xx): a read, so retrying is safe.
+                last_error = str(exc)
+                if "bad_data" in last_error:
+                    break  # a query that does not parse will not parse on the second try either
+                continue
+            except requests.RequestException as exc:
+                # Prometheus down or slow: retried, then reported as this query's error.
+                last_error = f"{type(exc).__name__}: {exc}"
+                continue
+            return QueryResult(query, _values(data))
+        return QueryResult(query, error=last_error[:500] or "query failed")
+
+    def query_many(self, queries: Iterable[str]) -> dict[str, QueryResult]:
+        unique = list(dict.fromkeys(queries))
+        return dict(zip(unique, self._pool.map(self.query, unique), strict=True))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+
+
+def _values(data: object) -> tuple[float, ...]:
+    out: list[float] = []
+    if isinstance(data, list) and len(data) == 2 and not isinstance(data[0], dict):
+        data = [{"value": data}]  # a scalar result: [timestamp, "value"]
+    if isinstance(data, list):
+        for series in data:
+            raw = series.get("value", [None, None])[1] if isinstance(series, dict) else None
+            try:
+                value = float(raw)
+            except (TypeError, ValueError):
+                continue  # not a sample we can read: counts as no data for this series
+            if not math.isnan(value):
+                out.append(value)
+    return tuple(out)

@@ -1,0 +1,109 @@
+"""Builds executors from a service's `rollback:` steps, plans them, and runs them in order.
+
+Called by bot.core: `plan_all` when an incident opens (to pin the baseline the warning shows) and for
+"Dry run"; `run` after an approval. `run` never raises: every step's start, result and duration is stored
+and put on the timeline, and a failing step stops the plan with an outcome that says what was done and
+what was not.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from bot import metrics
+from bot.durations import format_duration
+from bot.policy import RollbackStep, Service
+from bot.store import Store
+from executors.base import ExecutorError, StepContext, StepPlan
+from executors.registry import Clients, Registry
+
+Record = Callable[[str, str, dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    ok: bool
+    done: tuple[str, ...] = ()
+    not_run: tuple[str, ...] = ()
+    failed: str | None = None
+    error: str | None = None
+    results: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+
+
+def plan_dict(plan: StepPlan) -> dict[str, Any]:
+    return asdict(plan)
+
+
+def step_label(position: int, total: int, step: RollbackStep) -> str:
+    return f"step {position}/{total} `{step.executor}`"
+
+
+class Runner:
+    def __init__(self, registry: Registry, clients: Clients, store: Store) -> None:
+        self.registry = registry
+        self.clients = clients
+        self.store = store
+
+    def _executor(self, step: RollbackStep) -> Any:
+        return self.registry.get(step.executor).build(step.config, self.clients)
+
+    def plan_all(self, service: Service, incident_id: int, pins: Sequence[str | None] = ()) -> list[dict[str, Any]]:
+        """Every step's plan as stored/rendered dicts; a step that cannot be planned carries its error."""
+        out = []
+        for i, step in enumerate(service.rollback):
+            pin = pins[i] if i < len(pins) else None
+            try:
+                plan = self._executor(step).plan(context=StepContext(service.name, incident_id, pin))
+            except ExecutorError as exc:
+                out.append({"executor": step.executor, "error": str(exc)})
+                continue
+            out.append(plan_dict(plan))
+        return out
+
+    def run(self, service: Service, incident_id: int, pins: Sequence[str | None], record: Record) -> RunOutcome:
+        steps = service.rollback
+        total = len(steps)
+        done: list[str] = []
+        results: list[dict[str, Any]] = []
+        for i, step in enumerate(steps):
+            label = step_label(i + 1, total, step)
+            pin = pins[i] if i < len(pins) else None
+            context = StepContext(service.name, incident_id, pin)
+            started = time.monotonic()
+            step_id: int | None = None
+            try:
+                executor = self._executor(step)
+                plan = executor.plan(context=context)
+                step_id = self.store.start_step(incident_id, i, step.executor, plan_dict(plan))
+                record("step_started", f"Started {label}: {plan.summary}", {"position": i})
+                outcome = executor.execute(plan=plan, context=context)
+                error = None if outcome.ok else (outcome.error or "the executor reported failure")
+            except ExecutorError as exc:
+                outcome, error = None, str(exc)
+            except Exception as exc:  # noqa: BLE001 - a bug in an executor must still reach the thread
+                outcome, error = None, f"unexpected {type(exc).__name__}: {exc}"
+            took = time.monotonic() - started
+            result = "ok" if error is None else "failed"
+            metrics.EXECUTOR_SECONDS.labels(executor=step.executor, result=result).observe(took)
+            if step_id is None:
+                step_id = self.store.start_step(incident_id, i, step.executor, {})
+            stored = asdict(outcome) if outcome else {"executor": step.executor, "ok": False, "error": error}
+            stored["seconds"] = round(took, 3)
+            self.store.finish_step(step_id, error is None, stored)
+            self.store.audit(actor="rollback-bot", action=f"execute:{step.executor}", result=result,
+                             incident_id=incident_id, detail=stored)
+            results.append(stored)
+            if error is not None:
+                metrics.EXECUTOR_FAILURES.labels(executor=step.executor).inc()
+                record("step_failed", f"Failed {label} after {format_duration(took)}: {error}",
+                       {"position": i, "error": error})
+                not_run = tuple(step_label(j + 1, total, s) for j, s in enumerate(steps) if j > i)
+                return RunOutcome(False, tuple(done), not_run, label, error, tuple(results))
+            assert outcome is not None
+            record("step_done", f"Done {label} in {format_duration(took)}: {outcome.summary}",
+                   {"position": i, "seconds": took})
+            done.append(label)
+        return RunOutcome(True, tuple(done), results=tuple(results))

@@ -1,0 +1,72 @@
+"""Everything the bot says in Slack goes through here: posts, thread replies, in-place updates, ephemerals,
+modals, and user-group lookups.
+
+Called by bot.timeline, bot.core and bot.approvers with a slack_sdk WebClient whose base_url comes from
+SLACK_API_URL (tests and the demo point it at bot.sandbox.slack_api). 429s are retried after Retry-After by
+slack_sdk's handler; Slack calls are counted by method for /metrics. Errors become SlackError, which the
+callers record in the incident's timeline instead of losing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError, SlackClientError
+from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
+
+from bot import metrics
+
+
+class SlackError(Exception):
+    """A Slack Web API call failed after its retries."""
+
+
+def make_client(token: str, base_url: str | None = None) -> WebClient:
+    client = WebClient(token=token, base_url=base_url or WebClient.BASE_URL, timeout=10)
+    client.retry_handlers.append(RateLimitErrorRetryHandler(max_retry_count=3))
+    return client
+
+
+class SlackOut:
+    def __init__(self, client: WebClient) -> None:
+        self.client = client
+
+    def _call(self, method: str, **params: Any) -> dict[str, Any]:
+        metrics.SLACK_CALLS.labels(method=method).inc()
+        try:
+            response = getattr(self.client, method.replace(".", "_"))(**params)
+        except SlackApiError as exc:
+            # Slack answered ok=false (or an HTTP error after retries): reported to the caller by name.
+            raise SlackError(f"{method}: {exc.response.get('error', exc.response.status_code)}") from exc
+        except (SlackClientError, OSError) as exc:
+            # Transport failure (connection refused, timeout): the caller records it and carries on.
+            raise SlackError(f"{method}: {type(exc).__name__}: {exc}") from exc
+        return dict(response.data) if isinstance(response.data, dict) else {}
+
+    def post(self, channel: str, text: str, blocks: list[dict[str, Any]] | None = None,
+             thread_ts: str | None = None) -> str:
+        params: dict[str, Any] = {"channel": channel, "text": text, "unfurl_links": False}
+        if blocks is not None:
+            params["blocks"] = blocks
+        if thread_ts:
+            params["thread_ts"] = thread_ts
+        return str(self._call("chat.postMessage", **params)["ts"])
+
+    def update(self, channel: str, ts: str, text: str, blocks: list[dict[str, Any]] | None = None) -> None:
+        params: dict[str, Any] = {"channel": channel, "ts": ts, "text": text}
+        if blocks is not None:
+            params["blocks"] = blocks
+        self._call("chat.update", **params)
+
+    def ephemeral(self, channel: str, user: str, text: str, blocks: list[dict[str, Any]] | None = None) -> None:
+        params: dict[str, Any] = {"channel": channel, "user": user, "text": text}
+        if blocks is not None:
+            params["blocks"] = blocks
+        self._call("chat.postEphemeral", **params)
+
+    def open_view(self, trigger_id: str, view: dict[str, Any]) -> None:
+        self._call("views.open", trigger_id=trigger_id, view=view)
+
+    def usergroup_users(self, usergroup: str) -> list[str]:
+        return [str(u) for u in self._call("usergroups.users.list", usergroup=usergroup).get("users", [])]

@@ -1,0 +1,399 @@
+"""Durable state: incidents, their timeline events and executor steps, the audit log, SLO state and freezes.
+
+Everything the bot knows lives here (SQLAlchemy Core; SQLite by default, any SQLAlchemy URL works), so a
+restart loses nothing and several processes agree. Called by bot.incidents, bot.evaluation, bot.verify,
+bot.gate and the CLI. State changes that must happen once are conditional UPDATEs (`transition`), and "one
+open incident per service" is a UNIQUE column, so both hold across threads and processes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, fields
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+
+ACTIVE_STATES = ("open", "executing", "verifying")
+FINAL_STATES = ("recovered", "verify_failed", "failed", "dismissed")
+
+metadata = MetaData()
+
+incidents = Table(
+    "incidents", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("service", String(128), nullable=False, index=True),
+    # Equals `service` while the incident is active, NULL afterwards: UNIQUE makes "one open incident per
+    # service" a database fact (NULLs never collide in SQLite or PostgreSQL).
+    Column("active_service", String(128), unique=True, nullable=True),
+    Column("state", String(32), nullable=False),
+    Column("trigger", String(128), nullable=False),
+    Column("detail", JSON, nullable=False, default=dict),
+    Column("baseline", JSON, nullable=False, default=dict),
+    Column("breach_started_at", Float, nullable=True),
+    Column("opened_at", Float, nullable=False),
+    Column("warned_at", Float, nullable=True),
+    Column("channel", String(32), nullable=True),
+    Column("message_ts", String(32), nullable=True),
+    Column("progress_ts", String(32), nullable=True),
+    Column("requested_by", String(32), nullable=True),
+    Column("approved_by", String(32), nullable=True),
+    Column("approved_at", Float, nullable=True),
+    Column("executed_at", Float, nullable=True),
+    Column("recovered_at", Float, nullable=True),
+    Column("finished_at", Float, nullable=True),
+    Column("error", Text, nullable=True),
+    # Verification progress (started_at, stable_since, last_update), kept so a restart can continue it.
+    Column("verification", JSON, nullable=False, default=dict),
+)
+
+events = Table(
+    "events", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("incident_id", Integer, nullable=False, index=True),
+    Column("at", Float, nullable=False),
+    Column("kind", String(64), nullable=False),
+    Column("text", Text, nullable=False),
+    Column("data", JSON, nullable=False, default=dict),
+    Column("slack_ts", String(32), nullable=True),
+)
+
+steps = Table(
+    "steps", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("incident_id", Integer, nullable=False, index=True),
+    Column("position", Integer, nullable=False),
+    Column("executor", String(64), nullable=False),
+    Column("status", String(16), nullable=False),  # running | done | failed
+    Column("plan", JSON, nullable=False, default=dict),
+    Column("outcome", JSON, nullable=True),
+    Column("started_at", Float, nullable=False),
+    Column("finished_at", Float, nullable=True),
+)
+
+audit_log = Table(
+    "audit", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False),
+    Column("incident_id", Integer, nullable=True, index=True),
+    Column("actor", String(64), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("result", String(32), nullable=False),
+    Column("detail", JSON, nullable=False, default=dict),
+)
+
+slo_state = Table(
+    "slo_state", metadata,
+    Column("service", String(128), primary_key=True),
+    Column("slo", String(128), primary_key=True),
+    Column("status", String(16), nullable=False),  # ok | breach | nodata | error
+    Column("value", Float, nullable=True),
+    Column("breach_since", Float, nullable=True),
+    Column("updated_at", Float, nullable=False),
+)
+
+service_state = Table(
+    "service_state", metadata,
+    Column("service", String(128), primary_key=True),
+    Column("healthy_since", Float, nullable=True),
+    Column("updated_at", Float, nullable=False),
+)
+
+freezes = Table(
+    "freezes", metadata,
+    Column("service", String(128), primary_key=True),
+    Column("frozen_at", Float, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("incident_id", Integer, nullable=True),
+    Column("blocked_version", String(64), nullable=True),
+    Column("actor", String(64), nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class Incident:
+    id: int
+    service: str
+    active_service: str | None
+    state: str
+    trigger: str
+    detail: dict[str, Any]
+    baseline: dict[str, Any]
+    breach_started_at: float | None
+    opened_at: float
+    warned_at: float | None
+    channel: str | None
+    message_ts: str | None
+    progress_ts: str | None
+    requested_by: str | None
+    approved_by: str | None
+    approved_at: float | None
+    executed_at: float | None
+    recovered_at: float | None
+    finished_at: float | None
+    error: str | None
+    verification: dict[str, Any]
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    incident_id: int
+    at: float
+    kind: str
+    text: str
+    data: dict[str, Any]
+    slack_ts: str | None
+
+
+@dataclass(frozen=True)
+class Step:
+    id: int
+    incident_id: int
+    position: int
+    executor: str
+    status: str
+    plan: dict[str, Any]
+    outcome: dict[str, Any] | None
+    started_at: float
+    finished_at: float | None
+
+
+@dataclass(frozen=True)
+class Freeze:
+    service: str
+    frozen_at: float
+    reason: str
+    incident_id: int | None
+    blocked_version: str | None
+    actor: str
+
+
+@dataclass(frozen=True)
+class SloState:
+    service: str
+    slo: str
+    status: str
+    value: float | None
+    breach_since: float | None
+    updated_at: float
+
+
+def _row(cls: type, row: Any) -> Any:
+    mapping = row._mapping
+    return cls(**{f.name: mapping[f.name] for f in fields(cls)})
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+class Store:
+    def __init__(self, url: str = "sqlite:///rollback-bot.db") -> None:
+        kwargs: dict[str, Any] = {"future": True}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 10}
+        self.engine: Engine = create_engine(url, **kwargs)
+        if url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        metadata.create_all(self.engine)
+
+    # -- incidents ---------------------------------------------------------------------------------
+    def open_incident(self, *, service: str, trigger: str, detail: dict[str, Any], baseline: dict[str, Any],
+                      breach_started_at: float | None, channel: str,
+                      requested_by: str | None = None) -> Incident | None:
+        """Create an incident, or return None when the service already has an active one."""
+        now = time.time()
+        try:
+            with self.engine.begin() as conn:
+                result = conn.execute(insert(incidents).values(
+                    service=service, active_service=service, state="open", trigger=trigger,
+                    detail=detail, baseline=baseline, breach_started_at=breach_started_at,
+                    opened_at=now, channel=channel, requested_by=requested_by))
+                new_id = result.inserted_primary_key[0]
+        except IntegrityError:
+            # The UNIQUE active_service column refused a second active incident for this service.
+            return None
+        return self.incident(new_id)
+
+    def incident(self, incident_id: int) -> Incident:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(incidents).where(incidents.c.id == incident_id)).one()
+        return _row(Incident, row)
+
+    def find_incident(self, incident_id: int) -> Incident | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(incidents).where(incidents.c.id == incident_id)).first()
+        return _row(Incident, row) if row else None
+
+    def active_incident(self, service: str) -> Incident | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(incidents).where(incidents.c.active_service == service)).first()
+        return _row(Incident, row) if row else None
+
+    def incidents_in(self, states: tuple[str, ...]) -> list[Incident]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(incidents).where(incidents.c.state.in_(states))
+                                .order_by(incidents.c.id)).all()
+        return [_row(Incident, r) for r in rows]
+
+    def recent_incidents(self, service: str | None = None, limit: int = 10) -> list[Incident]:
+        query = select(incidents).order_by(incidents.c.id.desc()).limit(limit)
+        if service:
+            query = query.where(incidents.c.service == service)
+        with self.engine.connect() as conn:
+            return [_row(Incident, r) for r in conn.execute(query).all()]
+
+    def transition(self, incident_id: int, from_states: tuple[str, ...], to_state: str,
+                   **values: Any) -> Incident | None:
+        """Move an incident to `to_state` only if it is in one of `from_states`; None if it was not.
+
+        This conditional UPDATE is what makes an approval, a dismissal or a verdict happen once, however
+        many clicks, retries or processes race for it.
+        """
+        values["state"] = to_state
+        if to_state in FINAL_STATES:
+            values["active_service"] = None
+            values.setdefault("finished_at", time.time())
+        with self.engine.begin() as conn:
+            result = conn.execute(update(incidents).where(incidents.c.id == incident_id,
+                                                          incidents.c.state.in_(from_states)).values(**values))
+        return self.incident(incident_id) if result.rowcount == 1 else None
+
+    def update_incident(self, incident_id: int, **values: Any) -> Incident:
+        with self.engine.begin() as conn:
+            conn.execute(update(incidents).where(incidents.c.id == incident_id).values(**values))
+        return self.incident(incident_id)
+
+    # -- timeline ----------------------------------------------------------------------------------
+    def add_event(self, incident_id: int, kind: str, text: str, data: dict[str, Any] | None = None,
+                  at: float | None = None) -> Event:
+        with self.engine.begin() as conn:
+            result = conn.execute(insert(events).values(incident_id=incident_id, at=at or time.time(),
+                                                        kind=kind, text=text, data=data or {}))
+            row = conn.execute(select(events).where(events.c.id == result.inserted_primary_key[0])).one()
+        return _row(Event, row)
+
+    def mark_posted(self, event_id: int, slack_ts: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(events).where(events.c.id == event_id).values(slack_ts=slack_ts))
+
+    def events(self, incident_id: int) -> list[Event]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(events).where(events.c.incident_id == incident_id)
+                                .order_by(events.c.id)).all()
+        return [_row(Event, r) for r in rows]
+
+    def unposted_events(self) -> list[Event]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(events).where(events.c.slack_ts.is_(None)).order_by(events.c.id)).all()
+        return [_row(Event, r) for r in rows]
+
+    # -- steps and audit ---------------------------------------------------------------------------
+    def start_step(self, incident_id: int, position: int, executor: str, plan: dict[str, Any]) -> int:
+        with self.engine.begin() as conn:
+            result = conn.execute(insert(steps).values(incident_id=incident_id, position=position,
+                                                       executor=executor, status="running", plan=plan,
+                                                       started_at=time.time()))
+        return int(result.inserted_primary_key[0])
+
+    def finish_step(self, step_id: int, ok: bool, outcome: dict[str, Any]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(steps).where(steps.c.id == step_id).values(
+                status="done" if ok else "failed", outcome=outcome, finished_at=time.time()))
+
+    def steps(self, incident_id: int) -> list[Step]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(steps).where(steps.c.incident_id == incident_id)
+                                .order_by(steps.c.position, steps.c.id)).all()
+        return [_row(Step, r) for r in rows]
+
+    def audit(self, *, actor: str, action: str, result: str, incident_id: int | None = None,
+              detail: dict[str, Any] | None = None) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(insert(audit_log).values(at=time.time(), incident_id=incident_id, actor=actor,
+                                                  action=action, result=result,
+                                                  detail=json.loads(json.dumps(detail or {}, default=str))))
+
+    def audits(self, incident_id: int | None = None) -> list[dict[str, Any]]:
+        query = select(audit_log).order_by(audit_log.c.id)
+        if incident_id is not None:
+            query = query.where(audit_log.c.incident_id == incident_id)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query).all()]
+
+    # -- SLO and service state ---------------------------------------------------------------------
+    def slo_state(self, service: str, slo: str) -> SloState | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(slo_state).where(slo_state.c.service == service,
+                                                       slo_state.c.slo == slo)).first()
+        return _row(SloState, row) if row else None
+
+    def put_slo_state(self, state: SloState) -> None:
+        values = {f.name: getattr(state, f.name) for f in fields(SloState)}
+        with self.engine.begin() as conn:
+            changed = conn.execute(update(slo_state).where(slo_state.c.service == state.service,
+                                                           slo_state.c.slo == state.slo).values(**values))
+            if changed.rowcount == 0:
+                conn.execute(insert(slo_state).values(**values))
+
+    def healthy_since(self, service: str) -> float | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(service_state.c.healthy_since)
+                               .where(service_state.c.service == service)).first()
+        return row[0] if row else None
+
+    def set_healthy_since(self, service: str, since: float | None) -> None:
+        with self.engine.begin() as conn:
+            changed = conn.execute(update(service_state).where(service_state.c.service == service)
+                                   .values(healthy_since=since, updated_at=time.time()))
+            if changed.rowcount == 0:
+                conn.execute(insert(service_state).values(service=service, healthy_since=since,
+                                                          updated_at=time.time()))
+
+    # -- freezes -----------------------------------------------------------------------------------
+    def freeze(self, *, service: str, reason: str, actor: str, incident_id: int | None = None,
+               blocked_version: str | None = None) -> Freeze:
+        values = dict(frozen_at=time.time(), reason=reason, incident_id=incident_id,
+                      blocked_version=blocked_version, actor=actor)
+        with self.engine.begin() as conn:
+            changed = conn.execute(update(freezes).where(freezes.c.service == service).values(**values))
+            if changed.rowcount == 0:
+                conn.execute(insert(freezes).values(service=service, **values))
+        frozen = self.frozen(service)
+        assert frozen is not None
+        return frozen
+
+    def frozen(self, service: str) -> Freeze | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(freezes).where(freezes.c.service == service)).first()
+        return _row(Freeze, row) if row else None
+
+    def unfreeze(self, service: str) -> bool:
+        with self.engine.begin() as conn:
+            return conn.execute(freezes.delete().where(freezes.c.service == service)).rowcount == 1

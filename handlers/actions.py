@@ -1,0 +1,65 @@
+"""Buttons on the warning: Roll back, Dry run, Dismiss. Ack first, then delegate to bot.core.
+
+With `confirm: dialog` Slack has already shown the Block Kit confirm before the click arrives; with
+`confirm: typed` the click opens a modal (handlers.views takes its submission). Refusals are ephemeral.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from slack_bolt import Ack, App
+from slack_sdk import WebClient
+
+from bot import blocks
+from bot.core import RollbackBot
+from handlers.reply import tell
+
+
+def _incident_id(body: dict[str, Any]) -> int | None:
+    try:
+        return int(body["actions"][0]["value"])
+    except (KeyError, IndexError, ValueError):
+        return None  # not a button we rendered: answered as an unknown incident
+
+
+def _where(body: dict[str, Any]) -> str | None:
+    return (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
+
+
+def register(app: App, bot: RollbackBot) -> None:
+    @app.action(blocks.APPROVE)
+    def approve(ack: Ack, body: dict[str, Any], client: WebClient) -> None:
+        ack()
+        user, channel, incident_id = body["user"]["id"], _where(body), _incident_id(body)
+        if incident_id is None:
+            tell(client, channel, user, "This button does not belong to a known incident.")
+            return
+        svc = bot.service_of(incident_id)
+        if svc is not None and svc.confirm == "typed":
+            incident, refusal = bot.authorize(incident_id, user)
+            if refusal or incident is None:
+                tell(client, channel, user, refusal.text if refusal else "Not allowed.")
+                return
+            client.views_open(trigger_id=body["trigger_id"], view=blocks.confirm_modal(
+                incident_id=incident_id, service=svc.name, baseline=blocks.baseline_text(incident)))
+            return
+        reply = bot.approve(incident_id, user)
+        if not reply.ok:
+            tell(client, channel, user, reply.text)
+
+    @app.action(blocks.DRY_RUN)
+    def dry_run(ack: Ack, body: dict[str, Any], client: WebClient) -> None:
+        ack()
+        user, channel, incident_id = body["user"]["id"], _where(body), _incident_id(body)
+        reply = bot.dry_run(incident_id, user) if incident_id is not None else None
+        if reply is None or not reply.ok:
+            tell(client, channel, user, reply.text if reply else "This button does not belong to a known incident.")
+
+    @app.action(blocks.DISMISS)
+    def dismiss(ack: Ack, body: dict[str, Any], client: WebClient) -> None:
+        ack()
+        user, channel, incident_id = body["user"]["id"], _where(body), _incident_id(body)
+        reply = bot.dismiss(incident_id, user) if incident_id is not None else None
+        if reply is None or not reply.ok:
+            tell(client, channel, user, reply.text if reply else "This button does not belong to a known incident.")

@@ -1,0 +1,122 @@
+"""Builders shared by the story tests: a policy file, the simulated model service with its registry, a real
+Prometheus scraping it, and a real `rollback-bot serve` process wired to the fake Slack Web API.
+
+Used by tests/test_story.py (and later restart/fault stories). Everything listens on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from bot.sandbox.servers import free_port
+
+SECRET = "story-signing-secret"
+TOKEN = "xoxb-story-token-0000"
+APPROVER = "U0APPROVER"
+GROUP, GROUP_MEMBER = "S0ONCALL", "U0ONCALL1"
+STRANGER = "U0STRANGER"
+CHANNEL = "C0MODELSVC"
+
+P95 = ('histogram_quantile(0.95, sum by (le) (rate(model_request_latency_seconds_bucket'
+       '{{service="{service}"}}[5s])))')
+
+
+def policy_yaml(*, model: str, service: str = "model-svc", confirm: str = "dialog", for_: str = "3s",
+                stable_for: str = "3s", within: str = "60s", healthy_for: str = "3s") -> str:
+    return f"""
+evaluate_every: 1s
+services:
+  {service}:
+    channel: {CHANNEL}
+    approvers: [{APPROVER}, {GROUP}]
+    confirm: {confirm}
+    model: {model}
+    slos:
+      - name: p95-latency
+        query: '{P95.format(service=service)}'
+        above: 0.25
+        for: {for_}
+      - name: auc
+        query: 'min(model_auc{{service="{service}"}})'
+        below: 0.8
+        for: {for_}
+    rollback:
+      - mlflow_alias: {{model: {model}, alias: champion, to: previous_champion}}
+    verify: {{every: 1s, within: {within}, stable_for: {stable_for}}}
+    promote: {{from: candidate, to: champion, healthy_for: {healthy_for}}}
+"""
+
+
+class BotProcess:
+    """A real `rollback-bot serve` subprocess; stdout/stderr go to a log file the test can scan."""
+
+    def __init__(self, workdir: Path, policy: Path, *, slack_url: str, prometheus_url: str, mlflow_url: str,
+                 extra_env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = workdir / "bot.log"
+        self.env = {
+            **os.environ,
+            "SLACK_BOT_TOKEN": TOKEN, "SLACK_SIGNING_SECRET": SECRET, "SLACK_API_URL": slack_url,
+            "PROMETHEUS_URL": prometheus_url, "MLFLOW_TRACKING_URI": mlflow_url,
+            "DATABASE_URL": f"sqlite:///{workdir / 'bot.db'}", **(extra_env or {}),
+        }
+        self.env.pop("SLACK_APP_TOKEN", None)
+        self.cmd = [sys.executable, "-m", "bot.cli", "serve", "--policy", str(policy), "--host", "127.0.0.1",
+                    "--port", str(self.port)]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30) -> BotProcess:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed in stop()
+        self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        self._log = log
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"rollback-bot exited {self.proc.returncode}:\n{self.log()}")
+            try:
+                if requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return self
+            except requests.ConnectionError:
+                pass  # not listening yet
+            time.sleep(0.1)
+        raise RuntimeError(f"rollback-bot not ready in {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if getattr(self, "_log", None):
+            self._log.close()
+
+
+def button(message: dict[str, Any], action_id: str) -> dict[str, Any]:
+    for block in message.get("blocks") or []:
+        for element in block.get("elements") or []:
+            if element.get("action_id") == action_id:
+                return element
+    raise AssertionError(f"no button {action_id} in {message.get('text')!r}")
+
+
+def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

@@ -1,0 +1,190 @@
+"""Tests for the sandbox Slack pieces: the HTTP fake Web API driven by a real slack_sdk WebClient, and the
+signed request builders checked with slack_sdk's SignatureVerifier."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import parse_qs
+
+import pytest
+import requests
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
+from slack_sdk.signature import SignatureVerifier
+
+from bot.sandbox import signing
+from bot.sandbox.slack_api import FakeSlackAPI
+
+CHANNEL = "C0ROLLBACK"
+SECRET = "sandbox-signing-secret"
+BLOCKS: list[dict[str, Any]] = [
+    {"type": "section", "text": {"type": "mrkdwn", "text": "*fraud-model* breaches its SLO"}},
+    {"type": "actions", "block_id": "actions", "elements": [
+        {"type": "button", "action_id": "rollback_approve", "value": "req-1",
+         "text": {"type": "plain_text", "text": "Approve rollback"}},
+    ]},
+]
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeSlackAPI]:
+    with FakeSlackAPI(users_by_group={"S0ONCALL": ["U0ALICE", "U0BOB"]}) as api:
+        yield api
+
+
+@pytest.fixture
+def client(fake: FakeSlackAPI) -> WebClient:
+    return WebClient(base_url=fake.url, token="xoxb-test")
+
+
+def test_url_points_at_localhost_api(fake: FakeSlackAPI) -> None:
+    assert fake.url.startswith("http://127.0.0.1:") and fake.url.endswith("/api/")
+
+
+def test_auth_test_answers_like_bolt_needs(client: WebClient) -> None:
+    resp = client.auth_test()
+    assert (resp["user_id"], resp["bot_id"], resp["team_id"]) == ("U0ROLLBOT", "B0ROLLBOT", "T0SANDBOX")
+
+
+def test_post_message_with_blocks_thread_reply_and_update(client: WebClient, fake: FakeSlackAPI) -> None:
+    parent = client.chat_postMessage(channel=CHANNEL, text="fraud-model breaches its SLO", blocks=BLOCKS)
+    reply = client.chat_postMessage(channel=CHANNEL, thread_ts=parent["ts"], text="rolling back")
+    assert parent["ok"] and parent["channel"] == CHANNEL and float(reply["ts"]) > float(parent["ts"])
+
+    call = fake.calls("chat.postMessage")[0]
+    assert call.params["blocks"] == BLOCKS and call.headers["Authorization"] == "Bearer ***"
+    assert "xoxb-test" not in json.dumps([c.headers for c in fake.calls()] + [c.params for c in fake.calls()])
+
+    assert [m["ts"] for m in fake.messages(CHANNEL)] == [parent["ts"]]
+    assert [m["text"] for m in fake.thread(CHANNEL, parent["ts"])] == ["rolling back"]
+    assert fake.message(CHANNEL, parent["ts"])["blocks"] == BLOCKS
+
+    updated = client.chat_update(channel=CHANNEL, ts=parent["ts"], text="rolled back", blocks=BLOCKS[:1])
+    assert (updated["ts"], updated["text"]) == (parent["ts"], "rolled back")
+    assert fake.message(CHANNEL, parent["ts"])["blocks"] == BLOCKS[:1]
+
+    with pytest.raises(SlackApiError) as err:
+        client.chat_update(channel=CHANNEL, ts="1.000001", text="nope")
+    assert err.value.response["error"] == "message_not_found"
+
+
+def test_form_query_string_and_response_url_requests_are_decoded(fake: FakeSlackAPI) -> None:
+    headers = {"Authorization": "Bearer xoxb-test"}
+    data = {"channel": CHANNEL, "text": "hi", "blocks": json.dumps(BLOCKS)}
+    body = requests.post(fake.url + "chat.postMessage", data=data, headers=headers, timeout=5).json()
+    assert body["ok"] and fake.message(CHANNEL, body["ts"])["blocks"] == BLOCKS
+    requests.post(fake.url + "conversations.info?channel=" + CHANNEL, headers=headers, timeout=5)
+    assert fake.calls("conversations.info")[0].params == {"channel": CHANNEL}
+    assert requests.post(fake.url + "auth.test", timeout=5).json() == {"ok": False, "error": "not_authed"}
+    assert requests.post(fake.response_url, json={"text": "done"}, timeout=5).text == "ok"
+    assert fake.calls("response_url")[0].params == {"text": "done"}
+
+
+def test_ephemeral_usergroups_and_views(client: WebClient, fake: FakeSlackAPI) -> None:
+    eph = client.chat_postEphemeral(channel=CHANNEL, user="U0ALICE", text="only you can see this")
+    assert eph["message_ts"]
+    assert [e["text"] for e in fake.ephemerals(user="U0ALICE")] == ["only you can see this"]
+    assert fake.ephemerals(channel=CHANNEL, user="U0BOB") == [] and fake.messages(CHANNEL) == []
+
+    assert client.usergroups_users_list(usergroup="S0ONCALL")["users"] == ["U0ALICE", "U0BOB"]
+    with pytest.raises(SlackApiError) as err:
+        client.usergroups_users_list(usergroup="S0NOPE")
+    assert err.value.response["error"] == "no_such_subteam"
+
+    view = {"type": "modal", "callback_id": "rollback_reason", "private_metadata": "req-1",
+            "title": {"type": "plain_text", "text": "Rollback"}, "blocks": []}
+    opened = client.views_open(trigger_id="1.2.abc", view=view)["view"]
+    assert opened["id"].startswith("V") and opened["callback_id"] == "rollback_reason"
+    client.views_update(view_id=opened["id"], view={**view, "private_metadata": "req-2"})
+    assert [v["private_metadata"] for v in fake.views()] == ["req-2"]
+
+
+def test_files_upload_v2_round_trip(client: WebClient, fake: FakeSlackAPI) -> None:
+    parent = client.chat_postMessage(channel=CHANNEL, text="rollback report")
+    resp = client.files_upload_v2(channel=CHANNEL, thread_ts=parent["ts"], content="step 1: ok\n",
+                                  filename="rollback.log", title="Rollback log")
+    assert resp["file"]["title"] == "Rollback log"
+    [upload] = fake.uploads()
+    assert upload["content"] == b"step 1: ok\n"
+    assert (upload["channel_id"], upload["thread_ts"]) == (CHANNEL, parent["ts"])
+    assert fake.thread(CHANNEL, parent["ts"])[0]["files"][0]["id"] == upload["id"]
+    methods = [c.method for c in fake.calls()]
+    assert methods[-2:] == ["files.getUploadURLExternal", "files.completeUploadExternal"]
+
+
+def test_rate_limit_retry_after_is_honoured(client: WebClient, fake: FakeSlackAPI) -> None:
+    client.retry_handlers.append(RateLimitErrorRetryHandler(max_retry_count=1))
+    fake.fail_next("chat.postMessage", status=429, retry_after=1)
+    assert client.chat_postMessage(channel=CHANNEL, text="after the limit")["ok"]
+    first, second = fake.calls("chat.postMessage")
+    assert second.at - first.at >= 1.0
+    assert [m["text"] for m in fake.messages(CHANNEL)] == ["after the limit"]
+
+
+def test_fail_next_server_error_and_ok_false(client: WebClient, fake: FakeSlackAPI) -> None:
+    fake.fail_next("chat.update", status=500)
+    fake.fail_next("chat.postMessage", error="channel_not_found", times=2)
+    for _ in range(2):
+        with pytest.raises(SlackApiError) as err:
+            client.chat_postMessage(channel=CHANNEL, text="x")
+        assert err.value.response.status_code == 200 and err.value.response["error"] == "channel_not_found"
+    with pytest.raises(SlackApiError) as err:
+        client.chat_update(channel=CHANNEL, ts="1.0", text="x")
+    assert err.value.response.status_code == 500
+    assert client.chat_postMessage(channel=CHANNEL, text="third time")["ok"]
+
+
+def test_wait_for_blocks_until_a_matching_call_and_times_out_readably(
+    client: WebClient, fake: FakeSlackAPI
+) -> None:
+    later = threading.Timer(0.2, lambda: client.chat_postMessage(channel=CHANNEL, text="done"))
+    later.start()
+    call = fake.wait_for(lambda c: c.method == "chat.postMessage" and c.params["text"] == "done", timeout=5)
+    later.join()
+    assert call.params["channel"] == CHANNEL
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"chat\.postMessage .*done"):
+        fake.wait_for(lambda c: c.method == "views.open", timeout=0.2)
+    assert time.monotonic() - started < 2
+
+
+def test_signed_requests_are_accepted_and_tampering_is_rejected() -> None:
+    verifier = SignatureVerifier(SECRET)
+    bodies = [
+        signing.slash_command_body(text="fraud-model", user_id="U0ALICE", channel_id=CHANNEL),
+        signing.block_actions_body(user_id="U0ALICE", channel_id=CHANNEL, message_ts="1.000100",
+                                   action_id="rollback_approve", value="req-1", message={"blocks": BLOCKS}),
+        signing.view_submission_body(user_id="U0ALICE", callback_id="rollback_reason", private_metadata="r",
+                                     values={"reason": {"text": {"type": "plain_text_input", "value": "x"}}}),
+    ]
+    for body in bodies:
+        headers = signing.signed_headers(SECRET, body)
+        assert verifier.is_valid_request(body, headers)
+        assert not verifier.is_valid_request(body.replace("U0ALICE", "U0MALLORY"), headers)
+    stale = signing.signed_headers(SECRET, bodies[0], timestamp=int(time.time()) - 600)
+    assert not verifier.is_valid_request(bodies[0], stale)
+
+
+def test_signed_bodies_have_slacks_shape() -> None:
+    form = parse_qs(signing.slash_command_body(text="fraud-model v12", user_id="U0ALICE", channel_id=CHANNEL))
+    assert form["command"] == ["/rollback"] and form["text"] == ["fraud-model v12"]
+    assert {"token", "team_domain", "api_app_id", "response_url", "trigger_id"} <= form.keys()
+
+    body = signing.block_actions_body(user_id="U0ALICE", channel_id=CHANNEL, message_ts="1.000100",
+                                      action_id="rollback_approve", value="req-1", thread_ts="1.000050",
+                                      message={"ts": "1.000100", "blocks": BLOCKS})
+    payload = json.loads(parse_qs(body)["payload"][0])
+    assert payload["type"] == "block_actions" and payload["container"]["channel_id"] == CHANNEL
+    assert payload["message"]["thread_ts"] == "1.000050"
+    assert payload["actions"][0]["text"]["text"] == "Approve rollback"
+
+    values = {"reason": {"text": {"type": "plain_text_input", "value": "bad"}}}
+    body = signing.view_submission_body(user_id="U0ALICE", callback_id="cb", private_metadata="m",
+                                        values=values)
+    view = json.loads(parse_qs(body)["payload"][0])["view"]
+    assert (view["type"], view["callback_id"], view["state"]["values"]) == ("modal", "cb", values)
