@@ -274,8 +274,8 @@ class RollbackBot:
     def finish(self, incident: Incident, svc: Service) -> None:
         """Freeze, summarise, and show the final state on the warning."""
         self.timeline.record(incident.id, "frozen", self.gate.freeze(incident, svc))
-        self.timeline.record(incident.id, "summary", summary(incident))
         self.timeline.refresh_warning(incident.id)
+        self.timeline.record(incident.id, "summary", summary(incident))
         metrics.INCIDENTS.labels(outcome=incident.state).inc()
         if incident.state == RECOVERED and incident.recovered_at and incident.approved_at:
             metrics.TIME_TO_RECOVER.observe(incident.recovered_at - incident.approved_at)

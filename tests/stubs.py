@@ -1,0 +1,62 @@
+"""Small in-process stand-ins for unit tests (level 1): a Prometheus that answers from a dict, and a clock.
+
+Real servers are used one level up (tests/test_handlers.py, tests/test_story.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from bot.policy import Policy, parse_policy
+from bot.prom import QueryResult
+
+
+class StubProm:
+    """Answers each query from `answers`: a tuple of floats, or an Exception text for a failed query."""
+
+    def __init__(self, answers: dict[str, tuple[float, ...] | str] | None = None) -> None:
+        self.answers = dict(answers or {})
+        self.sent: list[str] = []
+
+    def query_many(self, queries: Iterable[str]) -> dict[str, QueryResult]:
+        out = {}
+        for q in dict.fromkeys(queries):
+            self.sent.append(q)
+            answer = self.answers.get(q, ())
+            out[q] = QueryResult(q, error=answer) if isinstance(answer, str) else QueryResult(q, tuple(answer))
+        return out
+
+
+class Clock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def tick(self, seconds: float) -> float:
+        self.now += seconds
+        return self.now
+
+
+LATENCY = "p95_latency_query"
+AUC = "auc_query"
+
+
+def policy(*, for_: str = "3s", stable_for: str = "3s", within: str = "30s", healthy_for: str = "10s",
+           model: str = "recommender") -> Policy:
+    return parse_policy(f"""
+evaluate_every: 1s
+services:
+  model-svc:
+    channel: C0MODELSVC
+    approvers: [U0APPROVER]
+    model: {model}
+    slos:
+      - {{name: p95-latency, query: {LATENCY}, above: 0.25, for: {for_}}}
+      - {{name: auc, query: {AUC}, below: 0.8, for: {for_}}}
+    rollback:
+      - mlflow_alias: {{model: {model}}}
+    verify: {{every: 1s, within: {within}, stable_for: {stable_for}}}
+    promote: {{from: candidate, to: champion, healthy_for: {healthy_for}}}
+""")

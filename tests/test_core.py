@@ -1,0 +1,174 @@
+"""RollbackBot with a stub Prometheus, the fake Slack Web API and a real MLflow server: verification
+verdicts, the progress message, and a failing executor that must tell the thread what failed."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+from mlflow.tracking import MlflowClient
+from pydantic import BaseModel, ConfigDict
+
+from bot.core import RollbackBot
+from bot.policy import parse_policy
+from bot.sandbox.model_service import seed_registry
+from bot.sandbox.slack_api import FakeSlackAPI
+from bot.scheduler import Scheduler
+from bot.slack_out import SlackOut, make_client
+from bot.store import Store
+from executors import mlflow_alias
+from executors.base import ExecutorError, StepContext, StepOutcome, StepPlan
+from executors.registry import ExecutorSpec, Registry
+from tests.stubs import AUC, LATENCY, Clock, StubProm
+from tests.story_env import wait_until
+
+CHANNEL = "C0MODELSVC"
+
+
+class FailConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    message: str = "boom"
+
+
+class AlwaysFails:
+    name: ClassVar[str] = "always_fails"
+
+    def __init__(self, config: FailConfig) -> None:
+        self.config = config
+
+    def plan(self, *, context: StepContext) -> StepPlan:
+        return StepPlan(self.name, "do something doomed", (), "false")
+
+    def execute(self, *, plan: StepPlan, context: StepContext) -> StepOutcome:
+        raise ExecutorError(self.config.message)
+
+
+def _registry() -> Registry:
+    return Registry([mlflow_alias.SPEC, ExecutorSpec("always_fails", FailConfig, lambda c, _: AlwaysFails(c))])
+
+
+def _policy_text(model: str, extra_step: str = "") -> str:
+    return f"""
+evaluate_every: 1s
+services:
+  model-svc:
+    channel: {CHANNEL}
+    approvers: [U0APPROVER]
+    model: {model}
+    slos:
+      - {{name: p95-latency, query: {LATENCY}, above: 0.25, for: 0s}}
+      - {{name: auc, query: {AUC}, below: 0.8, for: 0s}}
+    rollback:
+      - mlflow_alias: {{model: {model}}}
+{extra_step}
+    verify: {{every: 1s, within: 20s, stable_for: 3s}}
+"""
+
+
+@pytest.fixture
+def slack() -> Iterator[FakeSlackAPI]:
+    with FakeSlackAPI() as fake:
+        yield fake
+
+
+def _bot(tmp_path: Path, slack: FakeSlackAPI, client: MlflowClient, text: str, prom: StubProm,
+         clock: Clock) -> RollbackBot:
+    return RollbackBot(policy=parse_policy(text, registry=_registry()), store=Store(f"sqlite:///{tmp_path / 'db'}"),
+                       prom=prom, slack=SlackOut(make_client("xoxb-test", slack.url)),  # type: ignore[arg-type]
+                       mlflow=client, scheduler=Scheduler(), registry=_registry(), clock=clock)
+
+
+def _seed(client: MlflowClient, model: str) -> tuple[str, str]:
+    v1, v2 = seed_registry(client, model, versions=2)
+    client.set_registered_model_alias(model, "previous_champion", v1)
+    client.set_registered_model_alias(model, "champion", v2)
+    return v1, v2
+
+
+def test_breach_to_recovered_with_one_progress_message(tmp_path: Path, slack: FakeSlackAPI,
+                                                      mlflow_client: MlflowClient, unique_model: str) -> None:
+    v1, v2 = _seed(mlflow_client, unique_model)
+    clock = Clock()
+    prom = StubProm({LATENCY: (0.5,), AUC: (0.9,)})
+    bot = _bot(tmp_path, slack, mlflow_client, _policy_text(unique_model), prom, clock)
+    bot.evaluate_once()
+    incident = bot.store.active_incident("model-svc")
+    assert incident is not None and incident.baseline["version"] == v1 and incident.baseline["bad_version"] == v2
+    bot.evaluate_once()
+    assert len(slack.messages(CHANNEL)) == 1, "one open incident per service: no repeated warnings"
+
+    assert bot.approve(incident.id, "U0APPROVER").ok
+    bot.execute(incident.id)  # what the scheduler would run
+    assert str(mlflow_client.get_model_version_by_alias(unique_model, "champion").version) == v1
+
+    prom.answers[LATENCY] = ()  # right after a flip the rate window may be empty: no data is not recovery
+    bot.verify_tick(incident.id)
+    prom.answers[LATENCY] = (0.1,)
+    for _ in range(4):
+        clock.tick(1)
+        bot.verify_tick(incident.id)
+    done = bot.store.incident(incident.id)
+    assert done.state == "recovered"
+    thread = [m["text"] for m in slack.thread(CHANNEL, done.message_ts or "")]
+    assert any("All SLOs within target" in t for t in thread)
+    assert any("Recovered:" in t for t in thread)
+    assert any("Summary" in t and "time to detect" in t for t in thread)
+    progress = [m for m in slack.thread(CHANNEL, done.message_ts or "") if m.get("ts") == done.progress_ts]
+    assert len(progress) == 1 and "Recovered" in progress[0]["text"], "one progress message, updated in place"
+    assert "p95-latency" in json.dumps(progress[0]["blocks"])
+    assert mlflow_client.get_model_version(unique_model, v2).tags["rollback_blocked"] == "true"
+    assert bot.store.frozen("model-svc") is not None
+
+
+def test_verification_times_out_and_mentions_approvers(tmp_path: Path, slack: FakeSlackAPI,
+                                                       mlflow_client: MlflowClient, unique_model: str) -> None:
+    _seed(mlflow_client, unique_model)
+    clock = Clock()
+    prom = StubProm({LATENCY: (0.5,), AUC: (0.9,)})
+    bot = _bot(tmp_path, slack, mlflow_client, _policy_text(unique_model), prom, clock)
+    bot.evaluate_once()
+    incident = bot.store.active_incident("model-svc")
+    assert incident is not None
+    bot.approve(incident.id, "U0APPROVER")
+    bot.execute(incident.id)
+    for _ in range(22):
+        clock.tick(1)
+        bot.verify_tick(incident.id)
+    done = bot.store.incident(incident.id)
+    assert done.state == "verify_failed"
+    failed = [m["text"] for m in slack.thread(CHANNEL, done.message_ts or "") if "Verification failed:" in m["text"]]
+    assert failed and "<@U0APPROVER>" in failed[0]
+    assert bot.store.frozen("model-svc") is not None  # frozen whether it recovered or not
+
+
+def test_a_failing_step_stops_the_plan_and_tells_the_thread(tmp_path: Path, slack: FakeSlackAPI,
+                                                           mlflow_client: MlflowClient, unique_model: str) -> None:
+    v1, _ = _seed(mlflow_client, unique_model)
+    clock = Clock()
+    prom = StubProm({LATENCY: (0.5,), AUC: (0.9,)})
+    text = _policy_text(unique_model, "      - always_fails: {message: 'helm said no'}\n"
+                                      "      - mlflow_alias: {model: " + unique_model + "}")
+    bot = _bot(tmp_path, slack, mlflow_client, text, prom, clock)
+    bot.scheduler.start()
+    try:
+        bot.evaluate_once()
+        incident = bot.store.active_incident("model-svc")
+        assert incident is not None
+        assert bot.approve(incident.id, "U0APPROVER").ok
+        wait_until(lambda: any(e.kind == "summary" for e in bot.store.events(incident.id)), 15, "the summary")
+    finally:
+        bot.scheduler.shutdown()
+    done = bot.store.incident(incident.id)
+    assert done.error and "helm said no" in done.error
+    thread = [m["text"] for m in slack.thread(CHANNEL, done.message_ts or "")]
+    failure = next(t for t in thread if "Rollback failed" in t)
+    assert "step 2/3 `always_fails`" in failure and "helm said no" in failure
+    assert "Done: step 1/3 `mlflow_alias`" in failure and "Not run: step 3/3 `mlflow_alias`" in failure
+    assert "<@U0APPROVER>" in failure
+    assert str(mlflow_client.get_model_version_by_alias(unique_model, "champion").version) == v1
+    assert [s.status for s in bot.store.steps(incident.id)] == ["done", "failed"]
+    warning = slack.message(CHANNEL, done.message_ts or "")
+    assert "Rollback failed" in json.dumps(warning["blocks"])
