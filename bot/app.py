@@ -8,6 +8,7 @@ production WSGI server; Socket Mode instead of /slack/events when SLACK_APP_TOKE
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -73,6 +74,11 @@ class Runtime:
 def build(settings: Settings, policy: Policy, *, mlflow: Any = None) -> Runtime:
     """Everything `serve` runs, not yet started. `mlflow` lets tests pass their own client."""
     if mlflow is None:
+        # MLflow's client retries 7 times with exponential backoff by default (minutes when the server is
+        # down); a rollback waiting on it should fail fast enough for a human to act. Explicit settings win.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         from mlflow import MlflowClient
 
         mlflow = MlflowClient(tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri)

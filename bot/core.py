@@ -89,7 +89,7 @@ class RollbackBot:
         for name, service_readings in readings.items():
             for r in service_readings:
                 metrics.SLO_STATUS.labels(service=name, slo=r.slo).set(1 if r.status == "breach" else 0)
-            sustained = [r for r in service_readings if r.sustained]
+            sustained = [r for r in service_readings if r.sustained and self._is_new_breach(name, r)]
             if sustained and not self.store.active_incident(name):
                 self.open_incident(self.policy.services[name], sustained[0])
         for svc in self.policy.services.values():
@@ -102,6 +102,12 @@ class RollbackBot:
         self.timeline.flush_all()
         metrics.EVALUATION_SECONDS.observe(time.perf_counter() - started)
         return readings
+
+    def _is_new_breach(self, service: str, reading: Reading) -> bool:
+        """A breach that began before the last incident ended (dismissed, or not recovered by the rollback)
+        already had its warning: the thread of that incident is where it is being handled."""
+        ended = self.store.last_finished_at(service)
+        return ended is None or (reading.breach_since or 0) > ended
 
     # -- opening -----------------------------------------------------------------------------------
     def _baseline(self, svc: Service) -> dict[str, Any]:

@@ -75,7 +75,7 @@ def _values(data: object) -> tuple[float, ...]:
         for series in data:
             raw = series.get("value", [None, None])[1] if isinstance(series, dict) else None
             try:
-                value = float(raw)
+                value = float(raw)  # type: ignore[arg-type]
             except (TypeError, ValueError):
                 continue  # not a sample we can read: counts as no data for this series
             if not math.isnan(value):

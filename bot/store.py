@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -205,6 +206,12 @@ def _row(cls: type, row: Any) -> Any:
     return cls(**{f.name: mapping[f.name] for f in fields(cls)})
 
 
+def _pk(result: Any) -> int:
+    key = result.inserted_primary_key
+    assert key is not None, "INSERT returned no primary key"
+    return int(key[0])
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
@@ -214,7 +221,8 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 class Store:
-    def __init__(self, url: str = "sqlite:///rollback-bot.db") -> None:
+    def __init__(self, url: str = "sqlite:///rollback-bot.db", clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
         kwargs: dict[str, Any] = {"future": True}
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 10}
@@ -228,14 +236,14 @@ class Store:
                       breach_started_at: float | None, channel: str,
                       requested_by: str | None = None) -> Incident | None:
         """Create an incident, or return None when the service already has an active one."""
-        now = time.time()
+        now = self.clock()
         try:
             with self.engine.begin() as conn:
                 result = conn.execute(insert(incidents).values(
                     service=service, active_service=service, state="open", trigger=trigger,
                     detail=detail, baseline=baseline, breach_started_at=breach_started_at,
                     opened_at=now, channel=channel, requested_by=requested_by))
-                new_id = result.inserted_primary_key[0]
+                new_id = _pk(result)
         except IntegrityError:
             # The UNIQUE active_service column refused a second active incident for this service.
             return None
@@ -262,6 +270,14 @@ class Store:
                                 .order_by(incidents.c.id)).all()
         return [_row(Incident, r) for r in rows]
 
+    def last_finished_at(self, service: str) -> float | None:
+        """When the service's most recent incident ended (None if it never had one that ended)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(incidents.c.finished_at).where(incidents.c.service == service,
+                                                                     incidents.c.finished_at.is_not(None))
+                               .order_by(incidents.c.finished_at.desc()).limit(1)).first()
+        return row[0] if row else None
+
     def recent_incidents(self, service: str | None = None, limit: int = 10) -> list[Incident]:
         query = select(incidents).order_by(incidents.c.id.desc()).limit(limit)
         if service:
@@ -279,7 +295,7 @@ class Store:
         values["state"] = to_state
         if to_state in FINAL_STATES:
             values["active_service"] = None
-            values.setdefault("finished_at", time.time())
+            values.setdefault("finished_at", self.clock())
         with self.engine.begin() as conn:
             result = conn.execute(update(incidents).where(incidents.c.id == incident_id,
                                                           incidents.c.state.in_(from_states)).values(**values))
@@ -294,9 +310,9 @@ class Store:
     def add_event(self, incident_id: int, kind: str, text: str, data: dict[str, Any] | None = None,
                   at: float | None = None) -> Event:
         with self.engine.begin() as conn:
-            result = conn.execute(insert(events).values(incident_id=incident_id, at=at or time.time(),
+            result = conn.execute(insert(events).values(incident_id=incident_id, at=at or self.clock(),
                                                         kind=kind, text=text, data=data or {}))
-            row = conn.execute(select(events).where(events.c.id == result.inserted_primary_key[0])).one()
+            row = conn.execute(select(events).where(events.c.id == _pk(result))).one()
         return _row(Event, row)
 
     def mark_posted(self, event_id: int, slack_ts: str) -> None:
@@ -319,13 +335,13 @@ class Store:
         with self.engine.begin() as conn:
             result = conn.execute(insert(steps).values(incident_id=incident_id, position=position,
                                                        executor=executor, status="running", plan=plan,
-                                                       started_at=time.time()))
-        return int(result.inserted_primary_key[0])
+                                                       started_at=self.clock()))
+        return int(_pk(result))
 
     def finish_step(self, step_id: int, ok: bool, outcome: dict[str, Any]) -> None:
         with self.engine.begin() as conn:
             conn.execute(update(steps).where(steps.c.id == step_id).values(
-                status="done" if ok else "failed", outcome=outcome, finished_at=time.time()))
+                status="done" if ok else "failed", outcome=outcome, finished_at=self.clock()))
 
     def steps(self, incident_id: int) -> list[Step]:
         with self.engine.connect() as conn:
@@ -336,7 +352,7 @@ class Store:
     def audit(self, *, actor: str, action: str, result: str, incident_id: int | None = None,
               detail: dict[str, Any] | None = None) -> None:
         with self.engine.begin() as conn:
-            conn.execute(insert(audit_log).values(at=time.time(), incident_id=incident_id, actor=actor,
+            conn.execute(insert(audit_log).values(at=self.clock(), incident_id=incident_id, actor=actor,
                                                   action=action, result=result,
                                                   detail=json.loads(json.dumps(detail or {}, default=str))))
 
@@ -371,15 +387,15 @@ class Store:
     def set_healthy_since(self, service: str, since: float | None) -> None:
         with self.engine.begin() as conn:
             changed = conn.execute(update(service_state).where(service_state.c.service == service)
-                                   .values(healthy_since=since, updated_at=time.time()))
+                                   .values(healthy_since=since, updated_at=self.clock()))
             if changed.rowcount == 0:
                 conn.execute(insert(service_state).values(service=service, healthy_since=since,
-                                                          updated_at=time.time()))
+                                                          updated_at=self.clock()))
 
     # -- freezes -----------------------------------------------------------------------------------
     def freeze(self, *, service: str, reason: str, actor: str, incident_id: int | None = None,
                blocked_version: str | None = None) -> Freeze:
-        values = dict(frozen_at=time.time(), reason=reason, incident_id=incident_id,
+        values = dict(frozen_at=self.clock(), reason=reason, incident_id=incident_id,
                       blocked_version=blocked_version, actor=actor)
         with self.engine.begin() as conn:
             changed = conn.execute(update(freezes).where(freezes.c.service == service).values(**values))

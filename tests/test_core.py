@@ -22,8 +22,8 @@ from bot.store import Store
 from executors import mlflow_alias
 from executors.base import ExecutorError, StepContext, StepOutcome, StepPlan
 from executors.registry import ExecutorSpec, Registry
-from tests.stubs import AUC, LATENCY, Clock, StubProm
 from tests.story_env import wait_until
+from tests.stubs import AUC, LATENCY, Clock, StubProm
 
 CHANNEL = "C0MODELSVC"
 
@@ -76,8 +76,10 @@ def slack() -> Iterator[FakeSlackAPI]:
 
 def _bot(tmp_path: Path, slack: FakeSlackAPI, client: MlflowClient, text: str, prom: StubProm,
          clock: Clock) -> RollbackBot:
-    return RollbackBot(policy=parse_policy(text, registry=_registry()), store=Store(f"sqlite:///{tmp_path / 'db'}"),
-                       prom=prom, slack=SlackOut(make_client("xoxb-test", slack.url)),  # type: ignore[arg-type]
+    store = Store(f"sqlite:///{tmp_path / 'db'}", clock=clock)
+    slack_out = SlackOut(make_client("xoxb-test", slack.url))
+    return RollbackBot(policy=parse_policy(text, registry=_registry()), store=store, prom=prom,  # type: ignore[arg-type]
+                       slack=slack_out,
                        mlflow=client, scheduler=Scheduler(), registry=_registry(), clock=clock)
 
 
@@ -172,3 +174,27 @@ def test_a_failing_step_stops_the_plan_and_tells_the_thread(tmp_path: Path, slac
     assert [s.status for s in bot.store.steps(incident.id)] == ["done", "failed"]
     warning = slack.message(CHANNEL, done.message_ts or "")
     assert "Rollback failed" in json.dumps(warning["blocks"])
+
+
+def test_a_breach_that_outlives_its_incident_is_not_warned_again(tmp_path: Path, slack: FakeSlackAPI,
+                                                                 mlflow_client: MlflowClient,
+                                                                 unique_model: str) -> None:
+    _seed(mlflow_client, unique_model)
+    clock = Clock()
+    prom = StubProm({LATENCY: (0.5,), AUC: (0.9,)})
+    bot = _bot(tmp_path, slack, mlflow_client, _policy_text(unique_model), prom, clock)
+    bot.evaluate_once()
+    incident = bot.store.active_incident("model-svc")
+    assert incident is not None and bot.dismiss(incident.id, "U0APPROVER").ok
+    for _ in range(3):
+        clock.tick(1)
+        bot.evaluate_once()
+    assert bot.store.active_incident("model-svc") is None, "the same continuous breach was dismissed"
+    prom.answers[LATENCY] = (0.1,)
+    clock.tick(1)
+    bot.evaluate_once()
+    prom.answers[LATENCY] = (0.6,)
+    clock.tick(1)
+    bot.evaluate_once()
+    again = bot.store.active_incident("model-svc")
+    assert again is not None and again.id != incident.id, "a new breach after recovery opens a new incident"

@@ -39,6 +39,7 @@ SERVICE, MODEL, CHANNEL, ONCALL = "model-svc", "recommender", "C0MODELSVC", "U0O
 SECRET, TOKEN = "demo-signing-secret", "xoxb-demo-token"
 FAST = VersionProfile(latency_seconds=0.05, error_rate=0.0, auc=0.86)
 SLOW = VersionProfile(latency_seconds=0.45, error_rate=0.02, auc=0.71)
+P95 = f'histogram_quantile(0.95, sum by (le) (rate(model_request_latency_seconds_bucket{{service="{SERVICE}"}}[5s])))'
 POLICY = f"""
 evaluate_every: 1s
 services:
@@ -48,7 +49,7 @@ services:
     model: {MODEL}
     slos:
       - name: p95-latency
-        query: 'histogram_quantile(0.95, sum by (le) (rate(model_request_latency_seconds_bucket{{service="{SERVICE}"}}[5s])))'
+        query: '{P95}'
         above: 0.25
         for: 3s
       - name: auc
