@@ -85,8 +85,8 @@ def build(settings: Settings, policy: Policy, *, mlflow: Any = None) -> Runtime:
     client = make_client(settings.slack_bot_token, settings.slack_api_url)
     bot = RollbackBot(policy=policy, store=Store(settings.database_url), prom=Prometheus(settings.prometheus_url),
                       slack=SlackOut(client), mlflow=mlflow, scheduler=Scheduler())
-    bolt = App(token=settings.slack_bot_token, signing_secret=settings.slack_signing_secret, client=client,
-               process_before_response=False)
+    # The client carries the bot token (and SLACK_API_URL); Bolt takes the token from it.
+    bolt = App(signing_secret=settings.slack_signing_secret, client=client, process_before_response=False)
     register_handlers(bolt, bot)
     return Runtime(settings, bot, bolt, threading.Event())
 

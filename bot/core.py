@@ -169,8 +169,8 @@ class RollbackBot:
                            "an approver confirms it with the *Roll back* button.")
 
     # -- decisions ---------------------------------------------------------------------------------
-    def authorize(self, incident_id: int, user: str) -> tuple[Incident | None, Reply | None]:
-        """The incident and None if `user` may act on it; otherwise a refusal to show them."""
+    def authorize(self, incident_id: int, user: str, action: str = "approve") -> tuple[Incident | None, Reply | None]:
+        """The incident and None if `user` may act on it; otherwise a refusal to show them (and the audit log)."""
         incident = self.store.find_incident(incident_id)
         if incident is None:
             return None, Reply(False, f"Incident #{incident_id} does not exist.")
@@ -179,7 +179,7 @@ class RollbackBot:
             return None, Reply(False, f"Service `{incident.service}` is no longer in the policy.")
         allowed, reason = self.approvers.check(user, svc.approvers)
         if not allowed:
-            self.store.audit(actor=user, action="approve", result="refused", incident_id=incident_id,
+            self.store.audit(actor=user, action=action, result="refused", incident_id=incident_id,
                              detail={"reason": reason})
             approvers = ", ".join(blocks.mention(a) for a in svc.approvers)
             return None, Reply(False, f"Not rolled back: {reason}. Ask one of: {approvers}.")
@@ -203,7 +203,7 @@ class RollbackBot:
         return Reply(True, f"Rolling back *{moved.service}* (incident #{incident_id}).")
 
     def dismiss(self, incident_id: int, user: str) -> Reply:
-        incident, refusal = self.authorize(incident_id, user)
+        incident, refusal = self.authorize(incident_id, user, action="dismiss")
         if refusal or incident is None:
             return refusal or Reply(False, "not allowed")
         moved = self.store.transition(incident_id, ("open",), "dismissed", approved_by=user)

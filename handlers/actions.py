@@ -41,6 +41,9 @@ def register(app: App, bot: RollbackBot) -> None:
             if refusal or incident is None:
                 tell(client, channel, user, refusal.text if refusal else "Not allowed.")
                 return
+            if incident.state != "open":  # an old copy of the message: nothing left to confirm
+                tell(client, channel, user, f"Incident #{incident_id}: {blocks.status_line(incident)}")
+                return
             client.views_open(trigger_id=body["trigger_id"], view=blocks.confirm_modal(
                 incident_id=incident_id, service=svc.name, baseline=blocks.baseline_text(incident)))
             return
