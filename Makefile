@@ -1,0 +1,28 @@
+# Quick start (README.md): `make demo` plays the whole rollback story locally; `make test` runs the tests.
+# Both set up once: prometheus from apt (if missing), .venv with the package and its test extra.
+# The stamp lives inside .venv, so deleting .venv or editing pyproject.toml redoes the setup.
+
+PYTHON ?= $(shell command -v python3.11 || echo python3)
+VENV := .venv
+STAMP := $(VENV)/.setup-done
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+.PHONY: demo test setup clean
+
+demo: $(STAMP)
+	$(VENV)/bin/rollback-bot demo --headless
+
+test: $(STAMP)
+	$(VENV)/bin/pytest -q
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	command -v prometheus >/dev/null || { $(SUDO) apt-get update && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends prometheus; }
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache

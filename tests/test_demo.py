@@ -1,0 +1,34 @@
+"""`rollback-bot demo --headless` end to end: the real CLI in a subprocess, with its own Prometheus, MLflow
+sqlite registry, fake Slack and bot, plays the story and prints the transcript the README promises.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.sandbox.servers import free_port
+
+pytestmark = pytest.mark.story
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_headless_demo_recovers_and_freezes(prometheus_bin: str) -> None:
+    cmd = [sys.executable, "-m", "bot.cli", "demo", "--headless", "--port", str(free_port())]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out, _ = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:  # SIGTERM first: the demo then stops its servers and removes its temp dir
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+        pytest.fail(f"demo did not finish in 120s:\n{out}")
+    print(out)
+    assert proc.returncode == 0, out
+    assert ":rotating_light: model-svc:" in out  # the warning, posted in the channel
+    assert 'clicks "Dry run"' in out and 'clicks "Roll back"' in out
+    assert "Recovered:" in out and "OK: Recovered" in out
+    assert "rollback_blocked=true" in out
