@@ -6,14 +6,17 @@ With `confirm: dialog` Slack has already shown the Block Kit confirm before the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from slack_bolt import Ack, App
 from slack_sdk import WebClient
 
 from bot import blocks
-from bot.core import RollbackBot
+from bot.core import Reply, RollbackBot
 from handlers.reply import tell
+
+UNKNOWN = "This button does not belong to a known incident."
 
 
 def _incident_id(body: dict[str, Any]) -> int | None:
@@ -33,7 +36,7 @@ def register(app: App, bot: RollbackBot) -> None:
         ack()
         user, channel, incident_id = body["user"]["id"], _where(body), _incident_id(body)
         if incident_id is None:
-            tell(client, channel, user, "This button does not belong to a known incident.")
+            tell(client, channel, user, UNKNOWN)
             return
         svc = bot.service_of(incident_id)
         if svc is not None and svc.confirm == "typed":
@@ -51,18 +54,18 @@ def register(app: App, bot: RollbackBot) -> None:
         if not reply.ok:
             tell(client, channel, user, reply.text)
 
+    def _delegate(body: dict[str, Any], client: WebClient, act: Callable[[int, str], Reply]) -> None:
+        user, channel, incident_id = body["user"]["id"], _where(body), _incident_id(body)
+        reply = act(incident_id, user) if incident_id is not None else Reply(False, UNKNOWN)
+        if not reply.ok:
+            tell(client, channel, user, reply.text)
+
     @app.action(blocks.DRY_RUN)
     def dry_run(ack: Ack, body: dict[str, Any], client: WebClient) -> None:
         ack()
-        user, channel, incident_id = body["user"]["id"], _where(body), _incident_id(body)
-        reply = bot.dry_run(incident_id, user) if incident_id is not None else None
-        if reply is None or not reply.ok:
-            tell(client, channel, user, reply.text if reply else "This button does not belong to a known incident.")
+        _delegate(body, client, bot.dry_run)
 
     @app.action(blocks.DISMISS)
     def dismiss(ack: Ack, body: dict[str, Any], client: WebClient) -> None:
         ack()
-        user, channel, incident_id = body["user"]["id"], _where(body), _incident_id(body)
-        reply = bot.dismiss(incident_id, user) if incident_id is not None else None
-        if reply is None or not reply.ok:
-            tell(client, channel, user, reply.text if reply else "This button does not belong to a known incident.")
+        _delegate(body, client, bot.dismiss)
