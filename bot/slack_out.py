@@ -51,7 +51,10 @@ class SlackOut:
             params["blocks"] = blocks
         if thread_ts:
             params["thread_ts"] = thread_ts
-        return str(self._call("chat.postMessage", **params)["ts"])
+        ts = self._call("chat.postMessage", **params).get("ts")
+        if not ts:
+            raise SlackError("chat.postMessage: the answer carried no ts, so the thread cannot be found")
+        return str(ts)
 
     def update(self, channel: str, ts: str, text: str, blocks: list[dict[str, Any]] | None = None) -> None:
         params: dict[str, Any] = {"channel": channel, "ts": ts, "text": text}
