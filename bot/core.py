@@ -57,7 +57,6 @@ class RollbackBot:
         self.evaluator = Evaluator(store, prom)
         self.verifier = Verifier(store, prom, self.timeline, clock=clock)
         self.gate = Gate(store, ModelRegistry(mlflow), clock=clock)
-        self.last_readings: dict[str, list[Reading]] = {}
 
     # -- lookups -----------------------------------------------------------------------------------
     def service(self, name: str) -> Service | None:
@@ -85,7 +84,6 @@ class RollbackBot:
         """One evaluation cycle: read every SLO, open incidents for sustained breaches, run the gate."""
         started = time.perf_counter()
         readings = self.evaluator.evaluate(self.policy, now=self.clock())
-        self.last_readings = readings
         for name, service_readings in readings.items():
             for r in service_readings:
                 metrics.SLO_STATUS.labels(service=name, slo=r.slo).set(1 if r.status == "breach" else 0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from bot import metrics
@@ -30,7 +30,6 @@ class RunOutcome:
     not_run: tuple[str, ...] = ()
     failed: str | None = None
     error: str | None = None
-    results: tuple[dict[str, Any], ...] = field(default_factory=tuple)
 
 
 def plan_dict(plan: StepPlan) -> dict[str, Any]:
@@ -67,7 +66,6 @@ class Runner:
         steps = service.rollback
         total = len(steps)
         done: list[str] = []
-        results: list[dict[str, Any]] = []
         for i, step in enumerate(steps):
             label = step_label(i + 1, total, step)
             pin = pins[i] if i < len(pins) else None
@@ -95,15 +93,14 @@ class Runner:
             self.store.finish_step(step_id, error is None, stored)
             self.store.audit(actor="rollback-bot", action=f"execute:{step.executor}", result=result,
                              incident_id=incident_id, detail=stored)
-            results.append(stored)
             if error is not None:
                 metrics.EXECUTOR_FAILURES.labels(executor=step.executor).inc()
                 record("step_failed", f"Failed {label} after {format_duration(took)}: {error}",
                        {"position": i, "error": error})
                 not_run = tuple(step_label(j + 1, total, s) for j, s in enumerate(steps) if j > i)
-                return RunOutcome(False, tuple(done), not_run, label, error, tuple(results))
+                return RunOutcome(False, tuple(done), not_run, label, error)
             assert outcome is not None
             record("step_done", f"Done {label} in {format_duration(took)}: {outcome.summary}",
                    {"position": i, "seconds": took})
             done.append(label)
-        return RunOutcome(True, tuple(done), results=tuple(results))
+        return RunOutcome(True, tuple(done))

@@ -42,6 +42,3 @@ class Scheduler:
     def cancel(self, job_id: str) -> None:
         if self._s.get_job(job_id):
             self._s.remove_job(job_id)
-
-    def has(self, job_id: str) -> bool:
-        return self._s.get_job(job_id) is not None

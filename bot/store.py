@@ -325,9 +325,12 @@ class Store:
                                 .order_by(events.c.id)).all()
         return [_row(Event, r) for r in rows]
 
-    def unposted_events(self) -> list[Event]:
+    def unposted_events(self, incident_id: int | None = None) -> list[Event]:
+        query = select(events).where(events.c.slack_ts.is_(None)).order_by(events.c.id)
+        if incident_id is not None:
+            query = query.where(events.c.incident_id == incident_id)
         with self.engine.connect() as conn:
-            rows = conn.execute(select(events).where(events.c.slack_ts.is_(None)).order_by(events.c.id)).all()
+            rows = conn.execute(query).all()
         return [_row(Event, r) for r in rows]
 
     # -- steps and audit ---------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from typing import Any
 from bot import blocks
 from bot.policy import Service
 from bot.slack_out import SlackError, SlackOut
-from bot.store import Event, Incident, Store
+from bot.store import ACTIVE_STATES, Event, Incident, Store
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +40,7 @@ class Timeline:
             incident = self.store.incident(incident_id)
             if not incident.message_ts or not incident.channel:
                 return  # the warning is not posted yet: the events wait for their thread
-            for event in self.store.events(incident_id):
-                if event.slack_ts:
-                    continue
+            for event in self.store.unposted_events(incident_id):
                 try:
                     ts = self.slack.post(incident.channel, blocks.event_text(event.at, event.text),
                                          thread_ts=incident.message_ts)
@@ -54,7 +52,7 @@ class Timeline:
 
     def flush_all(self) -> None:
         """Retry what did not reach Slack: warnings never posted, then unposted events."""
-        for incident in self.store.incidents_in(("open", "executing", "verifying")):
+        for incident in self.store.incidents_in(ACTIVE_STATES):
             if not incident.message_ts:
                 self.post_warning(incident)
         for incident_id in sorted({e.incident_id for e in self.store.unposted_events()}):
