@@ -18,7 +18,7 @@ from bot.sandbox.model_service import seed_registry
 from bot.sandbox.slack_api import FakeSlackAPI
 from bot.scheduler import Scheduler
 from bot.slack_out import SlackOut, make_client
-from bot.store import Store
+from bot.store import Incident, Store
 from executors import mlflow_alias
 from executors.base import ExecutorError, StepContext, StepOutcome, StepPlan
 from executors.registry import ExecutorSpec, Registry
@@ -90,6 +90,17 @@ def _seed(client: MlflowClient, model: str) -> tuple[str, str]:
     return v1, v2
 
 
+def _breached(tmp_path: Path, slack: FakeSlackAPI, client: MlflowClient,
+              model: str) -> tuple[RollbackBot, Clock, StubProm, Incident | None]:
+    """A bot whose service breaches latency with no `for`: one evaluation opens the incident."""
+    _seed(client, model)
+    clock = Clock()
+    prom = StubProm({LATENCY: (0.5,), AUC: (0.9,)})
+    bot = _bot(tmp_path, slack, client, _policy_text(model), prom, clock)
+    bot.evaluate_once()
+    return bot, clock, prom, bot.store.active_incident("model-svc")
+
+
 def test_breach_to_recovered_with_one_progress_message(tmp_path: Path, slack: FakeSlackAPI,
                                                       mlflow_client: MlflowClient, unique_model: str) -> None:
     v1, v2 = _seed(mlflow_client, unique_model)
@@ -127,12 +138,7 @@ def test_breach_to_recovered_with_one_progress_message(tmp_path: Path, slack: Fa
 
 def test_verification_times_out_and_mentions_approvers(tmp_path: Path, slack: FakeSlackAPI,
                                                        mlflow_client: MlflowClient, unique_model: str) -> None:
-    _seed(mlflow_client, unique_model)
-    clock = Clock()
-    prom = StubProm({LATENCY: (0.5,), AUC: (0.9,)})
-    bot = _bot(tmp_path, slack, mlflow_client, _policy_text(unique_model), prom, clock)
-    bot.evaluate_once()
-    incident = bot.store.active_incident("model-svc")
+    bot, clock, prom, incident = _breached(tmp_path, slack, mlflow_client, unique_model)
     assert incident is not None
     bot.approve(incident.id, "U0APPROVER")
     bot.execute(incident.id)
@@ -179,12 +185,7 @@ def test_a_failing_step_stops_the_plan_and_tells_the_thread(tmp_path: Path, slac
 def test_a_breach_that_outlives_its_incident_is_not_warned_again(tmp_path: Path, slack: FakeSlackAPI,
                                                                  mlflow_client: MlflowClient,
                                                                  unique_model: str) -> None:
-    _seed(mlflow_client, unique_model)
-    clock = Clock()
-    prom = StubProm({LATENCY: (0.5,), AUC: (0.9,)})
-    bot = _bot(tmp_path, slack, mlflow_client, _policy_text(unique_model), prom, clock)
-    bot.evaluate_once()
-    incident = bot.store.active_incident("model-svc")
+    bot, clock, prom, incident = _breached(tmp_path, slack, mlflow_client, unique_model)
     assert incident is not None and bot.dismiss(incident.id, "U0APPROVER").ok
     for _ in range(3):
         clock.tick(1)
