@@ -1,11 +1,13 @@
 # Quick start (README.md): `make demo` plays the whole rollback story locally; `make test` runs the tests.
-# Both set up once: prometheus from apt (if missing), .venv with the package and its test extra.
+# Both set up once: Debian packages (if missing), .venv with the package and its test extra.
 # The stamp lives inside .venv, so deleting .venv or editing pyproject.toml redoes the setup.
 
 PYTHON ?= $(shell command -v python3.11 || echo python3)
 VENV := .venv
 STAMP := $(VENV)/.setup-done
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+# Debian packages the demo and tests run for real: Prometheus, Alertmanager, and Chromium for the browser test.
+APT_PACKAGES := prometheus prometheus-alertmanager chromium chromium-driver
 
 .PHONY: demo test setup clean
 
@@ -17,9 +19,10 @@ test: $(STAMP)
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
-	command -v prometheus >/dev/null || { $(SUDO) apt-get update && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends prometheus; }
+$(STAMP): pyproject.toml Makefile
+	missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then $(SUDO) apt-get update && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends $$missing; fi
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet -e '.[test]'
 	touch $@
