@@ -6,6 +6,7 @@ their own Registry instead of the default one.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,9 @@ class Clients:
     """Clients handed to executors; tests swap them for ones pointed at fakes or test servers."""
 
     mlflow: Any = None
+    kube: Any = None  # a kubernetes.client.ApiClient; None = load from KUBECONFIG or in-cluster on first use
+    helm: str = "helm"  # the helm executable, looked up on PATH
+    workdir: str | None = None  # where git executors keep their clones; None = a temporary directory
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,9 @@ class Registry:
         return name in self._specs
 
 
-def default_registry() -> Registry:
-    from executors import mlflow_alias
+# Modules under executors/ that define SPEC, in the order `rollback-bot check-policy` lists them.
+EXECUTOR_MODULES = ("mlflow_alias",)
 
-    return Registry([mlflow_alias.SPEC])
+
+def default_registry() -> Registry:
+    return Registry(importlib.import_module(f"executors.{name}").SPEC for name in EXECUTOR_MODULES)
