@@ -17,7 +17,7 @@ from bot import metrics
 from bot.durations import format_duration
 from bot.policy import RollbackStep, Service
 from bot.store import Store
-from executors.base import ExecutorError, StepContext, StepPlan
+from executors.base import ExecutorError, StepContext, StepOutcome, StepPlan
 from executors.registry import Clients, Registry
 
 Record = Callable[[str, str, dict[str, Any]], None]
@@ -66,10 +66,11 @@ class Runner:
         steps = service.rollback
         total = len(steps)
         done: list[str] = []
+        earlier: list[StepOutcome] = []
         for i, step in enumerate(steps):
             label = step_label(i + 1, total, step)
             pin = pins[i] if i < len(pins) else None
-            context = StepContext(service.name, incident_id, pin)
+            context = StepContext(service.name, incident_id, pin, tuple(earlier))
             started = time.monotonic()
             step_id: int | None = None
             try:
@@ -103,4 +104,5 @@ class Runner:
             record("step_done", f"Done {label} in {format_duration(took)}: {outcome.summary}",
                    {"position": i, "seconds": took})
             done.append(label)
+            earlier.append(outcome)
         return RunOutcome(True, tuple(done))

@@ -31,12 +31,14 @@ class StepContext:
 
     `pin` is the immutable target resolved when the incident opened (e.g. the MLflow version behind
     previous_champion at that moment). When set, plan() must use it instead of resolving again, so the
-    rollback goes exactly where the warning said it would.
+    rollback goes exactly where the warning said it would. `earlier` is empty while planning ahead (warning,
+    dry run) and holds the outcomes of the steps already done when a step is planned right before it runs.
     """
 
     service: str
     incident_id: int
     pin: str | None = None
+    earlier: tuple[StepOutcome, ...] = ()  # outcomes of this run's earlier steps (e.g. git_revert's new revision)
 
 
 @dataclass(frozen=True)
