@@ -1,5 +1,5 @@
 """Everything the bot says in Slack goes through here: posts, thread replies, in-place updates, ephemerals,
-modals, and user-group lookups.
+modals, file uploads (files_upload_v2) and user-group lookups.
 
 Called by bot.timeline, bot.core and bot.approvers with a slack_sdk WebClient whose base_url comes from
 SLACK_API_URL (tests and the demo point it at bot.sandbox.slack_api). 429s are retried after Retry-After by
@@ -70,6 +70,20 @@ class SlackOut:
 
     def open_view(self, trigger_id: str, view: dict[str, Any]) -> None:
         self._call("views.open", trigger_id=trigger_id, view=view)
+
+    def upload_file(self, channel: str, thread_ts: str | None, content: bytes, filename: str, title: str) -> str:
+        """Share a file (e.g. the incident chart) in a channel or thread with files_upload_v2; its file id.
+
+        slack_sdk runs the three steps: files.getUploadURLExternal, POST of the bytes to the returned
+        upload_url, files.completeUploadExternal with channel_id and thread_ts.
+        """
+        if not content:
+            raise SlackError(f"files_upload_v2: {filename} is empty, nothing to upload")
+        params: dict[str, Any] = {"channel": channel, "content": content, "filename": filename, "title": title}
+        if thread_ts:
+            params["thread_ts"] = thread_ts
+        files = self._call("files_upload_v2", **params).get("files") or [{}]
+        return str(files[0].get("id", ""))
 
     def usergroup_users(self, usergroup: str) -> list[str]:
         return [str(u) for u in self._call("usergroups.users.list", usergroup=usergroup).get("users", [])]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import mimetypes
 import threading
 import time
 from collections import deque
@@ -204,6 +205,12 @@ class FakeSlackAPI:
             self._cond.notify_all()
         return status, ({"Retry-After": str(retry_after)} if retry_after is not None else {}), body
 
+    def file_content(self, file_id: str) -> tuple[bytes, str] | None:
+        """Bytes and mimetype of a completed upload (what `url_private` serves), or None."""
+        with self._cond:
+            f = self._files.get(file_id)
+            return (bytes(f["content"]), _mimetype(f["name"])) if f and f["completed"] else None
+
     def _store_upload(self, file_id: str, data: bytes) -> bool:
         with self._cond:
             if file_id in self._files:
@@ -310,7 +317,8 @@ class FakeSlackAPI:
         for item, f in zip(items, ready, strict=True):
             f.update(title=item.get("title") or f["name"], completed=True, channel_id=p.get("channel_id"),
                      thread_ts=p.get("thread_ts"), initial_comment=p.get("initial_comment"))
-            shared.append({"id": f["id"], "name": f["name"], "title": f["title"], "size": len(f["content"])})
+            shared.append({"id": f["id"], "name": f["name"], "title": f["title"], "size": len(f["content"]),
+                           "mimetype": _mimetype(f["name"]), "url_private": f"{self.base}/files/{f['id']}"})
         if p.get("channel_id"):  # Slack shares the files as a message in the channel or thread
             self._store_message(str(p["channel_id"]), p.get("thread_ts"), text=p.get("initial_comment") or "",
                                 files=copy.deepcopy(shared), upload=True)
@@ -337,6 +345,12 @@ class _Handler(BaseHTTPRequestHandler):
                 self._reply(status, json.dumps(body).encode(), "application/json; charset=utf-8", extra)
             else:
                 self._reply(200, b"ok")
+        elif path.path.startswith("/files/") and self.command == "GET":  # a file share's url_private
+            found = self.fake.file_content(path.path[len("/files/"):])
+            if found:
+                self._reply(200, found[0], found[1])
+            else:
+                self._reply(404, b"file_not_found")
         elif path.path.startswith("/upload/") and self.command == "POST":
             stored = self.fake._store_upload(path.path[len("/upload/"):], raw)
             self._reply(200 if stored else 404, f"OK - {len(raw)}".encode() if stored else b"file_not_found")
@@ -379,6 +393,10 @@ def _decode_params(query: str, raw: bytes, content_type: str) -> Params:
 
 def _form(text: str) -> Params:
     return {k: v[0] if len(v) == 1 else v for k, v in parse_qs(text, keep_blank_values=True).items()}
+
+
+def _mimetype(name: str) -> str:
+    return mimetypes.guess_type(name)[0] or "application/octet-stream"
 
 
 def _error(error: str) -> Params:
