@@ -2,7 +2,7 @@
 
 Called by bot.evaluation. Each distinct query string is sent once per cycle however many SLOs use it, the
 queries of one cycle run concurrently, and a failing query comes back as an error for that query only.
-An empty result or NaN is "no data", never a number.
+An empty result or NaN is "no data", never a number. bot.chart reads each SLO's history with `query_range`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 import requests
 from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
@@ -24,6 +25,23 @@ class QueryResult:
 
     query: str
     values: tuple[float, ...] = ()
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Series:
+    """One series of a range query: its labels and its (unix time, value) points, NaNs left out."""
+
+    labels: dict[str, str]
+    points: tuple[tuple[float, float], ...]
+
+
+@dataclass(frozen=True)
+class RangeResult:
+    """Series of one range query; error set = the query itself failed (Prometheus down, bad PromQL)."""
+
+    query: str
+    series: tuple[Series, ...] = ()
     error: str | None = None
 
 
@@ -59,12 +77,41 @@ class Prometheus:
             return QueryResult(query, _values(data))
         return QueryResult(query, error=last_error[:500] or "query failed")
 
+    def query_range(self, query: str, start: float, end: float, step: float) -> RangeResult:
+        """A range query (bot.chart draws the incident's SLOs with it); never raises, errors are returned."""
+        self.queries_sent += 1
+        try:
+            data = self._conn.custom_query_range(
+                query=query, start_time=datetime.fromtimestamp(start, timezone.utc),
+                end_time=datetime.fromtimestamp(end, timezone.utc), step=f"{max(step, 0.001):g}s",
+                timeout=self.timeout)
+        except PrometheusApiClientException as exc:
+            # Prometheus answered with an error (bad PromQL, too many points, 5xx): reported, not raised.
+            return RangeResult(query, error=str(exc)[:500] or "range query failed")
+        except requests.RequestException as exc:
+            # Prometheus down or slow: the caller (a chart) reports it instead of failing the incident.
+            return RangeResult(query, error=f"{type(exc).__name__}: {exc}"[:500])
+        return RangeResult(query, tuple(_series(s) for s in data or [] if isinstance(s, dict)))
+
     def query_many(self, queries: Iterable[str]) -> dict[str, QueryResult]:
         unique = list(dict.fromkeys(queries))
         return dict(zip(unique, self._pool.map(self.query, unique), strict=True))
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
+
+
+def _series(raw: dict[str, object]) -> Series:
+    points: list[tuple[float, float]] = []
+    for pair in raw.get("values") or []:  # type: ignore[attr-defined]
+        try:
+            at, value = float(pair[0]), float(pair[1])
+        except (TypeError, ValueError, IndexError):
+            continue  # not a sample we can read: a gap in the line
+        if not math.isnan(value):
+            points.append((at, value))
+    labels = raw.get("metric")
+    return Series({str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}, tuple(points))
 
 
 def _values(data: object) -> tuple[float, ...]:
