@@ -9,6 +9,7 @@ Defaults only point at 127.0.0.1; pass `FakeSlackAPI.response_url` as `response_
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from typing import Any
 from urllib.parse import urlencode
@@ -20,13 +21,17 @@ TEAM_ID = "T0SANDBOX"
 TEAM_DOMAIN = "sandbox"
 APP_ID = "A0SANDBOX"
 VERIFICATION_TOKEN = "sandbox-verification-token"  # deprecated by Slack, still sent; Bolt ignores it
-TRIGGER_ID = "1000000000001.1000000000001.0123456789abcdef0123456789abcdef"
 RESPONSE_URL = "http://127.0.0.1:9/response"  # nothing listens: a default that never leaves the machine
+
+
+def new_trigger_id() -> str:
+    """A fresh trigger_id, unique per request like Slack's (the bot uses it to spot retries and replays)."""
+    return f"{int(time.time())}.1000000000001.{secrets.token_hex(16)}"
 
 
 def slash_command_body(
     *, command: str = "/rollback", text: str, user_id: str, channel_id: str, team_id: str = TEAM_ID,
-    user_name: str | None = None, trigger_id: str = TRIGGER_ID, response_url: str = RESPONSE_URL,
+    user_name: str | None = None, trigger_id: str | None = None, response_url: str = RESPONSE_URL,
 ) -> str:
     """The form-encoded body Slack posts for a slash command."""
     return urlencode({
@@ -34,13 +39,13 @@ def slash_command_body(
         "channel_id": channel_id, "channel_name": _channel_name(channel_id),
         "user_id": user_id, "user_name": user_name or _name(user_id), "command": command, "text": text,
         "api_app_id": APP_ID, "is_enterprise_install": "false", "response_url": response_url,
-        "trigger_id": trigger_id,
+        "trigger_id": trigger_id or new_trigger_id(),
     })
 
 
 def block_actions_body(
     *, user_id: str, channel_id: str, message_ts: str, action_id: str, value: str, block_id: str = "actions",
-    message: dict[str, Any] | None = None, thread_ts: str | None = None, trigger_id: str = TRIGGER_ID,
+    message: dict[str, Any] | None = None, thread_ts: str | None = None, trigger_id: str | None = None,
     response_url: str = RESPONSE_URL,
 ) -> str:
     """The form-encoded `payload=<json>` Slack posts when a user clicks a button in a channel message.
@@ -56,7 +61,7 @@ def block_actions_body(
         msg.setdefault("thread_ts", thread_ts)
     payload: dict[str, Any] = {
         "type": "block_actions", "user": _user(user_id), "api_app_id": APP_ID, "token": VERIFICATION_TOKEN,
-        "container": container, "trigger_id": trigger_id, "team": {"id": TEAM_ID, "domain": TEAM_DOMAIN},
+        "container": container, "trigger_id": trigger_id or new_trigger_id(), "team": {"id": TEAM_ID, "domain": TEAM_DOMAIN},
         "enterprise": None, "is_enterprise_install": False,
         "channel": {"id": channel_id, "name": _channel_name(channel_id)}, "message": msg,
         "state": {"values": {}}, "response_url": response_url,
@@ -71,7 +76,7 @@ def block_actions_body(
 
 def view_submission_body(
     *, user_id: str, callback_id: str, private_metadata: str, values: dict[str, Any],
-    view_id: str = "V0SANDBOX", trigger_id: str = TRIGGER_ID,
+    view_id: str = "V0SANDBOX", trigger_id: str | None = None,
 ) -> str:
     """The form-encoded `payload=<json>` Slack posts when a user submits a modal.
 
@@ -86,7 +91,7 @@ def view_submission_body(
     }
     payload: dict[str, Any] = {
         "type": "view_submission", "team": {"id": TEAM_ID, "domain": TEAM_DOMAIN}, "user": _user(user_id),
-        "api_app_id": APP_ID, "token": VERIFICATION_TOKEN, "trigger_id": trigger_id, "view": view,
+        "api_app_id": APP_ID, "token": VERIFICATION_TOKEN, "trigger_id": trigger_id or new_trigger_id(), "view": view,
         "response_urls": [], "enterprise": None, "is_enterprise_install": False,
     }
     return urlencode({"payload": json.dumps(payload)})
