@@ -46,22 +46,24 @@ def slash_command_body(
 def block_actions_body(
     *, user_id: str, channel_id: str, message_ts: str, action_id: str, value: str, block_id: str = "actions",
     message: dict[str, Any] | None = None, thread_ts: str | None = None, trigger_id: str | None = None,
-    response_url: str = RESPONSE_URL,
+    response_url: str = RESPONSE_URL, ephemeral: bool = False,
 ) -> str:
     """The form-encoded `payload=<json>` Slack posts when a user clicks a button in a channel message.
 
     `message` is the clicked message as the fake Web API stores it; without one a minimal message is sent.
-    The button's label is taken from the message's blocks when the action_id is found there.
+    The button's label is taken from the message's blocks when the action_id is found there. A click in an
+    ephemeral message (`ephemeral=True`) says so in the container and, as in Slack, carries no message.
     """
     msg = dict(message) if message is not None else {"type": "message", "ts": message_ts, "text": ""}
     container: dict[str, Any] = {"type": "message", "message_ts": message_ts, "channel_id": channel_id,
-                                 "is_ephemeral": False}
+                                 "is_ephemeral": ephemeral}
     if thread_ts:
         container["thread_ts"] = thread_ts
         msg.setdefault("thread_ts", thread_ts)
     payload: dict[str, Any] = {
         "type": "block_actions", "user": _user(user_id), "api_app_id": APP_ID, "token": VERIFICATION_TOKEN,
-        "container": container, "trigger_id": trigger_id or new_trigger_id(), "team": {"id": TEAM_ID, "domain": TEAM_DOMAIN},
+        "container": container, "trigger_id": trigger_id or new_trigger_id(),
+        "team": {"id": TEAM_ID, "domain": TEAM_DOMAIN},
         "enterprise": None, "is_enterprise_install": False,
         "channel": {"id": channel_id, "name": _channel_name(channel_id)}, "message": msg,
         "state": {"values": {}}, "response_url": response_url,
@@ -71,17 +73,20 @@ def block_actions_body(
             "action_ts": f"{time.time():.6f}",
         }],
     }
+    if ephemeral:
+        del payload["message"]
     return urlencode({"payload": json.dumps(payload)})
 
 
 def view_submission_body(
     *, user_id: str, callback_id: str, private_metadata: str, values: dict[str, Any],
-    view_id: str = "V0SANDBOX", trigger_id: str | None = None,
+    view_id: str = "V0SANDBOX", trigger_id: str | None = None, opened: dict[str, Any] | None = None,
 ) -> str:
     """The form-encoded `payload=<json>` Slack posts when a user submits a modal.
 
     `values` has Slack's state.values shape:
-    `{block_id: {action_id: {"type": "plain_text_input", "value": "..."}}}`.
+    `{block_id: {action_id: {"type": "plain_text_input", "value": "..."}}}`. `opened` is the view as the
+    fake Web API holds it (from views.open): its title, blocks, buttons and hash are sent back, as Slack does.
     """
     view: dict[str, Any] = {
         "id": view_id, "team_id": TEAM_ID, "type": "modal", "callback_id": callback_id,
@@ -89,9 +94,13 @@ def view_submission_body(
         "title": {"type": "plain_text", "text": "Rollback"}, "external_id": "", "previous_view_id": None,
         "root_view_id": view_id, "app_id": APP_ID, "app_installed_team_id": TEAM_ID, "bot_id": "B0ROLLBOT",
     }
+    for key in ("blocks", "hash", "title", "submit", "close", "external_id", "previous_view_id", "root_view_id"):
+        if opened and key in opened:
+            view[key] = opened[key]
     payload: dict[str, Any] = {
         "type": "view_submission", "team": {"id": TEAM_ID, "domain": TEAM_DOMAIN}, "user": _user(user_id),
-        "api_app_id": APP_ID, "token": VERIFICATION_TOKEN, "trigger_id": trigger_id or new_trigger_id(), "view": view,
+        "api_app_id": APP_ID, "token": VERIFICATION_TOKEN, "trigger_id": trigger_id or new_trigger_id(),
+        "view": view,
         "response_urls": [], "enterprise": None, "is_enterprise_install": False,
     }
     return urlencode({"payload": json.dumps(payload)})

@@ -6,6 +6,8 @@ messages, threads, ephemerals, views and uploaded files so tests and the demo ca
 person would, and can be told to fail the next calls (429 with Retry-After, 5xx, or `ok: false`).
 Point a client at it with `WebClient(base_url=fake.url)` or the env var `SLACK_API_URL=<fake.url>`.
 Bolt's `respond()` can be pointed at `fake.response_url`; those posts are recorded as method "response_url".
+A `response_url_for(channel, user)` URL also shows them as Slack does (ephemeral, in channel, or replacing
+the original); `respond()` does the same for a slash command's ack body. The chat page reads all of this.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,7 @@ class FakeSlackAPI:
             "usergroups.users.list": self._usergroup_users, "conversations.info": self._conversation,
             "files.getUploadURLExternal": self._upload_url,
             "files.completeUploadExternal": self._complete_upload,
+            "response_url": self._response,
         }
         self.reset()
 
@@ -205,6 +208,21 @@ class FakeSlackAPI:
             self._cond.notify_all()
         return status, ({"Retry-After": str(retry_after)} if retry_after is not None else {}), body
 
+    def respond(self, channel: str, user: str, body: Params, *, message_ts: str | None = None,
+                thread_ts: str | None = None) -> None:
+        """Show an app's response as Slack does for a response_url post or a slash command's ack body:
+        ephemeral to `user` by default, in the channel with `response_type: in_channel`, or in place of the
+        message `message_ts` with `replace_original` / `delete_original`."""
+        with self._cond:
+            self._respond(channel, user, body, message_ts, thread_ts)
+            self._cond.notify_all()
+
+    def response_url_for(self, channel: str, user: str, *, message_ts: str | None = None,
+                         thread_ts: str | None = None) -> str:
+        """A response_url whose posts `respond()` in `channel` to `user` (and about `message_ts`)."""
+        where = {"channel": channel, "user": user, "message_ts": message_ts, "thread_ts": thread_ts}
+        return f"{self.response_url}?{urlencode({k: v for k, v in where.items() if v})}"
+
     def file_content(self, file_id: str) -> tuple[bytes, str] | None:
         """Bytes and mimetype of a completed upload (what `url_private` serves), or None."""
         with self._cond:
@@ -254,6 +272,26 @@ class FakeSlackAPI:
         msg["edited"] = {"user": BOT_USER_ID, "ts": self._next_ts()}
         return {"ok": True, "channel": p["channel"], "ts": msg["ts"], "text": msg["text"],
                 "message": copy.deepcopy(msg)}
+
+    def _response(self, p: Params) -> Params:
+        if p.get("channel") and p.get("user"):  # minted by response_url_for: show it; a bare one is only recorded
+            body = {k: v for k, v in p.items() if k not in ("channel", "user", "message_ts", "thread_ts")}
+            self._respond(str(p["channel"]), str(p["user"]), body, p.get("message_ts"), p.get("thread_ts"))
+        return {"ok": True}
+
+    def _respond(self, channel: str, user: str, body: Params, message_ts: Any, thread_ts: Any) -> None:
+        fields = {"text": "", **{k: body[k] for k in _MESSAGE_FIELDS if k in body}}
+        original = self._find(channel, message_ts) if message_ts else None
+        if original is not None and _truthy(body.get("delete_original")):
+            self._messages[channel].remove(original)
+        elif original is not None and _truthy(body.get("replace_original")):
+            original.update(fields)  # Slack marks no "(edited)" on a replaced original
+        elif body.get("response_type") == "in_channel":
+            self._store_message(channel, body.get("thread_ts") or thread_ts, **fields)
+        else:
+            self._ephemerals.append({**{k: fields.get(k) for k in ("text", "blocks", "attachments")},
+                                     "channel": channel, "user": user, "message_ts": self._next_ts(),
+                                     "thread_ts": body.get("thread_ts") or thread_ts})
 
     def _post_ephemeral(self, p: Params) -> Params:
         if not p.get("channel") or not p.get("user"):
@@ -397,6 +435,10 @@ def _form(text: str) -> Params:
 
 def _mimetype(name: str) -> str:
     return mimetypes.guess_type(name)[0] or "application/octet-stream"
+
+
+def _truthy(value: Any) -> bool:
+    return value in (True, 1, "1", "true", "True")
 
 
 def _error(error: str) -> Params:
