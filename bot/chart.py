@@ -1,0 +1,128 @@
+"""The incident chart: one PNG panel per SLO of the service, from a little before the breach to recovery, with
+the threshold and vertical markers for breach, approval, execution and recovery.
+
+Called by bot.core when an incident finishes (`post_chart`, which also uploads the PNG into the incident's
+thread and never raises). The data comes from Prometheus range queries (bot.prom `query_range`); matplotlib
+is imported inside `render` with the Agg backend, so the bot's start-up and idle memory do not pay for it.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+from bot.policy import Service, Slo
+from bot.prom import Prometheus, RangeResult
+from bot.slack_out import SlackError, SlackOut
+from bot.store import Incident
+
+log = logging.getLogger(__name__)
+
+LEAD_SECONDS = 60.0  # shown before the breach at least, so the chart starts from healthy values
+MAX_POINTS = 300  # per series; the step grows with the incident's length
+MARKERS = (("breach", "breach_started_at", "tab:red"), ("approved", "approved_at", "tab:blue"),
+           ("executed", "executed_at", "tab:purple"), ("recovered", "recovered_at", "tab:green"))
+
+
+class ChartError(Exception):
+    """The chart cannot be drawn (Prometheus failed, nothing to draw); the message says why."""
+
+
+def window(incident: Incident, now: float) -> tuple[float, float]:
+    """Start and end of the chart: a lead before the breach (or the warning) until recovery or the end."""
+    begin = incident.breach_started_at or incident.warned_at or incident.opened_at
+    end = incident.recovered_at or incident.finished_at or now
+    end = max(end, begin + 1)
+    return begin - max(LEAD_SECONDS, 0.2 * (end - begin)), end + min(30.0, 0.05 * (end - begin) + 5)
+
+
+def markers(incident: Incident) -> list[tuple[str, float, str]]:
+    """(label, time, colour) of the moments the incident went through, in order."""
+    found = [(label, getattr(incident, field), colour) for label, field, colour in MARKERS]
+    return [(label, at, colour) for label, at, colour in found if at is not None]
+
+
+def fetch(prom: Prometheus, service: Service, start: float, end: float) -> list[tuple[Slo, RangeResult]]:
+    """Each SLO's history over the window; ChartError naming the SLO when a query fails."""
+    step = max(1.0, (end - start) / MAX_POINTS)
+    out = []
+    for slo in service.slos:
+        result = prom.query_range(slo.query, start, end, step)
+        if result.error is not None:
+            raise ChartError(f"Prometheus range query for SLO {slo.name} failed: {result.error}")
+        out.append((slo, result))
+    return out
+
+
+def render(prom: Prometheus, incident: Incident, service: Service, *, now: float | None = None,
+           dpi: int = 100) -> bytes:
+    """The chart as PNG bytes. Raises ChartError when Prometheus cannot give the data."""
+    start, end = window(incident, now or time.time())
+    data = fetch(prom, service, start, end)
+
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display; the Figure below is drawn by FigureCanvasAgg either way
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.dates import DateFormatter
+    from matplotlib.figure import Figure
+
+    def when(ts: float) -> datetime:
+        return datetime.fromtimestamp(ts, timezone.utc)
+
+    figure = Figure(figsize=(10, 2.6 * len(data) + 0.6), dpi=dpi, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(len(data), 1, sharex=True, squeeze=False)[:, 0]
+    figure.suptitle(f"{service.name} — incident #{incident.id} ({incident.state})", fontsize=12)
+    for ax, (slo, result) in zip(axes, data, strict=True):
+        _panel(ax, slo, result, when)
+        for label, at, colour in markers(incident):
+            ax.axvline(when(at), color=colour, linestyle="--", linewidth=1.2)
+            ax.annotate(label, xy=(when(at), 1.0), xycoords=("data", "axes fraction"), rotation=90,
+                        va="top", ha="right", fontsize=8, color=colour)
+        ax.set_xlim(when(start), when(end))
+        ax.grid(True, alpha=0.3)
+    axes[-1].xaxis.set_major_formatter(DateFormatter("%H:%M:%S", tz=timezone.utc))
+    axes[-1].set_xlabel("time (UTC)")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _panel(ax: Any, slo: Slo, result: RangeResult, when: Callable[[float], datetime]) -> None:
+    threshold = slo.above if slo.above is not None else slo.below
+    ax.set_title(f"{slo.name} (healthy {slo.target_text()})", fontsize=10, loc="left")
+    for series in result.series:
+        if series.points:
+            name = ",".join(f"{k}={v}" for k, v in sorted(series.labels.items())) or slo.name
+            ax.plot([when(t) for t, _ in series.points], [v for _, v in series.points], linewidth=1.5,
+                    label=name[:60])
+    if not any(s.points for s in result.series):
+        ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center", color="grey")
+    if threshold is not None:
+        ax.axhline(threshold, color="tab:orange", linewidth=1, label=f"threshold {threshold:g}")
+    ax.legend(loc="upper left", fontsize=7)
+
+
+def post_chart(prom: Prometheus, slack: SlackOut, incident: Incident, service: Service,
+               now: float | None = None) -> str | None:
+    """Draw the chart and upload it into the incident's thread. None when it was posted, else the reason
+    (for the thread's timeline). Never raises: a missing chart must not stop the incident's finish step."""
+    if not incident.channel or not incident.message_ts:
+        return "no chart: the incident's warning was never posted, so there is no thread for it"
+    try:
+        png = render(prom, incident, service, now=now)
+        slack.upload_file(incident.channel, incident.message_ts, png, f"incident-{incident.id}-slos.png",
+                          f"{service.name} SLOs, incident #{incident.id}")
+    except (ChartError, SlackError) as exc:
+        # Prometheus or Slack failed: the reason goes into the thread instead of the chart.
+        log.warning("incident %s: chart not posted: %s", incident.id, exc)
+        return f"Chart not posted: {exc}"
+    except Exception as exc:  # noqa: BLE001 - a drawing bug must not stop the freeze and summary after it
+        log.exception("incident %s: chart drawing failed", incident.id)
+        return f"Chart not posted: {type(exc).__name__}: {exc}"
+    return None

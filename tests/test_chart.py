@@ -1,0 +1,235 @@
+"""Tests for bot/chart.py: the incident chart drawn from a real Prometheus scraping the simulated model
+service, and uploaded with files_upload_v2 into the incident's thread on the fake Slack Web API.
+
+One Prometheus + simulator pair serves the module: the simulator serves a slow version (p95 over the
+threshold), then the fast one, and the incidents here carry breach / approval / execution / recovery times
+inside that stretch, as a real incident would.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from matplotlib import image
+
+from bot import chart
+from bot.policy import Service, parse_policy
+from bot.prom import Prometheus
+from bot.sandbox.model_service import ModelServiceSimulator, VersionProfile
+from bot.sandbox.servers import PrometheusServer, free_port
+from bot.sandbox.slack_api import FakeSlackAPI
+from bot.slack_out import SlackOut, make_client
+from bot.store import Incident, Store
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+CHANNEL = "C0MODELSVC"
+P95 = 'histogram_quantile(0.95, sum by (le) (rate(model_request_latency_seconds_bucket{service="model-svc"}[5s])))'
+POLICY = f"""
+services:
+  model-svc:
+    channel: {CHANNEL}
+    approvers: [U0APPROVER]
+    model: recommender
+    slos:
+      - name: p95-latency
+        query: '{P95}'
+        above: 0.25
+      - name: auc
+        query: 'min(model_auc{{service="model-svc"}})'
+        below: 0.8
+    rollback:
+      - mlflow_alias: {{model: recommender}}
+"""
+
+
+class Stretch:
+    """Times of the stretch the simulator lived through: slow (breaching) from `slow_at`, fast from `fast_at`."""
+
+    def __init__(self) -> None:
+        self.slow_at = self.fast_at = self.end = 0.0
+
+
+@pytest.fixture(scope="module")
+def prom_stretch(tmp_path_factory: pytest.TempPathFactory, prometheus_bin: str) -> Iterator[tuple[str, Stretch]]:
+    """A real Prometheus that has scraped ~6 s of v2 (slow, low AUC) followed by ~6 s of v1 (healthy)."""
+    served = {"version": "2"}
+    simulator = ModelServiceSimulator(
+        "model-svc", champion=lambda: served["version"], default=VersionProfile(latency_seconds=0.4),
+        profiles={"1": VersionProfile(latency_seconds=0.05, auc=0.92), "2": VersionProfile(0.4, auc=0.7)})
+    times = Stretch()
+    with simulator, PrometheusServer(tmp_path_factory.mktemp("prom"), [simulator.target], "1s",
+                                     binary=prometheus_bin) as prometheus:
+        prometheus.wait_for_series(f"({P95}) > 0.25")
+        times.slow_at = time.time()
+        time.sleep(6)
+        served["version"] = "1"
+        times.fast_at = time.time()
+        prometheus.wait_for_series(f"({P95}) < 0.25")
+        time.sleep(3)
+        times.end = time.time()
+        yield prometheus.url, times
+
+
+@pytest.fixture
+def service() -> Service:
+    return parse_policy(POLICY).services["model-svc"]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store(f"sqlite:///{tmp_path / 'bot.db'}")
+    yield s
+    s.engine.dispose()
+
+
+@pytest.fixture
+def slack() -> Iterator[FakeSlackAPI]:
+    with FakeSlackAPI() as api:
+        yield api
+
+
+def incident_in(store: Store, times: Stretch, **values: Any) -> Incident:
+    """A recovered incident whose breach, approval, execution and recovery fall inside the stretch."""
+    opened = store.open_incident(service="model-svc", trigger="p95-latency", detail={}, baseline={},
+                                 breach_started_at=times.slow_at, channel=CHANNEL)
+    assert opened is not None
+    defaults: dict[str, Any] = dict(
+        state="recovered", active_service=None, warned_at=times.slow_at + 1, approved_at=times.slow_at + 3,
+        executed_at=times.fast_at, recovered_at=times.end, finished_at=times.end)
+    return store.update_incident(opened.id, **{**defaults, **values})
+
+
+def png_size(png: bytes) -> tuple[int, int]:
+    """(width, height) decoded by matplotlib's PNG reader, which fails on a broken file."""
+    pixels = image.imread(io.BytesIO(png), format="png")
+    return int(pixels.shape[1]), int(pixels.shape[0])
+
+
+# -- drawing -------------------------------------------------------------------------------------------------
+def test_chart_of_an_incident_is_a_png_with_one_panel_per_slo(
+    prom_stretch: tuple[str, Stretch], store: Store, service: Service
+) -> None:
+    url, times = prom_stretch
+    incident = incident_in(store, times)
+    prom = Prometheus(url)
+
+    png = chart.render(prom, incident, service)
+
+    assert png.startswith(PNG_SIGNATURE)
+    assert len(png) > 20_000  # two panels of lines, labels and markers, not a blank image
+    width, height = png_size(png)
+    assert width == 1000  # figsize 10 in at 100 dpi
+    assert height == round((2.6 * 2 + 0.6) * 100)  # one 2.6 in panel per SLO plus the title
+    start, end = chart.window(incident, time.time())
+    assert start < times.slow_at and end >= times.end
+    [(p95_slo, p95), (auc_slo, auc)] = chart.fetch(prom, service, start, end)
+    assert (p95_slo.name, auc_slo.name) == ("p95-latency", "auc")
+    p95_values = [v for s in p95.series for _, v in s.points]
+    assert max(p95_values) > 0.25 > min(p95_values)  # the line crosses the threshold both ways
+    assert {round(v, 2) for s in auc.series for _, v in s.points} >= {0.7, 0.92}
+
+
+def test_markers_name_each_moment_the_incident_went_through(prom_stretch: tuple[str, Stretch], store: Store) -> None:
+    _, times = prom_stretch
+    full = incident_in(store, times)
+    assert [(label, at) for label, at, _ in chart.markers(full)] == [
+        ("breach", times.slow_at), ("approved", times.slow_at + 3), ("executed", times.fast_at),
+        ("recovered", times.end)]
+    dismissed = store.update_incident(full.id, approved_at=None, executed_at=None, recovered_at=None)
+    assert [label for label, _, _ in chart.markers(dismissed)] == ["breach"]
+
+
+def test_an_unfinished_incident_is_drawn_until_now(prom_stretch: tuple[str, Stretch], store: Store,
+                                                   service: Service) -> None:
+    url, times = prom_stretch
+    incident = incident_in(store, times, state="verifying", recovered_at=None, finished_at=None)
+    now = times.end + 2
+    start, end = chart.window(incident, now)
+    assert start <= times.slow_at - chart.LEAD_SECONDS and end >= now
+    assert png_size(chart.render(Prometheus(url), incident, service, now=now))[0] == 1000
+
+
+# -- uploading -----------------------------------------------------------------------------------------------
+def test_post_chart_uploads_the_png_into_the_incident_thread(
+    prom_stretch: tuple[str, Stretch], store: Store, service: Service, slack: FakeSlackAPI
+) -> None:
+    url, times = prom_stretch
+    out = SlackOut(make_client("xoxb-chart-test", slack.url))
+    parent_ts = out.post(CHANNEL, "warning")
+    incident = incident_in(store, times, message_ts=parent_ts)
+
+    assert chart.post_chart(Prometheus(url), out, incident, service) is None
+
+    [upload] = slack.uploads()
+    assert (upload["channel_id"], upload["thread_ts"]) == (CHANNEL, parent_ts)
+    assert upload["content"].startswith(PNG_SIGNATURE)
+    assert upload["name"] == f"incident-{incident.id}-slos.png"
+    assert upload["title"] == f"model-svc SLOs, incident #{incident.id}"
+    [share] = slack.thread(CHANNEL, parent_ts)
+    assert share["files"][0]["id"] == upload["id"] and share["files"][0]["mimetype"] == "image/png"
+    assert [c.method for c in slack.calls()][1:] == ["files.getUploadURLExternal", "files.completeUploadExternal"]
+    assert slack.file_content(upload["id"]) == (upload["content"], "image/png")
+
+
+def test_upload_file_sends_bytes_through_all_three_steps(slack: FakeSlackAPI) -> None:
+    out = SlackOut(make_client("xoxb-chart-test", slack.url))
+    parent_ts = out.post(CHANNEL, "warning")
+    file_id = out.upload_file(CHANNEL, parent_ts, PNG_SIGNATURE + b"rest", "x.png", "X")
+    [upload] = slack.uploads()
+    assert upload["id"] == file_id and upload["content"] == PNG_SIGNATURE + b"rest"
+    [asked] = slack.calls("files.getUploadURLExternal")
+    assert (asked.params["filename"], asked.params["length"]) == ("x.png", str(len(PNG_SIGNATURE) + 4))
+    [done] = slack.calls("files.completeUploadExternal")
+    assert (done.params["channel_id"], done.params["thread_ts"]) == (CHANNEL, parent_ts)
+
+
+# -- failures ------------------------------------------------------------------------------------------------
+def test_prometheus_down_gives_a_clear_error_and_uploads_nothing(
+    store: Store, service: Service, slack: FakeSlackAPI
+) -> None:
+    out = SlackOut(make_client("xoxb-chart-test", slack.url))
+    now = time.time()
+    times = Stretch()
+    times.slow_at, times.fast_at, times.end = now - 60, now - 30, now
+    incident = incident_in(store, times, message_ts=out.post(CHANNEL, "warning"))
+    down = Prometheus(f"http://127.0.0.1:{free_port()}", timeout=2)
+
+    error = chart.post_chart(down, out, incident, service)
+
+    assert error is not None
+    assert error.startswith("Chart not posted: Prometheus range query for SLO p95-latency failed: ConnectionError")
+    assert slack.uploads() == [] and slack.calls("files.getUploadURLExternal") == []
+    with pytest.raises(chart.ChartError, match="p95-latency"):
+        chart.render(down, incident, service)
+
+
+def test_slack_refusing_the_upload_is_reported_not_raised(
+    prom_stretch: tuple[str, Stretch], store: Store, service: Service, slack: FakeSlackAPI
+) -> None:
+    url, times = prom_stretch
+    out = SlackOut(make_client("xoxb-chart-test", slack.url))
+    incident = incident_in(store, times, message_ts=out.post(CHANNEL, "warning"))
+    slack.fail_next("files.completeUploadExternal", error="not_in_channel")
+
+    error = chart.post_chart(Prometheus(url), out, incident, service)
+
+    assert error == "Chart not posted: files_upload_v2: not_in_channel"
+    assert slack.uploads() == []
+
+
+def test_an_incident_without_a_thread_gets_no_chart(store: Store, service: Service, slack: FakeSlackAPI) -> None:
+    now = time.time()
+    times = Stretch()
+    times.slow_at, times.fast_at, times.end = now - 60, now - 30, now
+    incident = incident_in(store, times)  # message_ts never set: the warning was not posted
+    out = SlackOut(make_client("xoxb-chart-test", slack.url))
+
+    error = chart.post_chart(Prometheus(f"http://127.0.0.1:{free_port()}"), out, incident, service)
+
+    assert error is not None and "no thread" in error
+    assert slack.calls() == []
