@@ -4,6 +4,10 @@ breach and each healthy streak has held.
 Called every `evaluate_every` by bot.core (which opens incidents for sustained breaches and runs the
 promotion gate) and every `verify.every` by bot.verify (which only needs `read`). One bad query never
 breaks a cycle: that SLO is reported as erroring and the rest go on.
+
+Identical query texts are sent once per cycle. An SLO with `by: <label>` reads one series of a grouped
+query (the one whose label equals `match`, default the service's name), so hundreds of services sharing
+one query text cost one Prometheus query per cycle. The store is read once and written once per cycle.
 """
 
 from __future__ import annotations
@@ -40,26 +44,43 @@ class Reading:
         return self.status == OK
 
 
-def judge(slo: Slo, result: QueryResult) -> tuple[str, float | None]:
-    """Status and value of one SLO from its query result. Several series: the worst one counts."""
+def judge(slo: Slo, result: QueryResult, values: tuple[float, ...] | None = None) -> tuple[str, float | None]:
+    """Status and value of one SLO from its query result (or from `values`, this service's series of a
+    grouped result). Several series: the worst one counts."""
     if result.error is not None:
         return ERROR, None
-    if not result.values:
+    values = result.values if values is None else values
+    if not values:
         return NODATA, None
-    value = max(result.values) if slo.above is not None else min(result.values)
+    value = max(values) if slo.above is not None else min(values)
     return (BREACH if slo.breached(value) else OK), value
+
+
+class _Groups:
+    """Grouped results indexed by label value, built once per (query, label) and cycle."""
+
+    def __init__(self) -> None:
+        self._index: dict[tuple[str, str], dict[str, tuple[float, ...]]] = {}
+
+    def values(self, result: QueryResult, label: str, match: str) -> tuple[float, ...]:
+        key = (result.query, label)
+        if key not in self._index:
+            self._index[key] = result.by_label(label)
+        return self._index[key].get(match, ())
 
 
 def read(prom: Prometheus, services: Iterable[Service]) -> dict[str, list[Reading]]:
     """Query every SLO of these services once (identical queries are sent once) and judge them."""
     services = list(services)
     results = prom.query_many(slo.query for svc in services for slo in svc.slos)
+    groups = _Groups()
     out: dict[str, list[Reading]] = {}
     for svc in services:
         readings = []
         for slo in svc.slos:
             result = results[slo.query]
-            status, value = judge(slo, result)
+            values = None if slo.by is None else groups.values(result, slo.by, slo.match or svc.name)
+            status, value = judge(slo, result, values)
             if result.error:
                 log.warning("%s/%s: query failed: %s", svc.name, slo.name, result.error)
             readings.append(Reading(svc.name, slo.name, status, value, slo.target_text(), result.error))
@@ -77,21 +98,27 @@ class Evaluator:
     def evaluate(self, policy: Policy, now: float | None = None) -> dict[str, list[Reading]]:
         now = now or time.time()
         fresh = read(self.prom, policy.services.values())
+        previous = self.store.slo_states()
+        healthy_since = self.store.healthy_since_all()
+        changed: list[SloState] = []
         out: dict[str, list[Reading]] = {}
         for name, readings in fresh.items():
             svc = policy.services[name]
-            tracked = [self._track(svc, slo, r, now) for slo, r in zip(svc.slos, readings, strict=True)]
+            tracked = [self._track(slo, r, previous.get((name, slo.name)), now, changed)
+                       for slo, r in zip(svc.slos, readings, strict=True)]
             out[name] = tracked
             healthy = all(r.within_target for r in tracked)
-            since = self.store.healthy_since(name)
+            since = healthy_since.get(name)
             if healthy and since is None:
                 self.store.set_healthy_since(name, now)
             elif not healthy and since is not None:
                 self.store.set_healthy_since(name, None)
+        self.store.put_slo_states(changed)
         return out
 
-    def _track(self, svc: Service, slo: Slo, reading: Reading, now: float) -> Reading:
-        previous = self.store.slo_state(svc.name, slo.name)
+    @staticmethod
+    def _track(slo: Slo, reading: Reading, previous: SloState | None, now: float, changed: list[SloState]) -> Reading:
+        """The reading with its breach clock; its new state goes to `changed` unless it is the stored one."""
         breach_since: float | None = None
         if reading.status == BREACH:
             breach_since = previous.breach_since if previous and previous.breach_since else now
@@ -99,7 +126,9 @@ class Evaluator:
             # No data or a failed query neither ends a breach nor starts one: keep the clock as it was,
             # but it cannot become "sustained" on a reading we do not have.
             breach_since = previous.breach_since
-        self.store.put_slo_state(SloState(svc.name, slo.name, reading.status, reading.value, breach_since, now))
+        if previous is None or (previous.status, previous.value, previous.breach_since) != (
+                reading.status, reading.value, breach_since):
+            changed.append(SloState(reading.service, reading.slo, reading.status, reading.value, breach_since, now))
         sustained = reading.status == BREACH and breach_since is not None and now - breach_since >= slo.for_
         return Reading(reading.service, reading.slo, reading.status, reading.value, reading.target,
                        reading.error, breach_since, sustained)

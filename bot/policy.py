@@ -60,6 +60,10 @@ ServiceName = Annotated[
     ),
 ]
 
+LabelName = Annotated[
+    str, _matching(r"[a-zA-Z_][a-zA-Z0-9_]*", "a Prometheus label name (letters, digits, '_', not starting with a digit)")
+]
+
 
 def _error_at(title: str, loc: KeyPath, value: Any, message: str) -> ValidationError:
     """A validation error pointing below the field being validated (e.g. at slos[2].name)."""
@@ -88,6 +92,16 @@ class Slo(_Model):
     above: float | None = Field(default=None, allow_inf_nan=False)
     below: float | None = Field(default=None, allow_inf_nan=False)
     for_: Duration = Field(default=0.0, alias="for")
+    # A grouped query: `by` names the label whose value picks this service's series (`match`, default the
+    # service's name), so many services sharing one query text cost one Prometheus query per cycle.
+    by: LabelName | None = None
+    match: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _grouping(self) -> Slo:
+        if self.match is not None and self.by is None:
+            raise _error_at("Slo", ("match",), self.match, "'match:' needs 'by:', the label it is compared with")
+        return self
 
     @model_validator(mode="after")
     def _one_threshold(self) -> Slo:

@@ -3,6 +3,8 @@
 Called by bot.evaluation. Each distinct query string is sent once per cycle however many SLOs use it, the
 queries of one cycle run concurrently, and a failing query comes back as an error for that query only.
 An empty result or NaN is "no data", never a number. bot.chart reads each SLO's history with `query_range`.
+Instant results keep each series' labels, so one query grouped by a label (`sum by (le, service) (...)`)
+answers for many services at once (QueryResult.by_label).
 """
 
 from __future__ import annotations
@@ -20,12 +22,33 @@ from urllib3.util.retry import Retry
 
 
 @dataclass(frozen=True)
+class Sample:
+    """One series of an instant query's result: its labels and its (never NaN) value."""
+
+    labels: dict[str, str]
+    value: float
+
+
+@dataclass(frozen=True)
 class QueryResult:
-    """Values of one instant query: empty tuple = no data; error set = the query itself failed."""
+    """Values of one instant query: empty tuple = no data; error set = the query itself failed.
+
+    `samples` holds the same values with their series' labels (empty when built from bare values).
+    """
 
     query: str
     values: tuple[float, ...] = ()
     error: str | None = None
+    samples: tuple[Sample, ...] = ()
+
+    def by_label(self, label: str) -> dict[str, tuple[float, ...]]:
+        """The values grouped by the value of `label`; series without that label are left out."""
+        out: dict[str, list[float]] = {}
+        for sample in self.samples:
+            key = sample.labels.get(label)
+            if key is not None:
+                out.setdefault(key, []).append(sample.value)
+        return {key: tuple(values) for key, values in out.items()}
 
 
 @dataclass(frozen=True)
@@ -74,7 +97,8 @@ class Prometheus:
                 # Prometheus down or slow: retried, then reported as this query's error.
                 last_error = f"{type(exc).__name__}: {exc}"
                 continue
-            return QueryResult(query, _values(data))
+            samples = _samples(data)
+            return QueryResult(query, tuple(sample.value for sample in samples), samples=samples)
         return QueryResult(query, error=last_error[:500] or "query failed")
 
     def query_range(self, query: str, start: float, end: float, step: float) -> RangeResult:
@@ -115,16 +139,24 @@ def _series(raw: dict[str, object]) -> Series:
 
 
 def _values(data: object) -> tuple[float, ...]:
-    out: list[float] = []
+    return tuple(sample.value for sample in _samples(data))
+
+
+def _samples(data: object) -> tuple[Sample, ...]:
+    """The readable samples of an instant query's `result` (a vector or a scalar); NaN ones are dropped."""
+    out: list[Sample] = []
     if isinstance(data, list) and len(data) == 2 and not isinstance(data[0], dict):
         data = [{"value": data}]  # a scalar result: [timestamp, "value"]
     if isinstance(data, list):
         for series in data:
-            raw = series.get("value", [None, None])[1] if isinstance(series, dict) else None
+            if not isinstance(series, dict):
+                continue  # not a series at all: counts as no data
+            raw = (series.get("value") or [None, None])[1]
             try:
-                value = float(raw)  # type: ignore[arg-type]
+                value = float(raw)
             except (TypeError, ValueError):
                 continue  # not a sample we can read: counts as no data for this series
             if not math.isnan(value):
-                out.append(value)
+                labels = series.get("metric")
+                out.append(Sample(labels if isinstance(labels, dict) else {}, value))
     return tuple(out)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     create_engine,
     event,
     insert,
@@ -380,6 +381,37 @@ class Store:
                                                            slo_state.c.slo == state.slo).values(**values))
             if changed.rowcount == 0:
                 conn.execute(insert(slo_state).values(**values))
+
+    def slo_states(self) -> dict[tuple[str, str], SloState]:
+        """Every stored SLO state by (service, slo): one read for a whole evaluation cycle."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(slo_state)).all()
+        return {(row.service, row.slo): _row(SloState, row) for row in rows}
+
+    def put_slo_states(self, states: Iterable[SloState]) -> None:
+        """Insert or update many SLO states in one transaction (bot.evaluation, once per cycle)."""
+        rows = [{f.name: getattr(state, f.name) for f in fields(SloState)} for state in states]
+        if not rows:
+            return
+        columns = ("status", "value", "breach_since", "updated_at")
+        with self.engine.begin() as conn:
+            known = {(row.service, row.slo) for row in conn.execute(select(slo_state.c.service, slo_state.c.slo))}
+            old = [{**{f"new_{c}": row[c] for c in columns}, "key_service": row["service"], "key_slo": row["slo"]}
+                   for row in rows if (row["service"], row["slo"]) in known]
+            new = [row for row in rows if (row["service"], row["slo"]) not in known]
+            if old:
+                conn.execute(update(slo_state)
+                             .where(slo_state.c.service == bindparam("key_service"),
+                                    slo_state.c.slo == bindparam("key_slo"))
+                             .values({c: bindparam(f"new_{c}") for c in columns}), old)
+            if new:
+                conn.execute(insert(slo_state), new)
+
+    def healthy_since_all(self) -> dict[str, float | None]:
+        """healthy_since of every service that has a stored state: one read for a whole evaluation cycle."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(service_state.c.service, service_state.c.healthy_since)).all()
+        return {row.service: row.healthy_since for row in rows}
 
     def healthy_since(self, service: str) -> float | None:
         with self.engine.connect() as conn:
