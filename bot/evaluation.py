@@ -15,9 +15,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from bot.policy import Policy, Service, Slo
+from bot import burn
+from bot.policy import BurnRate, Policy, Service, Slo
 from bot.prom import Prometheus, QueryResult
 from bot.store import SloState, Store
 
@@ -38,6 +39,7 @@ class Reading:
     error: str | None = None
     breach_since: float | None = None
     sustained: bool = False
+    detail: str | None = None  # the value in words when a number is not enough: "14.9x over 1h / 21x over 5m"
 
     @property
     def within_target(self) -> bool:
@@ -72,13 +74,16 @@ class _Groups:
 def read(prom: Prometheus, services: Iterable[Service]) -> dict[str, list[Reading]]:
     """Query every SLO of these services once (identical queries are sent once) and judge them."""
     services = list(services)
-    results = prom.query_many(slo.query for svc in services for slo in svc.slos)
+    results = prom.query_many(query for svc in services for slo in svc.slos for query in _queries(slo))
     groups = _Groups()
     out: dict[str, list[Reading]] = {}
     for svc in services:
         readings = []
         for slo in svc.slos:
-            result = results[slo.query]
+            if slo.burn_rate is not None:
+                readings.append(_burn_reading(svc, slo.name, slo.burn_rate, results))
+                continue
+            result = results[slo.query or ""]
             values = None if slo.by is None else groups.values(result, slo.by, slo.match or svc.name)
             status, value = judge(slo, result, values)
             if result.error:
@@ -86,6 +91,17 @@ def read(prom: Prometheus, services: Iterable[Service]) -> dict[str, list[Readin
             readings.append(Reading(svc.name, slo.name, status, value, slo.target_text(), result.error))
         out[svc.name] = readings
     return out
+
+
+def _queries(slo: Slo) -> list[str]:
+    return burn.queries(slo.burn_rate) if slo.burn_rate is not None else [slo.query or ""]
+
+
+def _burn_reading(svc: Service, name: str, burn_rate: BurnRate, results: dict[str, QueryResult]) -> Reading:
+    verdict = burn.judge(burn_rate, results)
+    if verdict.error:
+        log.warning("%s/%s: query failed: %s", svc.name, name, verdict.error)
+    return Reading(svc.name, name, verdict.status, verdict.value, verdict.target, verdict.error, detail=verdict.text)
 
 
 class Evaluator:
@@ -130,5 +146,4 @@ class Evaluator:
                 reading.status, reading.value, breach_since):
             changed.append(SloState(reading.service, reading.slo, reading.status, reading.value, breach_since, now))
         sustained = reading.status == BREACH and breach_since is not None and now - breach_since >= slo.for_
-        return Reading(reading.service, reading.slo, reading.status, reading.value, reading.target,
-                       reading.error, breach_since, sustained)
+        return replace(reading, breach_since=breach_since, sustained=sustained)

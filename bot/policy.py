@@ -84,11 +84,68 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+_SELECTOR = re.compile(r"[A-Za-z_:][A-Za-z0-9_:]*\s*(\{.*\})?|\{.*\}", re.DOTALL)
+
+
+class BurnWindow(_Model):
+    """One multi-window pair: breach while the error ratio over BOTH windows exceeds `factor` x the budget."""
+
+    long: Duration = Field(gt=0)
+    short: Duration = Field(gt=0)
+    factor: float = Field(gt=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _short_is_shorter(self) -> BurnWindow:
+        if self.short >= self.long:
+            raise ValueError(f"short ({format_duration(self.short)}) must be shorter than long "
+                             f"({format_duration(self.long)})")
+        return self
+
+    def target_text(self) -> str:
+        """`burn < 14.4x (1h & 5m)`."""
+        return f"burn < {_number(self.factor)}x ({format_duration(self.long)} & {format_duration(self.short)})"
+
+
+# The SRE workbook's paging pairs: 2% of a 30-day budget in 1h, 5% in 6h.
+DEFAULT_BURN_WINDOWS = (BurnWindow(long=3600, short=300, factor=14.4), BurnWindow(long=21600, short=1800, factor=6))
+
+
+class BurnRate(_Model):
+    """An error-budget SLO: `errors` and `total` are counter selectors, `objective` the share of good events."""
+
+    errors: str = Field(min_length=1)
+    total: str = Field(min_length=1)
+    objective: float
+    windows: tuple[BurnWindow, ...] = Field(default=DEFAULT_BURN_WINDOWS, min_length=1)
+
+    @field_validator("errors", "total")
+    @classmethod
+    def _selector(cls, value: str) -> str:
+        if not _SELECTOR.fullmatch(value.strip()):
+            raise ValueError(f"expected a counter selector like model_requests_total{{code=\"500\"}}, got "
+                             f"{value!r}; the bot applies rate() over each window itself")
+        return value.strip()
+
+    @field_validator("objective")
+    @classmethod
+    def _share(cls, value: float) -> float:
+        if not 0 < value < 1:
+            raise ValueError(f"objective is the share of good events, strictly between 0 and 1 (e.g. 0.999); "
+                             f"got {value!r}")
+        return value
+
+    def target_text(self) -> str:
+        """Every pair's target: `burn < 14.4x (1h & 5m), burn < 6x (6h & 30m)`."""
+        return ", ".join(window.target_text() for window in self.windows)
+
+
 class Slo(_Model):
-    """A PromQL query and the threshold it must stay on the right side of, for `for_` seconds."""
+    """A PromQL query and the threshold it must stay on the right side of, for `for_` seconds; or, with
+    `burn_rate:` instead of query and threshold, an error-budget burn rate judged by bot.burn."""
 
     name: str = Field(min_length=1)
-    query: str = Field(min_length=1)
+    query: str | None = Field(default=None, min_length=1)
+    burn_rate: BurnRate | None = None
     above: float | None = Field(default=None, allow_inf_nan=False)
     below: float | None = Field(default=None, allow_inf_nan=False)
     for_: Duration = Field(default=0.0, alias="for")
@@ -101,10 +158,21 @@ class Slo(_Model):
     def _grouping(self) -> Slo:
         if self.match is not None and self.by is None:
             raise _error_at("Slo", ("match",), self.match, "'match:' needs 'by:', the label it is compared with")
+        if self.by is not None and self.burn_rate is not None:
+            raise _error_at("Slo", ("by",), self.by, "'by:' groups a 'query:'; a burn-rate SLO cannot use it")
         return self
 
     @model_validator(mode="after")
     def _one_threshold(self) -> Slo:
+        if self.burn_rate is not None:
+            mixed = [key for key in ("query", "above", "below") if getattr(self, key) is not None]
+            if mixed:
+                raise _error_at("Slo", (mixed[0],), getattr(self, mixed[0]),
+                                f"an SLO has either 'burn_rate:' or 'query:' with 'above:'/'below:', not both; "
+                                f"drop {', '.join(repr(key + ':') for key in mixed)} or 'burn_rate:'")
+            return self
+        if self.query is None:
+            raise ValueError("set 'query:' with 'above:' or 'below:', or 'burn_rate: {errors, total, objective}'")
         if (self.above is None) == (self.below is None):
             got = "both" if self.above is not None else "neither"
             raise ValueError(
@@ -121,6 +189,8 @@ class Slo(_Model):
 
     def target_text(self) -> str:
         """The healthy side, for humans: `< 0.25` for `above: 0.25`, `> 0.8` for `below: 0.8`."""
+        if self.burn_rate is not None:
+            return self.burn_rate.target_text()
         if self.above is not None:
             return f"< {_number(self.above)}"
         return f"> {_number(self.below or 0.0)}"
