@@ -55,7 +55,7 @@ class Registry:
 
 
 # Modules under executors/ that define SPEC, in the order `rollback-bot check-policy` lists them.
-EXECUTOR_MODULES = ("mlflow_alias", "helm", "git_revert")
+EXECUTOR_MODULES = ("mlflow_alias", "helm", "git_revert", "argo_rollouts", "feature_flag", "argocd")
 
 
 def default_registry() -> Registry:
