@@ -1,4 +1,4 @@
-"""The `rollback-bot` command: serve, check-policy, demo.
+"""The `rollback-bot` command: serve, check-policy, rules, demo.
 
 Entry point declared in pyproject.toml. Exit codes: 0 ok, 1 runtime failure, 2 bad input (policy or
 environment), with a message that names what is wrong.
@@ -25,6 +25,28 @@ def _check_policy(args: argparse.Namespace) -> int:
         return 2
     names = ", ".join(policy.services)
     print(f"{args.file}: ok — {len(policy.services)} service(s): {names}")
+    return 0
+
+
+def _rules(args: argparse.Namespace) -> int:
+    from bot import rules
+
+    try:
+        policy = load_policy(args.policy)
+    except PolicyError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    text = rules.render(policy, source=args.policy)
+    if not args.out:
+        sys.stdout.write(text)
+        return 0
+    try:
+        with open(args.out, "w", encoding="utf-8") as out:
+            out.write(text)
+    except OSError as exc:  # a directory that does not exist or is not writable: say which file and why
+        print(f"{args.out}: cannot write the rules: {exc.strerror}", file=sys.stderr)
+        return 1
+    print(f"{args.out}: {rules.count(policy)} alerting rule(s) for {len(policy.services)} service(s)")
     return 0
 
 
@@ -68,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("check-policy", help="validate a policy file")
     p.add_argument("file")
     p.set_defaults(func=_check_policy)
+
+    p = sub.add_parser("rules", help="write the policy's SLOs as Prometheus alerting rules (burn-rate pairs too)")
+    p.add_argument("--policy", required=True, help="policy YAML file")
+    p.add_argument("--out", help="rules file to write (default: standard output)")
+    p.set_defaults(func=_rules)
 
     p = sub.add_parser("demo", help="play the whole rollback story locally, no Slack workspace needed")
     p.add_argument("--headless", action="store_true", help="scripted user, print the transcript")
