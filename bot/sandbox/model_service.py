@@ -37,11 +37,15 @@ _JITTER = (1.0, 0.94, 1.06, 0.9, 1.1, 0.97, 1.03, 0.92, 1.08, 1.0)
 
 @dataclass(frozen=True)
 class VersionProfile:
-    """How one model version behaves: request latency, share of 500 answers, offline AUC."""
+    """How one model version behaves: request latency, share of 500 answers, and its quality gauges (AUC,
+    RMSE, calibration error, share of requests it rejects)."""
 
     latency_seconds: float
     error_rate: float = 0.0
     auc: float = 0.9
+    rmse: float = 0.1
+    calibration_error: float = 0.02
+    rejection_rate: float = 0.01
 
 
 def alias_reader(client: MlflowClient, model: str, alias: str = "champion") -> Callable[[], str | None]:
@@ -63,6 +67,9 @@ class ModelServiceSimulator:
       model_request_latency_seconds{service,version}  Histogram
       model_requests_total{service,version,code}       Counter, code "200" / "500"
       model_auc{service}                               Gauge, the served version's AUC
+      model_rmse{service}                              Gauge, the served version's RMSE
+      model_calibration_error{service}                 Gauge, the served version's expected calibration error
+      model_rejection_rate{service}                    Gauge, share of requests the served version rejects
       model_serving_version{service,version}           Gauge, 1 for the served version, 0 for earlier ones
     """
 
@@ -109,6 +116,11 @@ class ModelServiceSimulator:
             registry=self.registry,
         )
         self.auc = Gauge("model_auc", "AUC of the served model version.", ["service"], registry=self.registry)
+        self.rmse = Gauge("model_rmse", "RMSE of the served model version.", ["service"], registry=self.registry)
+        self.calibration_error = Gauge("model_calibration_error", "Expected calibration error of the served version.",
+                                       ["service"], registry=self.registry)
+        self.rejection_rate = Gauge("model_rejection_rate", "Share of requests the served version rejects.",
+                                    ["service"], registry=self.registry)
         self.serving = Gauge(
             "model_serving_version",
             "1 for the model version currently served.",
@@ -221,7 +233,11 @@ class ModelServiceSimulator:
         if previous is not None:
             self.serving.labels(self.service, previous).set(0)
         self.serving.labels(self.service, version).set(1)
-        self.auc.labels(self.service).set(self.profile(version).auc)
+        profile = self.profile(version)
+        self.auc.labels(self.service).set(profile.auc)
+        self.rmse.labels(self.service).set(profile.rmse)
+        self.calibration_error.labels(self.service).set(profile.calibration_error)
+        self.rejection_rate.labels(self.service).set(profile.rejection_rate)
 
     def _champion_loop(self) -> None:
         while not self._stop.wait(CHAMPION_POLL_SECONDS):
