@@ -16,6 +16,9 @@ from bot.evaluation import BREACH, ERROR, NODATA, OK, Reading
 from bot.store import Incident
 
 APPROVE, DRY_RUN, DISMISS = "rollback_approve", "rollback_dry_run", "rollback_dismiss"
+RETRY, STOP = "rollback_retry", "rollback_stop"
+# Executors whose target `/rollback <service> --to <version|revision>` may name.
+TARGETABLE = ("mlflow_alias", "helm", "argo_rollouts")
 CONFIRM_VIEW = "rollback_confirm"
 CONFIRM_BLOCK, CONFIRM_INPUT = "confirm_service", "typed_service"
 
@@ -96,6 +99,10 @@ def trigger_text(incident: Incident) -> str:
 def status_line(incident: Incident) -> str:
     s = incident.state
     who = mention(incident.approved_by) if incident.approved_by else "someone"
+    if s == "open" and incident.auto_at:
+        return f":robot_face: Rolling back automatically at {clock(incident.auto_at)} unless an approver presses *Stop*"
+    if s == "open" and incident.requested_by:
+        return f":hourglass: Requested by {mention(incident.requested_by)} — waiting for an approver"
     if s == "open":
         return ":hourglass: Waiting for an approver"
     if s == "executing":
@@ -107,6 +114,11 @@ def status_line(incident: Incident) -> str:
         return f":white_check_mark: Recovered in {took} — rolled back by {who}; auto-promotion frozen"
     if s == "verify_failed":
         return f":x: Rolled back by {who}, but the SLOs did not recover in time — auto-promotion frozen"
+    if s == "halted" and incident.halt_kind == "interrupted":
+        return (f":warning: Interrupted by a bot restart before step {(incident.resume_from or 0) + 1} — "
+                "*Resume* or *Stop*")
+    if s == "halted":
+        return f":x: Stopped at a failing step: {incident.error or 'unknown error'} — *Retry step* or *Stop*"
     if s == "failed":
         return f":x: Rollback failed: {incident.error or 'unknown error'}"
     if s == "dismissed":
@@ -128,16 +140,33 @@ def warning(incident: Incident, *, approvers: Sequence[str], confirm: str) -> tu
         ]},
         _section(status_line(incident)),
     ]
-    if incident.state == "open":
-        value = str(incident.id)
-        dialog = confirm_dialog(svc, baseline_text(incident)) if confirm == "dialog" else None
-        blocks.append({"type": "actions", "block_id": f"incident-{incident.id}", "elements": [
-            _button("Roll back", APPROVE, value, style="danger", confirm=dialog),
-            _button("Dry run", DRY_RUN, value),
-            _button("Dismiss", DISMISS, value),
-        ]})
+    buttons = _buttons(incident, confirm)
+    if buttons:
+        blocks.append({"type": "actions", "block_id": f"incident-{incident.id}", "elements": buttons})
     blocks.append(_context(f"Incident #{incident.id} · approvers: {', '.join(mention(a) for a in approvers)}"))
     return text, blocks
+
+
+def _buttons(incident: Incident, confirm: str) -> list[dict[str, Any]]:
+    value = str(incident.id)
+    if incident.state == "open":
+        dialog = confirm_dialog(incident.service, baseline_text(incident)) if confirm == "dialog" else None
+        buttons = [_button("Roll back", APPROVE, value, style="danger", confirm=dialog),
+                   _button("Dry run", DRY_RUN, value),
+                   _button("Dismiss", DISMISS, value)]
+        if incident.auto_at:
+            buttons.insert(0, _button("Stop", STOP, value, style="primary"))
+        return buttons
+    if incident.state == "halted":
+        label = "Resume" if incident.halt_kind == "interrupted" else "Retry step"
+        return [_button(label, RETRY, value, style="primary"), _button("Stop", STOP, value, style="danger"),
+                _button("Dry run", DRY_RUN, value)]
+    return []
+
+
+def step_names(steps: Sequence[Any]) -> list[str]:
+    """`step 2/5 `helm`` for each policy step, as the runner labels them."""
+    return [f"step {i}/{len(steps)} `{s.executor}`" for i, s in enumerate(steps, 1)]
 
 
 def progress(readings: Iterable[Reading], *, elapsed: float, stable_for: float, need_stable: float,

@@ -1,9 +1,14 @@
 """RollbackBot: the domain's front door. Handlers call it with plain values; it moves incidents through
-their states (open -> executing -> verifying -> recovered | verify_failed | failed, or open -> dismissed),
-each move a conditional transition in the store and an event on the timeline.
+their states, each move a conditional transition in the store and an event on the timeline:
 
-Called by handlers/ (requests from Slack), by the scheduler (evaluation, verification, plan runs) and by
-the CLI. Returns Reply values for the person who asked; failures go to the incident's thread.
+    open -> executing -> verifying -> recovered | verify_failed
+    open -> dismissed
+    executing -> halted (a step failed, or the bot restarted mid-plan) -> executing (Retry step / Resume)
+                                                                      -> failed (Stop)
+
+Called by handlers/ (requests from Slack), by the scheduler (evaluation, verification, plan runs, the
+automatic rollback after its grace period) and by the CLI. Returns Reply values for the person who asked;
+failures go to the incident's thread.
 """
 
 from __future__ import annotations
@@ -11,10 +16,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from bot import blocks, metrics
+from bot import blocks, checklist, metrics
 from bot.approvers import Approvers
 from bot.durations import format_duration
 from bot.evaluation import Evaluator, Reading
@@ -22,7 +26,8 @@ from bot.gate import Gate
 from bot.model_registry import ModelRegistry
 from bot.policy import Policy, Service
 from bot.prom import Prometheus
-from bot.runner import Runner
+from bot.replies import Reply
+from bot.runner import Runner, stored_outcome
 from bot.scheduler import Scheduler
 from bot.slack_out import SlackOut
 from bot.store import Incident, Store
@@ -32,18 +37,12 @@ from executors.registry import Clients, Registry, default_registry
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class Reply:
-    """What the person who clicked or typed is told (ephemerally)."""
-
-    ok: bool
-    text: str
+AUTO_ACTOR = "rollback-bot"
 
 
 class RollbackBot:
     def __init__(self, *, policy: Policy, store: Store, prom: Prometheus, slack: SlackOut, mlflow: Any,
-                 scheduler: Scheduler, registry: Registry | None = None,
+                 scheduler: Scheduler, registry: Registry | None = None, clients: Clients | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.policy = policy
         self.store = store
@@ -53,7 +52,7 @@ class RollbackBot:
         self.clock = clock
         self.timeline = Timeline(store, slack, self.service)
         self.approvers = Approvers(slack.usergroup_users)
-        self.runner = Runner(registry or default_registry(), Clients(mlflow=mlflow), store)
+        self.runner = Runner(registry or default_registry(), clients or Clients(mlflow=mlflow), store)
         self.evaluator = Evaluator(store, prom)
         self.verifier = Verifier(store, prom, self.timeline, clock=clock)
         self.gate = Gate(store, ModelRegistry(mlflow), clock=clock)
@@ -71,14 +70,44 @@ class RollbackBot:
 
     # -- loops -------------------------------------------------------------------------------------
     def start(self) -> None:
-        """Schedule the evaluation loop and pick up incidents that were verifying before a restart."""
+        """Schedule the evaluation loop and pick up what was in flight before a restart: verification
+        continues, a plan that was running is halted with a Resume button (never blindly re-run), and an
+        automatic rollback still in its grace period is re-armed."""
         for incident in self.store.incidents_in(("verifying",)):
             svc = self.service(incident.service)
             if svc:
                 self.timeline.record(incident.id, "resumed", "Bot restarted: verification continues")
                 self._schedule_verification(incident.id, svc)
+        for incident in self.store.incidents_in(("executing",)):
+            self._interrupted(incident)
+        for incident in self.store.incidents_in(("open",)):
+            if incident.auto_at is not None:
+                self._schedule_auto(incident)
         self.scheduler.every("evaluate", self.policy.evaluate_every, self.evaluate_once)
         self.scheduler.start()
+
+    def _interrupted(self, incident: Incident) -> None:
+        steps = self.store.steps(incident.id)
+        done = {s.position for s in steps if s.status == "done"}
+        svc = self.service(incident.service)
+        total = len(svc.rollback) if svc else 0
+        resume_from = next((i for i in range(total) if i not in done), total)
+        running = [s for s in steps if s.status == "running"]
+        moved = self.store.transition(incident.id, ("executing",), "halted", resume_from=resume_from,
+                                      halt_kind="interrupted", error="the bot restarted while the plan was running")
+        if moved is None:
+            return
+        names = blocks.step_names(svc.rollback) if svc else []
+        done_text = ", ".join(names[i] for i in sorted(done) if i < len(names)) or "none"
+        was_running = (f" Step {running[-1].position + 1} (`{running[-1].executor}`) was running when it stopped: "
+                       "its effect is unknown, so Resume plans it again from what is there now."
+                       if running else "")
+        not_run = ", ".join(names[resume_from:]) or "none"
+        self.timeline.record(incident.id, "interrupted",
+                             f":warning: The bot restarted in the middle of the plan. Done: {done_text}.{was_running} "
+                             f"Not done: {not_run}. Nothing was re-run: an approver chooses *Resume* (from step "
+                             f"{resume_from + 1}) or *Stop*. {self.timeline.mention_approvers(incident.service)}")
+        self.timeline.refresh_warning(incident.id)
 
     def evaluate_once(self) -> dict[str, list[Reading]]:
         """One evaluation cycle: read every SLO, open incidents for sustained breaches, run the gate."""
@@ -108,8 +137,9 @@ class RollbackBot:
         return ended is None or (reading.breach_since or 0) > ended
 
     # -- opening -----------------------------------------------------------------------------------
-    def _baseline(self, svc: Service) -> dict[str, Any]:
-        steps = self.runner.plan_all(svc, 0)
+    def baseline(self, svc: Service, pins: list[str | None] | None = None) -> dict[str, Any]:
+        """Plan every step now and pin its target, so the rollback goes where the warning says."""
+        steps = self.runner.plan_all(svc, 0, pins or [])
         base: dict[str, Any] = {"steps": steps, "pins": [s.get("pin") for s in steps]}
         errors = [f"{s['executor']}: {s['error']}" for s in steps if s.get("error")]
         if errors:
@@ -125,7 +155,8 @@ class RollbackBot:
             base["bad_version"] = current.version if current else None
         return base
 
-    def open_incident(self, svc: Service, reading: Reading | None, requested_by: str | None = None) -> Incident:
+    def open_incident(self, svc: Service, reading: Reading | None, requested_by: str | None = None,
+                      baseline: dict[str, Any] | None = None) -> Incident:
         """Open (or return the already open) incident for a service and post its warning."""
         existing = self.store.active_incident(svc.name)
         if existing:
@@ -133,11 +164,11 @@ class RollbackBot:
         detail: dict[str, Any] = {}
         if reading is not None:
             detail = {"value": reading.value, "target": reading.target, "status": reading.status}
-        baseline = self._baseline(svc)
+        auto_at = self.clock() + svc.auto_rollback_grace if svc.auto_rollback else None
         incident = self.store.open_incident(
-            service=svc.name, trigger=reading.slo if reading else "manual", detail=detail, baseline=baseline,
-            breach_started_at=reading.breach_since if reading else None, channel=svc.channel,
-            requested_by=requested_by)
+            service=svc.name, trigger=reading.slo if reading else "manual", detail=detail,
+            baseline=baseline or self.baseline(svc), breach_started_at=reading.breach_since if reading else None,
+            channel=svc.channel, requested_by=requested_by, auto_at=auto_at)
         if incident is None:  # another thread or process opened one between our check and our insert
             existing = self.store.active_incident(svc.name)
             assert existing is not None
@@ -148,12 +179,18 @@ class RollbackBot:
                                  f"breaching since {blocks.clock(reading.breach_since)}")
         else:
             self.timeline.record(incident.id, "requested", f"Rollback requested by {blocks.mention(requested_by or '?')}")
-        self.store.audit(actor=requested_by or "rollback-bot", action="open", result="ok", incident_id=incident.id,
+        self.store.audit(actor=requested_by or AUTO_ACTOR, action="open", result="ok", incident_id=incident.id,
                          detail={"service": svc.name, "trigger": incident.trigger})
-        return self.timeline.post_warning(incident)
+        incident = self.timeline.post_warning(incident)
+        if auto_at is not None:
+            self.timeline.record(incident.id, "auto_armed",
+                                 f":robot_face: Automatic rollback at {blocks.clock(auto_at)} (in "
+                                 f"{format_duration(svc.auto_rollback_grace)}) unless an approver presses *Stop*")
+            self._schedule_auto(incident)
+        return incident
 
-    def request_rollback(self, service: str, user: str, channel: str) -> Reply:
-        """`/rollback <service>`: the same warning-with-buttons flow, in the service's channel."""
+    def request_rollback(self, service: str, user: str, channel: str, *, to: str | None = None) -> Reply:
+        """`/rollback <service> [--to V]`: the same warning-with-buttons flow, always in the service's channel."""
         svc = self.service(service)
         if svc is None:
             return Reply(False, f"Unknown service `{service}`. Known services: {self.known_services()}")
@@ -161,10 +198,47 @@ class RollbackBot:
         if existing:
             return Reply(True, f"*{svc.name}* already has incident #{existing.id} open "
                                f"({blocks.status_line(existing)}) in <#{existing.channel}>.")
-        incident = self.open_incident(svc, None, requested_by=user)
+        baseline = None
+        if to is not None:
+            baseline, problem = self._baseline_to(svc, to)
+            if problem:
+                return Reply(False, problem)
+        incident = self.open_incident(svc, None, requested_by=user, baseline=baseline)
         where = "here" if channel == svc.channel else f"in <#{svc.channel}> (the service's channel)"
         return Reply(True, f"Rollback request for *{svc.name}* posted {where} as incident #{incident.id}: "
                            "an approver confirms it with the *Roll back* button.")
+
+    def _baseline_to(self, svc: Service, to: str) -> tuple[dict[str, Any] | None, str | None]:
+        """The baseline with the first targetable step pinned to `to`, or a problem naming what exists."""
+        position = next((i for i, s in enumerate(svc.rollback) if s.executor in blocks.TARGETABLE), None)
+        if position is None:
+            return None, (f"`--to` needs a step that can go to a named version ({', '.join(blocks.TARGETABLE)}); "
+                          f"*{svc.name}* has {', '.join(s.executor for s in svc.rollback)}.")
+        pins: list[str | None] = [None] * len(svc.rollback)
+        pins[position] = to
+        base = self.baseline(svc, pins)
+        step = base["steps"][position]
+        if step.get("error"):
+            return None, f"Cannot roll *{svc.name}* back to `{to}`: {step['error']}"
+        return base, None
+
+    def plan_preview(self, service: str, user: str, *, to: str | None = None) -> Reply:
+        """`/rollback <service> --dry-run`: post the plan into the service's channel; change nothing."""
+        svc = self.service(service)
+        if svc is None:
+            return Reply(False, f"Unknown service `{service}`. Known services: {self.known_services()}")
+        if to is not None:
+            base, problem = self._baseline_to(svc, to)
+            if problem or base is None:
+                return Reply(False, problem or "no plan")
+            steps = base["steps"]
+        else:
+            steps = self.runner.plan_all(svc, 0)
+        text = blocks.plan_text(f"Dry run of `/rollback {svc.name}` by {blocks.mention(user)} — nothing was "
+                                "changed. The plan:", steps)
+        self.store.audit(actor=user, action="dry_run", result="ok", detail={"service": svc.name, "steps": steps})
+        self._say(svc.channel, text)
+        return Reply(True, f"Plan for *{svc.name}* posted in <#{svc.channel}>; nothing was changed.")
 
     # -- decisions ---------------------------------------------------------------------------------
     def authorize(self, incident_id: int, user: str, action: str = "approve") -> tuple[Incident | None, Reply | None]:
@@ -175,44 +249,122 @@ class RollbackBot:
         svc = self.service(incident.service)
         if svc is None:
             return None, Reply(False, f"Service `{incident.service}` is no longer in the policy.")
+        refusal = self.check_approver(svc, user, action, incident_id)
+        return (None, refusal) if refusal else (incident, None)
+
+    def check_approver(self, svc: Service, user: str, action: str, incident_id: int | None = None) -> Reply | None:
         allowed, reason = self.approvers.check(user, svc.approvers)
-        if not allowed:
-            self.store.audit(actor=user, action=action, result="refused", incident_id=incident_id,
-                             detail={"reason": reason})
-            approvers = ", ".join(blocks.mention(a) for a in svc.approvers)
-            return None, Reply(False, f"Not rolled back: {reason}. Ask one of: {approvers}.")
-        return incident, None
+        if allowed:
+            return None
+        self.store.audit(actor=user, action=action, result="refused", incident_id=incident_id,
+                         detail={"reason": reason, "service": svc.name})
+        approvers = ", ".join(blocks.mention(a) for a in svc.approvers)
+        return Reply(False, f"Not done: {reason}. Ask one of: {approvers}.")
 
     def approve(self, incident_id: int, user: str) -> Reply:
         incident, refusal = self.authorize(incident_id, user)
         if refusal or incident is None:
             return refusal or Reply(False, "not allowed")
+        svc = self.service(incident.service)
+        if svc is not None and svc.two_person and incident.state == "open":
+            if incident.requested_by is None:
+                requested = self.store.set_if(incident_id, "open", "requested_by", None, user)
+                if requested is not None:
+                    self.store.audit(actor=user, action="request", result="ok", incident_id=incident_id)
+                    self.timeline.record(incident_id, "requested",
+                                         f"Rollback requested by {blocks.mention(user)}; two-person rule: another "
+                                         "approver must press *Roll back* to run it")
+                    self.timeline.refresh_warning(incident_id)
+                    return Reply(True, "Requested. Two-person rule: another approver must confirm it.")
+                incident = self.store.incident(incident_id)  # someone else requested it a moment ago
+            if incident.requested_by == user:
+                self.store.audit(actor=user, action="approve", result="refused", incident_id=incident_id,
+                                 detail={"reason": "two_person"})
+                return Reply(False, "Not rolled back: two-person rule — you requested this rollback, so another "
+                                    f"approver must approve it ({self.timeline.mention_approvers(incident.service)}).")
         moved = self.store.transition(incident_id, ("open",), "executing", approved_by=user,
-                                      approved_at=self.clock())
+                                      approved_at=self.clock(), auto_at=None,
+                                      requested_by_other_than=user if svc and svc.two_person else None)
         if moved is None:
             current = self.store.incident(incident_id)
             self.store.audit(actor=user, action="approve", result="ignored", incident_id=incident_id,
                              detail={"state": current.state})
             return Reply(False, f"Incident #{incident_id} is already past approval: {blocks.status_line(current)}")
+        self.scheduler.cancel(f"auto-{incident_id}")
         self.store.audit(actor=user, action="approve", result="ok", incident_id=incident_id)
         self.timeline.record(incident_id, "approved", f"Approved by {blocks.mention(user)}; running the plan")
         self.timeline.refresh_warning(incident_id)
         self.scheduler.soon(self.execute, incident_id)
         return Reply(True, f"Rolling back *{moved.service}* (incident #{incident_id}).")
 
+    def auto_approve(self, incident_id: int) -> None:
+        """The grace period of an automatic rollback ran out with nobody pressing Stop: run the plan."""
+        moved = self.store.transition(incident_id, ("open",), "executing", auto=True, approved_by=AUTO_ACTOR,
+                                      approved_at=self.clock())
+        if moved is None:
+            return  # approved, dismissed or stopped meanwhile
+        self.store.audit(actor=AUTO_ACTOR, action="approve", result="ok", incident_id=incident_id,
+                         detail={"automatic": True})
+        self.timeline.record(incident_id, "approved", "Grace period over with no *Stop*: rolling back automatically")
+        self.timeline.refresh_warning(incident_id)
+        self.execute(incident_id)
+
     def dismiss(self, incident_id: int, user: str) -> Reply:
         incident, refusal = self.authorize(incident_id, user, action="dismiss")
         if refusal or incident is None:
             return refusal or Reply(False, "not allowed")
-        moved = self.store.transition(incident_id, ("open",), "dismissed", approved_by=user)
+        moved = self.store.transition(incident_id, ("open",), "dismissed", approved_by=user, auto_at=None)
         if moved is None:
             return Reply(False, f"Incident #{incident_id} can no longer be dismissed: "
                                 f"{blocks.status_line(self.store.incident(incident_id))}")
+        self.scheduler.cancel(f"auto-{incident_id}")
         self.store.audit(actor=user, action="dismiss", result="ok", incident_id=incident_id)
         self.timeline.record(incident_id, "dismissed", f"Dismissed by {blocks.mention(user)}; nothing was changed")
         self.timeline.refresh_warning(incident_id)
         metrics.INCIDENTS.labels(outcome="dismissed").inc()
         return Reply(True, f"Dismissed incident #{incident_id}.")
+
+    def stop(self, incident_id: int, user: str) -> Reply:
+        """"Stop": disarm an automatic rollback still in its grace period, or end a halted plan as failed."""
+        incident, refusal = self.authorize(incident_id, user, action="stop")
+        if refusal or incident is None:
+            return refusal or Reply(False, "not allowed")
+        if incident.state == "open":
+            if self.store.set_if(incident_id, "open", "auto_at", incident.auto_at, None) is None:
+                return Reply(False, f"Incident #{incident_id} has no automatic rollback to stop.")
+            self.scheduler.cancel(f"auto-{incident_id}")
+            self.store.audit(actor=user, action="stop_auto", result="ok", incident_id=incident_id)
+            self.timeline.record(incident_id, "auto_stopped", f"Automatic rollback stopped by {blocks.mention(user)}; "
+                                 "an approver decides with the buttons")
+            self.timeline.refresh_warning(incident_id)
+            return Reply(True, "Automatic rollback stopped; nothing was changed.")
+        moved = self.store.transition(incident_id, ("halted",), "failed")
+        if moved is None:
+            return Reply(False, f"Incident #{incident_id}: {blocks.status_line(incident)} — nothing to stop.")
+        self.store.audit(actor=user, action="stop", result="ok", incident_id=incident_id)
+        self.timeline.record(incident_id, "stopped", f"Stopped by {blocks.mention(user)} with the plan incomplete: "
+                             f"{moved.error or 'unknown error'}")
+        svc = self.service(moved.service)
+        if svc:
+            self.finish(moved, svc)
+        return Reply(True, f"Stopped incident #{incident_id}.")
+
+    def retry(self, incident_id: int, user: str) -> Reply:
+        """"Retry step" after a failure, "Resume" after a restart: run the plan on from the first step not done."""
+        incident, refusal = self.authorize(incident_id, user, action="retry")
+        if refusal or incident is None:
+            return refusal or Reply(False, "not allowed")
+        moved = self.store.transition(incident_id, ("halted",), "executing")
+        if moved is None:
+            return Reply(False, f"Incident #{incident_id}: {blocks.status_line(incident)} — nothing to retry.")
+        verb = "Resumed" if incident.halt_kind == "interrupted" else "Retry"
+        position = (incident.resume_from or 0) + 1
+        self.store.audit(actor=user, action="retry", result="ok", incident_id=incident_id,
+                         detail={"from_step": position})
+        self.timeline.record(incident_id, "retry", f"{verb} from step {position} by {blocks.mention(user)}")
+        self.timeline.refresh_warning(incident_id)
+        self.scheduler.soon(self.execute, incident_id)
+        return Reply(True, f"{verb} incident #{incident_id} from step {position}.")
 
     def dry_run(self, incident_id: int, user: str) -> Reply:
         """Post exactly what the plan would change into the thread; change nothing."""
@@ -227,8 +379,13 @@ class RollbackBot:
         return Reply(True, "Dry run posted in the incident thread.")
 
     # -- background work ---------------------------------------------------------------------------
+    def _schedule_auto(self, incident: Incident) -> None:
+        delay = max(0.0, (incident.auto_at or 0) - self.clock())
+        self.scheduler.soon(self.auto_approve, incident.id, delay=delay, job_id=f"auto-{incident.id}")
+
     def execute(self, incident_id: int) -> None:
-        """Run the approved plan (scheduler thread). Never raises: the outcome goes to the thread."""
+        """Run the approved plan (scheduler thread), from the first step not yet done. Never raises: the
+        outcome goes to the thread."""
         incident = self.store.incident(incident_id)
         svc = self.service(incident.service)
         if svc is None or incident.state != "executing":
@@ -237,20 +394,25 @@ class RollbackBot:
         def record(kind: str, text: str, data: dict[str, Any]) -> None:
             self.timeline.record(incident_id, kind, text, data)
 
-        outcome = self.runner.run(svc, incident_id, incident.baseline.get("pins", []), record)
+        start = incident.resume_from or 0
+        earlier = self._earlier_outcomes(incident_id, start)
+        outcome = self.runner.run(svc, incident_id, incident.baseline.get("pins", []), record, start=start,
+                                  earlier=earlier)
         now = self.clock()
         if not outcome.ok:
-            failed = self.store.transition(incident_id, ("executing",), "failed", executed_at=now,
-                                           error=f"{outcome.failed}: {outcome.error}")
+            halted = self.store.transition(incident_id, ("executing",), "halted", resume_from=outcome.position,
+                                           halt_kind="failed", error=f"{outcome.failed}: {outcome.error}")
             done = ", ".join(outcome.done) or "none"
             not_run = ", ".join(outcome.not_run) or "none"
             self.timeline.record(incident_id, "failed",
-                                 f":x: Rollback failed at {outcome.failed}: {outcome.error}. Done: {done}. "
-                                 f"Not run: {not_run}. {self.timeline.mention_approvers(svc.name)}")
-            if failed:
-                self.finish(failed, svc)
+                                 f":x: Rollback stopped at {outcome.failed}: {outcome.error}. Done: {done}. "
+                                 f"Not run: {not_run}. *Retry step* runs it again and goes on; *Stop* ends the "
+                                 f"incident as failed. {self.timeline.mention_approvers(svc.name)}")
+            if halted:
+                self.timeline.refresh_warning(incident_id)
             return
-        moved = self.store.transition(incident_id, ("executing",), "verifying", executed_at=now)
+        moved = self.store.transition(incident_id, ("executing",), "verifying", executed_at=now, resume_from=None,
+                                      halt_kind=None, error=None)
         if moved is None:
             return
         took = format_duration(now - (moved.approved_at or now))
@@ -260,6 +422,13 @@ class RollbackBot:
         self.timeline.refresh_warning(incident_id)
         self.verifier.start(moved, svc)
         self._schedule_verification(incident_id, svc)
+
+    def _earlier_outcomes(self, incident_id: int, start: int) -> list[Any]:
+        latest: dict[int, Any] = {}
+        for step in self.store.steps(incident_id):
+            if step.position < start and step.status == "done":
+                latest[step.position] = stored_outcome(step.outcome)
+        return [latest[p] for p in sorted(latest) if latest[p] is not None]
 
     def _schedule_verification(self, incident_id: int, svc: Service) -> None:
         self.scheduler.every(f"verify-{incident_id}", svc.verify.every, self.verify_tick, incident_id)
@@ -276,9 +445,12 @@ class RollbackBot:
             self.finish(self.store.incident(incident_id), svc)
 
     def finish(self, incident: Incident, svc: Service) -> None:
-        """Freeze, summarise, and show the final state on the warning."""
-        self.timeline.record(incident.id, "frozen", self.gate.freeze(incident, svc))
+        """Freeze, chart, checklist and summary; show the final state on the warning."""
+        steps = self.store.steps(incident.id)
+        self.timeline.record(incident.id, "frozen", self.gate.freeze(incident, svc) + checklist.freeze_notes(steps))
         self.timeline.refresh_warning(incident.id)
+        checklist.post_chart(self, incident, svc)
+        self.timeline.record(incident.id, "checklist", checklist.render(self, incident, svc, steps))
         self.timeline.record(incident.id, "summary", summary(incident))
         metrics.INCIDENTS.labels(outcome=incident.state).inc()
         if incident.state == RECOVERED and incident.recovered_at and incident.approved_at:

@@ -60,6 +60,15 @@ class ModelRegistry:
         except MlflowException as exc:
             raise RegistryError(f"tagging {model} v{version} {BLOCK_TAG}: {exc.message}") from exc
 
+    def unblock(self, model: str, version: str) -> None:
+        """Lift `rollback_blocked` from a version (only ever on an explicit `unfreeze --unblock`)."""
+        try:
+            self.client.get_model_version(model, version)
+            for key in (BLOCK_TAG, INCIDENT_TAG):
+                self.client.delete_model_version_tag(model, version, key)
+        except MlflowException as exc:
+            raise RegistryError(f"unblocking {model} v{version}: {exc.message}") from exc
+
     def promote(self, model: str, *, version: str, to: str, previous: str) -> str | None:
         """Point `to` at `version`, and `previous` at what `to` pointed at before. Returns that old version."""
         old = self.by_alias(model, to)

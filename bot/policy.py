@@ -202,6 +202,10 @@ class Verify(_Model):
     every: Duration = Field(default=15.0, gt=0)
     within: Duration = Field(default=300.0, gt=0)
     stable_for: Duration = 60.0
+    # A PromQL query for work queued behind the bad version (e.g. a retry queue); the checklist says
+    # "backlog drained" once it is at or below backlog_max.
+    backlog: str | None = Field(default=None, min_length=1)
+    backlog_max: float = Field(default=0.0, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _fits(self) -> Verify:
@@ -275,6 +279,9 @@ class Service(_Model):
     channel: ChannelId
     approvers: tuple[ApproverId, ...] = Field(min_length=1)
     confirm: Literal["dialog", "typed"] = "dialog"
+    two_person: bool = False  # whoever requested the rollback cannot also approve it
+    auto_rollback: bool = False  # run the plan by itself after the grace period unless an approver stops it
+    auto_rollback_grace: Duration = Field(default=60.0, ge=0)
     model: str = Field(min_length=1)
     slos: tuple[Slo, ...] = Field(min_length=1)
     rollback: tuple[RollbackStep, ...] = Field(min_length=1)

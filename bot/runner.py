@@ -17,7 +17,7 @@ from bot import metrics
 from bot.durations import format_duration
 from bot.policy import RollbackStep, Service
 from bot.store import Store
-from executors.base import ExecutorError, StepContext, StepOutcome, StepPlan
+from executors.base import Change, ExecutorError, StepContext, StepOutcome, StepPlan
 from executors.registry import Clients, Registry
 
 Record = Callable[[str, str, dict[str, Any]], None]
@@ -30,10 +30,21 @@ class RunOutcome:
     not_run: tuple[str, ...] = ()
     failed: str | None = None
     error: str | None = None
+    position: int | None = None  # of the failed step
 
 
 def plan_dict(plan: StepPlan) -> dict[str, Any]:
     return asdict(plan)
+
+
+def stored_outcome(stored: dict[str, Any] | None) -> StepOutcome | None:
+    """A StepOutcome back from its stored dict (for steps done before a halt)."""
+    if not stored or not stored.get("ok"):
+        return None
+    names = {f for f in StepOutcome.__dataclass_fields__}
+    values = {k: v for k, v in stored.items() if k in names}
+    values["changes"] = tuple(Change(**c) for c in values.get("changes") or ())
+    return StepOutcome(**values)
 
 
 def step_label(position: int, total: int, step: RollbackStep) -> str:
@@ -62,15 +73,20 @@ class Runner:
             out.append(plan_dict(plan))
         return out
 
-    def run(self, service: Service, incident_id: int, pins: Sequence[str | None], record: Record) -> RunOutcome:
+    def run(self, service: Service, incident_id: int, pins: Sequence[str | None], record: Record, *,
+            start: int = 0, earlier: Sequence[StepOutcome] = ()) -> RunOutcome:
+        """Run the steps from position `start` on (a retry or resume after a halt); `earlier` are the outcomes
+        of the steps before it, done in an earlier run."""
         steps = service.rollback
         total = len(steps)
-        done: list[str] = []
-        earlier: list[StepOutcome] = []
+        done = [step_label(j + 1, total, s) for j, s in enumerate(steps[:start])]
+        outcomes: list[StepOutcome] = list(earlier)
         for i, step in enumerate(steps):
+            if i < start:
+                continue
             label = step_label(i + 1, total, step)
             pin = pins[i] if i < len(pins) else None
-            context = StepContext(service.name, incident_id, pin, tuple(earlier))
+            context = StepContext(service.name, incident_id, pin, tuple(outcomes))
             started = time.monotonic()
             step_id: int | None = None
             try:
@@ -99,10 +115,10 @@ class Runner:
                 record("step_failed", f"Failed {label} after {format_duration(took)}: {error}",
                        {"position": i, "error": error})
                 not_run = tuple(step_label(j + 1, total, s) for j, s in enumerate(steps) if j > i)
-                return RunOutcome(False, tuple(done), not_run, label, error)
+                return RunOutcome(False, tuple(done), not_run, label, error, position=i)
             assert outcome is not None
             record("step_done", f"Done {label} in {format_duration(took)}: {outcome.summary}",
                    {"position": i, "seconds": took})
             done.append(label)
-            earlier.append(outcome)
+            outcomes.append(outcome)
         return RunOutcome(True, tuple(done))

@@ -36,8 +36,10 @@ class Scheduler:
         self._s.add_job(fn, "interval", args=args, id=job_id, replace_existing=True,
                         seconds=seconds, next_run_time=datetime.now(timezone.utc))
 
-    def soon(self, fn: Callable[..., Any], *args: Any, delay: float = 0.0) -> None:
-        self._s.add_job(fn, "date", args=args, run_date=datetime.now(timezone.utc) + timedelta(seconds=delay))
+    def soon(self, fn: Callable[..., Any], *args: Any, delay: float = 0.0, job_id: str | None = None) -> None:
+        """Run fn once after `delay` seconds; with a `job_id` it replaces (and can be cancelled like) a job."""
+        self._s.add_job(fn, "date", args=args, run_date=datetime.now(timezone.utc) + timedelta(seconds=delay),
+                        id=job_id, replace_existing=job_id is not None, misfire_grace_time=None)
 
     def cancel(self, job_id: str) -> None:
         if self._s.get_job(job_id):

@@ -33,7 +33,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
-ACTIVE_STATES = ("open", "executing", "verifying")
+# halted: a step failed or the bot restarted mid-plan; it waits for an approver to retry/resume or stop.
+ACTIVE_STATES = ("open", "executing", "halted", "verifying")
 FINAL_STATES = ("recovered", "verify_failed", "failed", "dismissed")
 
 metadata = MetaData()
@@ -62,6 +63,12 @@ incidents = Table(
     Column("recovered_at", Float, nullable=True),
     Column("finished_at", Float, nullable=True),
     Column("error", Text, nullable=True),
+    # While halted: the position of the first step not known to be done (Retry step / Resume starts there),
+    # and whether the halt came from a restart mid-plan ("interrupted") or a failing step ("failed").
+    Column("resume_from", Integer, nullable=True),
+    Column("halt_kind", String(16), nullable=True),
+    # auto_rollback: when the plan runs by itself unless an approver presses Stop (NULL = not automatic).
+    Column("auto_at", Float, nullable=True),
     # Verification progress (started_at, stable_since, last_update), kept so a restart can continue it.
     Column("verification", JSON, nullable=False, default=dict),
 )
@@ -118,6 +125,14 @@ service_state = Table(
     Column("updated_at", Float, nullable=False),
 )
 
+# Slack requests already handled, by idempotency key: a retry (X-Slack-Retry-Num) or a replayed signed
+# request finds its key here and does nothing a second time, in any process sharing the database.
+seen_requests = Table(
+    "seen_requests", metadata,
+    Column("key", String(255), primary_key=True),
+    Column("at", Float, nullable=False),
+)
+
 freezes = Table(
     "freezes", metadata,
     Column("service", String(128), primary_key=True),
@@ -126,6 +141,19 @@ freezes = Table(
     Column("incident_id", Integer, nullable=True),
     Column("blocked_version", String(64), nullable=True),
     Column("actor", String(64), nullable=False),
+)
+
+# Alertmanager alerts already handled (bot.alertmanager), by fingerprint and startsAt: repeat sends
+# (group_interval, repeat_interval, retries) find their row and open nothing new; resolved_at is set once.
+alerts = Table(
+    "alerts", metadata,
+    Column("fingerprint", String(64), primary_key=True),
+    Column("starts_at", String(64), primary_key=True),
+    Column("service", String(128), nullable=False),
+    Column("alertname", String(255), nullable=False),
+    Column("incident_id", Integer, nullable=True),
+    Column("received_at", Float, nullable=False),
+    Column("resolved_at", Float, nullable=True),
 )
 
 
@@ -152,6 +180,9 @@ class Incident:
     finished_at: float | None
     error: str | None
     verification: dict[str, Any]
+    resume_from: int | None
+    halt_kind: str | None
+    auto_at: float | None
 
     @property
     def active(self) -> bool:
@@ -235,7 +266,7 @@ class Store:
     # -- incidents ---------------------------------------------------------------------------------
     def open_incident(self, *, service: str, trigger: str, detail: dict[str, Any], baseline: dict[str, Any],
                       breach_started_at: float | None, channel: str,
-                      requested_by: str | None = None) -> Incident | None:
+                      requested_by: str | None = None, auto_at: float | None = None) -> Incident | None:
         """Create an incident, or return None when the service already has an active one."""
         now = self.clock()
         try:
@@ -243,7 +274,7 @@ class Store:
                 result = conn.execute(insert(incidents).values(
                     service=service, active_service=service, state="open", trigger=trigger,
                     detail=detail, baseline=baseline, breach_started_at=breach_started_at,
-                    opened_at=now, channel=channel, requested_by=requested_by))
+                    opened_at=now, channel=channel, requested_by=requested_by, auto_at=auto_at))
                 new_id = _pk(result)
         except IntegrityError:
             # The UNIQUE active_service column refused a second active incident for this service.
@@ -286,21 +317,47 @@ class Store:
         with self.engine.connect() as conn:
             return [_row(Incident, r) for r in conn.execute(query).all()]
 
-    def transition(self, incident_id: int, from_states: tuple[str, ...], to_state: str,
+    def transition(self, incident_id: int, from_states: tuple[str, ...], to_state: str, *,
+                   requested_by_other_than: str | None = None, auto: bool | None = None,
                    **values: Any) -> Incident | None:
         """Move an incident to `to_state` only if it is in one of `from_states`; None if it was not.
 
         This conditional UPDATE is what makes an approval, a dismissal or a verdict happen once, however
-        many clicks, retries or processes race for it.
+        many clicks, retries or processes race for it. `requested_by_other_than` adds the two-person rule
+        (someone else must have requested it); `auto` requires the automatic run to be (still) armed or not.
         """
         values["state"] = to_state
         if to_state in FINAL_STATES:
             values["active_service"] = None
             values.setdefault("finished_at", self.clock())
+        conditions = [incidents.c.id == incident_id, incidents.c.state.in_(from_states)]
+        if requested_by_other_than is not None:
+            conditions += [incidents.c.requested_by.is_not(None), incidents.c.requested_by != requested_by_other_than]
+        if auto is not None:
+            conditions.append(incidents.c.auto_at.is_not(None) if auto else incidents.c.auto_at.is_(None))
         with self.engine.begin() as conn:
-            result = conn.execute(update(incidents).where(incidents.c.id == incident_id,
-                                                          incidents.c.state.in_(from_states)).values(**values))
+            result = conn.execute(update(incidents).where(*conditions).values(**values))
         return self.incident(incident_id) if result.rowcount == 1 else None
+
+    def set_if(self, incident_id: int, state: str, column: str, expected: Any, value: Any) -> Incident | None:
+        """Set one column only while the incident is in `state` and the column still holds `expected`
+        (e.g. record who requested a rollback, once; disarm an automatic rollback, once)."""
+        col = incidents.c[column]
+        condition = col.is_(None) if expected is None else col == expected
+        with self.engine.begin() as conn:
+            result = conn.execute(update(incidents).where(incidents.c.id == incident_id, incidents.c.state == state,
+                                                          condition).values({column: value}))
+        return self.incident(incident_id) if result.rowcount == 1 else None
+
+    def claim_request(self, key: str) -> bool:
+        """True the first time `key` is claimed, False for a retry or replay of the same Slack request."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(seen_requests).values(key=key[:255], at=self.clock()))
+        except IntegrityError:
+            # Primary key taken: this request was already handled (here or by another process).
+            return False
+        return True
 
     def update_incident(self, incident_id: int, **values: Any) -> Incident:
         with self.engine.begin() as conn:
@@ -445,6 +502,40 @@ class Store:
             row = conn.execute(select(freezes).where(freezes.c.service == service)).first()
         return _row(Freeze, row) if row else None
 
+    def all_frozen(self) -> list[Freeze]:
+        with self.engine.connect() as conn:
+            return [_row(Freeze, r) for r in conn.execute(select(freezes).order_by(freezes.c.service)).all()]
+
     def unfreeze(self, service: str) -> bool:
         with self.engine.begin() as conn:
             return conn.execute(freezes.delete().where(freezes.c.service == service)).rowcount == 1
+
+    # -- Alertmanager alerts -----------------------------------------------------------------------
+    def claim_alert(self, fingerprint: str, starts_at: str, *, service: str, alertname: str,
+                    resolved_at: float | None = None) -> bool:
+        """True the first time an alert (fingerprint + startsAt) is seen; False for a repeat send of it."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(alerts).values(fingerprint=fingerprint, starts_at=starts_at, service=service,
+                                                   alertname=alertname, received_at=self.clock(),
+                                                   resolved_at=resolved_at))
+        except IntegrityError:
+            # Primary key taken: this alert was already handled (here or by another process).
+            return False
+        return True
+
+    def update_alert(self, fingerprint: str, starts_at: str, *, unresolved_only: bool = False,
+                     **values: Any) -> dict[str, Any] | None:
+        """Set columns of a claimed alert (incident_id, resolved_at), or with `delete=True` drop the claim
+        (its handling failed, so Alertmanager's retry must not be deduped). With unresolved_only, only while
+        it is not resolved yet, so a resolved notification acts once. The row afterwards, None if unchanged."""
+        key = [alerts.c.fingerprint == fingerprint, alerts.c.starts_at == starts_at]
+        where = [*key, alerts.c.resolved_at.is_(None)] if unresolved_only else key
+        with self.engine.begin() as conn:
+            if values.pop("delete", False):
+                conn.execute(alerts.delete().where(*where))
+                return None
+            if conn.execute(update(alerts).where(*where).values(**values)).rowcount != 1:
+                return None
+            row = conn.execute(select(alerts).where(*key)).one()
+        return dict(row._mapping)

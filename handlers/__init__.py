@@ -9,10 +9,11 @@ from __future__ import annotations
 from slack_bolt import App
 
 from bot.core import RollbackBot
-from handlers import actions, commands, views
+from handlers import actions, commands, dedupe, views
 
 
 def register_handlers(app: App, bot: RollbackBot) -> None:
+    dedupe.register(app, bot.store)
     commands.register(app, bot)
     actions.register(app, bot)
     views.register(app, bot)

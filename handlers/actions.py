@@ -1,4 +1,5 @@
-"""Buttons on the warning: Roll back, Dry run, Dismiss. Ack first, then delegate to bot.core.
+"""Buttons on the warning: Roll back, Dry run, Dismiss; Retry step / Resume and Stop on a halted plan or an
+automatic rollback. Ack first, then delegate to bot.core.
 
 With `confirm: dialog` Slack has already shown the Block Kit confirm before the click arrives; with
 `confirm: typed` the click opens a modal (handlers.views takes its submission). Refusals are ephemeral.
@@ -13,7 +14,8 @@ from slack_bolt import Ack, App
 from slack_sdk import WebClient
 
 from bot import blocks
-from bot.core import Reply, RollbackBot
+from bot.core import RollbackBot
+from bot.replies import Reply
 from handlers.reply import tell
 
 UNKNOWN = "This button does not belong to a known incident."
@@ -69,3 +71,13 @@ def register(app: App, bot: RollbackBot) -> None:
     def dismiss(ack: Ack, body: dict[str, Any], client: WebClient) -> None:
         ack()
         _delegate(body, client, bot.dismiss)
+
+    @app.action(blocks.RETRY)
+    def retry(ack: Ack, body: dict[str, Any], client: WebClient) -> None:
+        ack()
+        _delegate(body, client, bot.retry)
+
+    @app.action(blocks.STOP)
+    def stop(ack: Ack, body: dict[str, Any], client: WebClient) -> None:
+        ack()
+        _delegate(body, client, bot.stop)

@@ -1,31 +1,59 @@
-"""`/rollback` — parsed and answered here, carried out by bot.core.
+"""`/rollback` — parsed and answered here, carried out by bot.core and bot.oncall.
 
-`/rollback <service>` opens the warning-with-buttons flow in the service's channel; `/rollback help`
-explains. Bad input (unknown service, extra words, odd characters) is answered in the ack, ephemerally,
-and nothing runs.
+Bad input (unknown subcommand or service, extra words, odd characters, a missing value) is answered in the
+ack, ephemerally, and nothing runs. Everything else is acked at once and answered ephemerally after.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from slack_bolt import Ack, App
 from slack_sdk import WebClient
 
+from bot import oncall
 from bot.core import RollbackBot
+from bot.replies import Reply
 from handlers.reply import tell
 
 SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_ECHO = 60
+MAX_REASON = 300
 
 HELP = (
     "*/rollback* — roll back a model service that breaks its SLOs\n"
-    "• `/rollback <service>` — post a rollback request with *Roll back*, *Dry run* and *Dismiss* buttons "
-    "into the service's channel; an approver confirms it there\n"
+    "• `/rollback <service>` — post a rollback request with *Roll back*, *Dry run* and *Dismiss* buttons into "
+    "the service's channel; an approver confirms it there. e.g. `/rollback model-svc`\n"
+    "• `/rollback <service> --dry-run` — post the plan only; nothing changes\n"
+    "• `/rollback <service> --to <version|revision>` — roll back to that baseline instead of the policy's, "
+    "e.g. `/rollback model-svc --to 3`\n"
+    "• `/rollback status [service]` — open incidents, frozen services, current champion and baseline\n"
+    "• `/rollback history <service>` — the last incidents: trigger, approver, time to recover, outcome\n"
+    "• `/rollback freeze <service> [reason]` — stop auto-promotion (approvers only)\n"
+    "• `/rollback unfreeze <service> [--unblock <version>]` — allow auto-promotion again; `--unblock` also "
+    "lifts rollback_blocked from that version (approvers only)\n"
+    "• `/rollback policy <service>` — trigger, action and verification in three lines\n"
     "• `/rollback help` — this message\n"
     "Known services: {known}"
 )
+
+SUBCOMMANDS = ("help", "status", "history", "freeze", "unfreeze", "policy")
+
+
+@dataclass(frozen=True)
+class Command:
+    verb: str  # help | status | history | freeze | unfreeze | policy | rollback
+    service: str | None = None
+    reason: str = ""
+    version: str | None = None
+    dry_run: bool = False
+
+
+class BadCommand(ValueError):
+    """The text is not a command; the message says why, for the person who typed it."""
 
 
 def _echo(text: str) -> str:
@@ -33,32 +61,100 @@ def _echo(text: str) -> str:
     return shown.replace("`", "'")
 
 
-def parse(text: str) -> tuple[str | None, str | None]:
-    """(service, None) or (None, error text)."""
+def _service(word: str) -> str:
+    if not SERVICE_NAME.match(word):
+        raise BadCommand(f"`{_echo(word)}` is not a service name (lowercase letters, digits, `-`, `_`, `.`).")
+    return word
+
+
+def _version(words: list[str], flag: str) -> str:
+    if not words:
+        raise BadCommand(f"`{flag}` needs a version or revision after it.")
+    value = words.pop(0)
+    if not VERSION.match(value):
+        raise BadCommand(f"`{_echo(value)}` is not a version or revision.")
+    return value
+
+
+def parse(text: str) -> Command:
     words = text.split()
     if not words or words[0].lower() == "help":
-        return None, None
-    if len(words) > 1:
-        return None, f"`/rollback` takes one service name; got {len(words)} words: `{_echo(text)}`."
-    if not SERVICE_NAME.match(words[0]):
-        return None, f"`{_echo(words[0])}` is not a service name (lowercase letters, digits, `-`, `_`, `.`)."
-    return words[0], None
+        if len(words) > 1:
+            raise BadCommand("`/rollback help` takes nothing after it.")
+        return Command("help")
+    verb = words.pop(0).lower()
+    if verb == "status":
+        if len(words) > 1:
+            raise BadCommand(f"`/rollback status` takes at most one service; got `{_echo(' '.join(words))}`.")
+        return Command("status", _service(words[0]) if words else None)
+    if verb in ("history", "policy", "freeze", "unfreeze"):
+        if not words:
+            raise BadCommand(f"`/rollback {verb}` needs a service: `/rollback {verb} <service>`.")
+        service = _service(words.pop(0))
+        if verb == "freeze":
+            reason = " ".join(words)
+            if len(reason) > MAX_REASON:
+                raise BadCommand(f"The reason is {len(reason)} characters; keep it under {MAX_REASON}.")
+            return Command("freeze", service, reason=reason)
+        if verb == "unfreeze":
+            version = None
+            if words and words[0] == "--unblock":
+                words.pop(0)
+                version = _version(words, "--unblock")
+            if words:
+                raise BadCommand(f"`/rollback unfreeze <service> [--unblock <version>]`; did not expect "
+                                 f"`{_echo(' '.join(words))}`.")
+            return Command("unfreeze", service, version=version)
+        if words:
+            raise BadCommand(f"`/rollback {verb}` takes one service; did not expect `{_echo(' '.join(words))}`.")
+        return Command(verb, service)
+    service = _service(verb)
+    dry_run, version = False, None
+    while words:
+        flag = words.pop(0)
+        if flag == "--dry-run" and not dry_run:
+            dry_run = True
+        elif flag == "--to" and version is None:
+            version = _version(words, "--to")
+        else:
+            raise BadCommand(f"`/rollback <service> [--dry-run] [--to <version>]`; did not expect `{_echo(flag)}`.")
+    return Command("rollback", service, version=version, dry_run=dry_run)
+
+
+def run(bot: RollbackBot, command: Command, user: str, channel: str) -> Reply:
+    """Carry out a parsed command whose service (if any) is known."""
+    service = command.service or ""
+    if command.verb == "status":
+        return oncall.status(bot, command.service)
+    if command.verb == "history":
+        return oncall.history(bot, service)
+    if command.verb == "policy":
+        return oncall.policy_summary(bot, service)
+    if command.verb == "freeze":
+        return oncall.freeze(bot, service, user, command.reason)
+    if command.verb == "unfreeze":
+        return oncall.unfreeze(bot, service, user, command.version)
+    if command.dry_run:
+        return bot.plan_preview(service, user, to=command.version)
+    return bot.request_rollback(service, user, channel, to=command.version)
 
 
 def register(app: App, bot: RollbackBot) -> None:
     @app.command("/rollback")
     def rollback(ack: Ack, command: dict[str, Any], client: WebClient) -> None:
-        service, error = parse(command.get("text", ""))
         known = bot.known_services()
-        if error:
-            ack(text=f"{error}\nKnown services: {known}. Try `/rollback help`.")
+        try:
+            parsed = parse(command.get("text", ""))
+        except BadCommand as exc:
+            ack(text=f"{exc}\nKnown services: {known}. Try `/rollback help`.")
             return
-        if service is None:
+        if parsed.verb == "help":
             ack(text=HELP.format(known=known))
             return
-        if bot.service(service) is None:
-            ack(text=f"Unknown service `{service}`. Known services: {known}")
+        if parsed.service is not None and bot.service(parsed.service) is None:
+            ack(text=f"Unknown service `{parsed.service}`. Known services: {known}")
             return
-        ack(text=f"Opening a rollback request for *{service}*…")
-        reply = bot.request_rollback(service, command["user_id"], command["channel_id"])
+        opening = parsed.verb == "rollback" and not parsed.dry_run
+        ack(text=f"Opening a rollback request for *{parsed.service}*…" if opening else "")
+        reply = run(bot, parsed, command["user_id"], command["channel_id"])
         tell(client, command.get("channel_id"), command["user_id"], reply.text)

@@ -17,7 +17,8 @@ def _incident(**changes: object) -> Incident:
                                                                  "run_id": "abc123", "bad_version": "5"},
         breach_started_at=1_800_000_000.0, opened_at=1_800_000_030.0, warned_at=None, channel="C0MODELSVC",
         message_ts=None, progress_ts=None, requested_by=None, approved_by=None, approved_at=None,
-        executed_at=None, recovered_at=None, finished_at=None, error=None, verification={})
+        executed_at=None, recovered_at=None, finished_at=None, error=None, verification={}, resume_from=None,
+        halt_kind=None, auto_at=None)
     return replace(base, **changes)  # type: ignore[arg-type]
 
 
@@ -76,3 +77,17 @@ def test_no_data_is_shown_as_such() -> None:
     assert blocks.value_text(reading) == "no data"
     text, _ = blocks.progress([reading], elapsed=30, stable_for=0, need_stable=60, within=300)
     assert "stable for 0s of 1m" in text
+
+
+def test_halted_and_automatic_incidents_offer_the_buttons_for_their_state() -> None:
+    _, failed = blocks.warning(_incident(state="halted", halt_kind="failed", resume_from=1, error="helm: boom"),
+                               approvers=["U0A"], confirm="dialog")
+    assert list(_buttons(failed)) == [blocks.RETRY, blocks.STOP, blocks.DRY_RUN]
+    assert _buttons(failed)[blocks.RETRY]["text"]["text"] == "Retry step" and "helm: boom" in json.dumps(failed)
+    _, interrupted = blocks.warning(_incident(state="halted", halt_kind="interrupted", resume_from=2),
+                                    approvers=["U0A"], confirm="dialog")
+    assert _buttons(interrupted)[blocks.RETRY]["text"]["text"] == "Resume" and "before step 3" in json.dumps(interrupted)
+    _, auto = blocks.warning(_incident(auto_at=1_800_000_090.0), approvers=["U0A"], confirm="dialog")
+    assert list(_buttons(auto))[0] == blocks.STOP and "automatically at" in json.dumps(auto)
+    _, stopped = blocks.warning(_incident(), approvers=["U0A"], confirm="dialog")
+    assert blocks.STOP not in _buttons(stopped)

@@ -31,10 +31,12 @@ CHANNEL = "C0MODELSVC"
 class FailConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     message: str = "boom"
+    times: int = 1_000_000  # fail this many executions, then succeed (a fault that clears)
 
 
-class AlwaysFails:
+class FailsTimes:
     name: ClassVar[str] = "always_fails"
+    failures: ClassVar[dict[str, int]] = {}
 
     def __init__(self, config: FailConfig) -> None:
         self.config = config
@@ -43,11 +45,15 @@ class AlwaysFails:
         return StepPlan(self.name, "do something doomed", (), "false")
 
     def execute(self, *, plan: StepPlan, context: StepContext) -> StepOutcome:
-        raise ExecutorError(self.config.message)
+        seen = self.failures.get(self.config.message, 0)
+        if seen < self.config.times:
+            self.failures[self.config.message] = seen + 1
+            raise ExecutorError(self.config.message)
+        return StepOutcome(self.name, True, "worked this time")
 
 
 def _registry() -> Registry:
-    return Registry([mlflow_alias.SPEC, ExecutorSpec("always_fails", FailConfig, lambda c, _: AlwaysFails(c))])
+    return Registry([mlflow_alias.SPEC, ExecutorSpec("always_fails", FailConfig, lambda c, _: FailsTimes(c))])
 
 
 def _policy_text(model: str, extra_step: str = "") -> str:
@@ -152,34 +158,70 @@ def test_verification_times_out_and_mentions_approvers(tmp_path: Path, slack: Fa
     assert bot.store.frozen("model-svc") is not None  # frozen whether it recovered or not
 
 
-def test_a_failing_step_stops_the_plan_and_tells_the_thread(tmp_path: Path, slack: FakeSlackAPI,
-                                                           mlflow_client: MlflowClient, unique_model: str) -> None:
-    v1, _ = _seed(mlflow_client, unique_model)
+def _failing_bot(tmp_path: Path, slack: FakeSlackAPI, client: MlflowClient, model: str,
+                 step: str) -> tuple[RollbackBot, str, Incident]:
+    """A bot whose plan is mlflow_alias, `step`, mlflow_alias; approved, and halted at step 2."""
+    v1, _ = _seed(client, model)
     clock = Clock()
     prom = StubProm({LATENCY: (0.5,), AUC: (0.9,)})
-    text = _policy_text(unique_model, "      - always_fails: {message: 'helm said no'}\n"
-                                      "      - mlflow_alias: {model: " + unique_model + "}")
-    bot = _bot(tmp_path, slack, mlflow_client, text, prom, clock)
+    text = _policy_text(model, f"      - {step}\n      - mlflow_alias: {{model: {model}}}")
+    bot = _bot(tmp_path, slack, client, text, prom, clock)
     bot.scheduler.start()
+    bot.evaluate_once()
+    incident = bot.store.active_incident("model-svc")
+    assert incident is not None
+    assert bot.approve(incident.id, "U0APPROVER").ok
+    wait_until(lambda: bot.store.incident(incident.id).state == "halted", 15, "the plan to halt")
+    return bot, v1, bot.store.incident(incident.id)
+
+
+def test_a_failing_step_halts_the_plan_tells_the_thread_and_stop_ends_it(
+        tmp_path: Path, slack: FakeSlackAPI, mlflow_client: MlflowClient, unique_model: str) -> None:
+    bot, v1, halted = _failing_bot(tmp_path, slack, mlflow_client, unique_model,
+                                   "always_fails: {message: 'helm said no'}")
     try:
-        bot.evaluate_once()
-        incident = bot.store.active_incident("model-svc")
-        assert incident is not None
-        assert bot.approve(incident.id, "U0APPROVER").ok
-        wait_until(lambda: any(e.kind == "summary" for e in bot.store.events(incident.id)), 15, "the summary")
+        assert halted.error and "helm said no" in halted.error and halted.resume_from == 1
+        thread = [m["text"] for m in slack.thread(CHANNEL, halted.message_ts or "")]
+        failure = next(t for t in thread if "Rollback stopped at" in t)
+        assert "step 2/3 `always_fails`" in failure and "helm said no" in failure
+        assert "Done: step 1/3 `mlflow_alias`" in failure and "Not run: step 3/3 `mlflow_alias`" in failure
+        assert "<@U0APPROVER>" in failure
+        warning = slack.message(CHANNEL, halted.message_ts or "")
+        buttons = [e["text"]["text"] for b in warning["blocks"] if b["type"] == "actions" for e in b["elements"]]
+        assert buttons[:2] == ["Retry step", "Stop"]
+        assert bot.store.active_incident("model-svc") is not None, "a halted plan is still an open incident"
+
+        refused = bot.stop(halted.id, "U0STRANGER")
+        assert not refused.ok and bot.store.incident(halted.id).state == "halted"
+        assert bot.stop(halted.id, "U0APPROVER").ok
+        assert not bot.stop(halted.id, "U0APPROVER").ok, "a second Stop finds nothing to stop"
     finally:
         bot.scheduler.shutdown()
-    done = bot.store.incident(incident.id)
-    assert done.error and "helm said no" in done.error
-    thread = [m["text"] for m in slack.thread(CHANNEL, done.message_ts or "")]
-    failure = next(t for t in thread if "Rollback failed" in t)
-    assert "step 2/3 `always_fails`" in failure and "helm said no" in failure
-    assert "Done: step 1/3 `mlflow_alias`" in failure and "Not run: step 3/3 `mlflow_alias`" in failure
-    assert "<@U0APPROVER>" in failure
+    done = bot.store.incident(halted.id)
+    assert done.state == "failed" and done.active_service is None
+    assert any(e.kind == "summary" and "Rollback failed" in e.text for e in bot.store.events(done.id))
+    assert bot.store.frozen("model-svc") is not None
     assert str(mlflow_client.get_model_version_by_alias(unique_model, "champion").version) == v1
-    assert [s.status for s in bot.store.steps(incident.id)] == ["done", "failed"]
-    warning = slack.message(CHANNEL, done.message_ts or "")
-    assert "Rollback failed" in json.dumps(warning["blocks"])
+    assert [s.status for s in bot.store.steps(done.id)] == ["done", "failed"]
+    assert "Rollback failed" in json.dumps(slack.message(CHANNEL, done.message_ts or "")["blocks"])
+
+
+def test_retry_step_runs_the_failed_step_again_and_goes_on(
+        tmp_path: Path, slack: FakeSlackAPI, mlflow_client: MlflowClient, unique_model: str) -> None:
+    bot, _, halted = _failing_bot(tmp_path, slack, mlflow_client, unique_model,
+                                  f"always_fails: {{message: 'flaky-{unique_model}', times: 1}}")
+    try:
+        assert not bot.retry(halted.id, "U0STRANGER").ok
+        assert bot.retry(halted.id, "U0APPROVER").ok
+        assert not bot.retry(halted.id, "U0APPROVER").ok, "the second Retry finds the plan already running"
+        wait_until(lambda: bot.store.incident(halted.id).state == "verifying", 15, "the retried plan")
+    finally:
+        bot.scheduler.shutdown()
+    steps = bot.store.steps(halted.id)
+    assert [(s.position, s.status) for s in steps] == [(0, "done"), (1, "failed"), (1, "done"), (2, "done")], \
+        "step 1 is not run again; step 2 is retried; step 3 follows"
+    texts = [e.text for e in bot.store.events(halted.id)]
+    assert any("Retry from step 2 by <@U0APPROVER>" in t for t in texts)
 
 
 def test_a_breach_that_outlives_its_incident_is_not_warned_again(tmp_path: Path, slack: FakeSlackAPI,

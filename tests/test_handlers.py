@@ -94,11 +94,16 @@ def test_unknown_service_is_answered_with_the_known_services(env: HandlerEnv) ->
 
 
 BAD_INPUT = {
-    "extra words": ("model-svc now please", "takes one service name; got 3 words"),
+    "extra words": ("model-svc now please", "did not expect `now`"),
+    "flag without value": ("model-svc --to", "`--to` needs a version"),
+    "unknown flag": ("model-svc --force", "did not expect `--force`"),
+    "subcommand without service": ("history", "needs a service"),
+    "status with two services": ("status a b", "at most one service"),
     "5,000 characters": ("m" * 5000, "is not a service name"),
     "accented": ("modèl-svc", "is not a service name"),
     "CJK": ("模型", "is not a service name"),
-    "shell chain": ("model-svc; rm -rf /", "takes one service name; got 4 words"),
+    "shell chain": ("model-svc; rm -rf /", "is not a service name"),
+    "shell in a flag": ("model-svc --to $(id)", "is not a version"),
     "subshell": ("$(id)", "is not a service name"),
     "backticks": ("`id`", "is not a service name"),
     "pipe": ("model-svc|cat", "is not a service name"),
