@@ -8,6 +8,7 @@ so Alertmanager can route it to the bot's /alertmanager intake, which finds the 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +51,16 @@ def burn_alert(svc: Service, slo: Slo, burn_rate: BurnRate, pair: BurnWindow) ->
 
 
 def threshold_alert(svc: Service, slo: Slo) -> dict[str, Any]:
-    """`(<query>) > above` or `(<query>) < below`, held for the SLO's `for:`."""
+    """`(<query>) > above` or `(<query>) < below`, held for the SLO's `for:`; a grouped SLO (`by:`) keeps only
+    the series whose `by` label is its `match` (default the service's name)."""
     if slo.above is not None:
         expr = f"({slo.query}) > {_number(slo.above)}"
     else:
         expr = f"({slo.query}) < {_number(slo.below or 0.0)}"
+    if slo.by is not None:
+        # A grouped query answers for many services: keep only this service's series, as the bot does.
+        match = json.dumps(slo.match or svc.name)
+        expr = f'({expr}) and on({slo.by}) label_replace(vector(1), "{slo.by}", {match}, "", "")'
     rule: dict[str, Any] = {"alert": SLO_ALERT, "expr": expr}
     if slo.for_ > 0:
         rule["for"] = burn.promql_duration(slo.for_)

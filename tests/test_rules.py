@@ -182,3 +182,46 @@ def test_rules_command_prints_to_stdout_and_refuses_a_bad_policy(
     err = capsys.readouterr().err
     assert f"{bad}:11: services.model-svc.slos[0].burn_rate.objective: objective is the share" in err
     assert not (tmp_path / "never.yml").exists()
+
+
+GROUPED = """\
+services:
+  svc-a:
+    channel: C0MODELSVC
+    approvers: [U0APPROVER]
+    model: recommender-a
+    slos:
+      - {name: auc, query: 'min by (service) (model_auc)', by: service, below: 0.8}
+    rollback:
+      - mlflow_alias: {model: recommender-a}
+  svc-b:
+    channel: C0MODELSVC
+    approvers: [U0APPROVER]
+    model: recommender-b
+    slos:
+      - {name: auc, query: 'min by (service) (model_auc)', by: service, below: 0.8}
+    rollback:
+      - mlflow_alias: {model: recommender-b}
+"""
+
+
+def test_a_grouped_slo_pages_only_for_its_own_service(promtool_bin: str, tmp_path: Path) -> None:
+    """Services sharing one `by: service` query each alert on their own series, never on another's."""
+    policy = tmp_path / "grouped.yaml"
+    policy.write_text(GROUPED)
+    out = tmp_path / "rules.yml"
+    assert main(["rules", "--policy", str(policy), "--out", str(out)]) == 0
+    checked = promtool(promtool_bin, "check", "rules", out)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    only_b = {"service": "svc-b", "slo": "auc", "severity": "page"}
+    group = {
+        "name": "svc-b degraded, svc-a healthy",
+        "interval": "1m",
+        "input_series": [{"series": 'model_auc{service="svc-a"}', "values": "0.9x10"},
+                         {"series": 'model_auc{service="svc-b"}', "values": "0.7x10"}],
+        "alert_rule_test": [{"eval_time": "5m", "alertname": rules.SLO_ALERT,
+                             "exp_alerts": [{"exp_labels": only_b,
+                                             "exp_annotations": rule_annotations(out, only_b)}]}],
+    }
+    tested = promtool(promtool_bin, "test", "rules", write_tests(tmp_path, out, [group]))
+    assert tested.returncode == 0, tested.stdout + tested.stderr
