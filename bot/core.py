@@ -300,7 +300,7 @@ class RollbackBot:
     def auto_approve(self, incident_id: int) -> None:
         """The grace period of an automatic rollback ran out with nobody pressing Stop: run the plan."""
         moved = self.store.transition(incident_id, ("open",), "executing", auto=True, approved_by=AUTO_ACTOR,
-                                      approved_at=self.clock())
+                                      approved_at=self.clock(), auto_at=None)
         if moved is None:
             return  # approved, dismissed or stopped meanwhile
         self.store.audit(actor=AUTO_ACTOR, action="approve", result="ok", incident_id=incident_id,

@@ -38,8 +38,9 @@ OTHER_CHANNEL = "C0OTHER"
 BAD_VERSION, GOOD_VERSION = "2", "1"  # champion -> v2 (the bad one), previous_champion -> v1
 
 
-def policy_yaml(models: dict[str, str]) -> str:
-    """Two services: `model-svc` confirmed by Slack's dialog, `ranker-svc` by typing its name."""
+def policy_yaml(models: dict[str, str], extra: dict[str, str] | None = None) -> str:
+    """Two services: `model-svc` confirmed by Slack's dialog, `ranker-svc` by typing its name. `extra` adds
+    policy lines to a service (e.g. `two_person: true`)."""
     services = {MODEL_SVC: (MODEL_CHANNEL, "dialog"), RANKER_SVC: (RANKER_CHANNEL, "typed")}
     text = "evaluate_every: 1s\nservices:\n"
     for name, (channel, confirm) in services.items():
@@ -57,6 +58,8 @@ def policy_yaml(models: dict[str, str]) -> str:
       - mlflow_alias: {{model: {models[name]}, alias: champion, to: previous_champion}}
     verify: {{every: 2s, within: 10m, stable_for: 1m}}
 """
+        for line in (extra or {}).get(name, "").splitlines():
+            text += f"    {line}\n"
     return text
 
 
@@ -83,7 +86,7 @@ class HandlerEnv:
     """One runtime served over HTTP; `start()` / `stop()` bracket a test."""
 
     def __init__(self, workdir: Path, slack: FakeSlackAPI, mlflow: MlflowClient, models: dict[str, str], *,
-                 mlflow_url: str) -> None:
+                 mlflow_url: str, extra: dict[str, str] | None = None) -> None:
         self.slack = slack
         self.mlflow = mlflow
         self.models = models
@@ -91,7 +94,7 @@ class HandlerEnv:
             slack_bot_token=TOKEN, slack_signing_secret=SECRET, slack_api_url=slack.url,
             prometheus_url=f"http://127.0.0.1:{free_port()}",  # nothing listens: no Prometheus in these tests
             mlflow_tracking_uri=mlflow_url, database_url=f"sqlite:///{workdir / 'bot.db'}")
-        self.runtime: Runtime = build(self.settings, parse_policy(policy_yaml(models)), mlflow=mlflow)
+        self.runtime: Runtime = build(self.settings, parse_policy(policy_yaml(models, extra)), mlflow=mlflow)
         self.store = self.runtime.bot.store
         self._server: Any = None
         self._thread: threading.Thread | None = None
@@ -139,6 +142,7 @@ class HandlerEnv:
 
     def _post(self, body: str) -> requests.Response:
         response = post_signed(self.events_url, SECRET, body)
+        self.last_body = body
         assert response.status_code == 200, (response.status_code, response.text)
         return response
 
