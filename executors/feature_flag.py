@@ -10,6 +10,7 @@ fixed by the policy, so there is nothing to pin.
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -90,7 +91,7 @@ class FeatureFlag:
         old = (self.kube.get(self.configmap).get("data") or {}).get(cfg.key)
         changes = [] if old == cfg.value else [
             Change(str(self.configmap), f"data.{cfg.key}", "unset" if old is None else old, cfg.value)]
-        patch = '{"data":{"%s":"%s"}}' % (cfg.key, cfg.value)
+        patch = json.dumps({"data": {cfg.key: cfg.value}}, separators=(",", ":"))
         commands = [f"kubectl patch configmap {cfg.configmap} -n {cfg.namespace} --type merge -p '{patch}'"]
         if self.deployment is not None:
             deployment = self.kube.get(self.deployment)
