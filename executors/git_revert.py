@@ -43,10 +43,12 @@ _RACE = re.compile(r"\(fetch first\)|\(non-fast-forward\)|\(failed to update ref
 # Network trouble that may pass on a later try.
 _NETWORK = re.compile(
     r"could not read from remote|connection (refused|reset|timed out)|timed out|could not resolve host|"
+    r"failed to connect|couldn't connect to server|"
     r"early eof|the remote end hung up|HTTP 5\d\d|returned error: 5\d\d",
     re.IGNORECASE,
 )
 _CONFLICT = re.compile(r"could not revert|CONFLICT|after resolving the conflicts", re.IGNORECASE)
+_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
 _clone_locks: dict[str, threading.Lock] = {}
 _clone_locks_guard = threading.Lock()
 
@@ -120,26 +122,35 @@ def _git_errors(what: str) -> Iterator[None]:
         yield
     except GitCommandError as exc:
         # git ran and failed: its stderr says why; a lost push race and network trouble may pass on a retry.
-        stderr = exc.stderr if isinstance(exc.stderr, str) else str(exc.stderr or "")
-        lines = [line.strip() for line in stderr.strip().strip("'").splitlines() if line.strip()]
-        lines = [line.removeprefix("stderr: ").strip("'").strip() for line in lines]
+        stderr = (exc.stderr if isinstance(exc.stderr, str) else str(exc.stderr or "")).strip()
+        if stderr.startswith("stderr: '") and stderr.endswith("'"):  # GitPython quotes git's stderr
+            stderr = stderr[len("stderr: '"):-1]
+        lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+        # Leave out git's advice and progress chatter: the thread needs the reason.
+        lines = [line for line in lines if not line.startswith(("hint:", "Cloning into"))]
         detail = "\n".join(lines[-STDERR_LINES:] if _RACE.search(stderr) else lines[:STDERR_LINES])
-        message = f"{what}: git exited with status {exc.status}: {detail or exc}"
+        detail = redact(detail)
+        message = f"{what}: git exited with status {exc.status}: {detail or redact(str(exc))}"
         if _RACE.search(stderr):
             raise _PushRaced(message) from exc
         if _CONFLICT.search(stderr):
-            raise _RevertConflict(message) from exc
+            raise _RevertConflict(detail) from exc
         cls = TemporaryExecutorError if _NETWORK.search(stderr) else ExecutorError
         raise cls(message) from exc
     except (InvalidGitRepositoryError, NoSuchPathError) as exc:
         # The clone directory under the workdir is not a usable repository: someone must look at it.
-        raise ExecutorError(f"{what}: {type(exc).__name__}: {exc}") from exc
+        raise ExecutorError(f"{what}: {type(exc).__name__}: {redact(str(exc))}") from exc
     except GitError as exc:
         # git missing (GitCommandNotFound), an unsafe protocol/option GitPython refused, or similar.
-        raise ExecutorError(f"{what}: {type(exc).__name__}: {exc}") from exc
+        raise ExecutorError(f"{what}: {type(exc).__name__}: {redact(str(exc))}") from exc
     except ImportError as exc:
         # GitPython refuses to import when no git executable is installed.
         raise ExecutorError(f"{what}: git is not available: {exc}") from exc
+
+
+def redact(text: str) -> str:
+    """`text` with any user:password@ (a token in a clone URL) cut out of URLs, for messages and logs."""
+    return _USERINFO.sub("***@", text)
 
 
 def _lock_for(path: str) -> threading.Lock:
@@ -170,8 +181,12 @@ class GitRevert:
         self.workdir = workdir
 
     @property
+    def _shown(self) -> str:
+        return redact(self.config.repo)
+
+    @property
     def _where(self) -> str:
-        return f"{self.config.repo} {self.config.branch}"
+        return f"{self._shown} {self.config.branch}"
 
     @property
     def _remote_ref(self) -> str:
@@ -194,7 +209,7 @@ class GitRevert:
         from git import Repo
 
         cfg = self.config
-        with _git_errors(f"cloning {cfg.repo} (branch {cfg.branch})"):
+        with _git_errors(f"cloning {self._shown} (branch {cfg.branch})"):
             repo = Repo.clone_from(cfg.repo, path, branch=cfg.branch)
         self._identity(repo)
         return repo
@@ -203,18 +218,18 @@ class GitRevert:
         from git import Repo
 
         cfg = self.config
-        with _git_errors(f"opening the clone of {cfg.repo} in {path}"):
+        with _git_errors(f"opening the clone of {self._shown} in {path}"):
             repo = Repo(path)
             url = repo.remotes.origin.url
         if url != cfg.repo:
-            raise ExecutorError(f"the clone in {path} has origin {url!r}, not {cfg.repo!r}; move it away")
+            raise ExecutorError(f"the clone in {path} has origin {redact(url)!r}, not {self._shown!r}; move it away")
         self._fetch(repo)
         self._identity(repo)
         return repo
 
     def _fetch(self, repo: Repo) -> None:
         cfg = self.config
-        with _git_errors(f"fetching {cfg.branch} from {cfg.repo}"):
+        with _git_errors(f"fetching {cfg.branch} from {self._shown}"):
             repo.git.fetch("origin", f"+refs/heads/{cfg.branch}:{self._remote_ref}")
 
     def _identity(self, repo: Repo) -> None:
@@ -234,13 +249,13 @@ class GitRevert:
                 if pattern.search(str(commit.message)):
                     return commit
             raise ExecutorError(f"no commit on {self._where} has a message matching /{wanted.match}/")
-        with _git_errors(f"looking up commit {wanted} in {cfg.repo}"):
+        with _git_errors(f"looking up commit {wanted} in {self._shown}"):
             sha = repo.git.rev_parse("--verify", "--quiet", f"{wanted}^{{commit}}", with_exceptions=False)
             found = repo.commit(sha) if sha else None
             on_branch = found is not None and repo.is_ancestor(found, head)
         pinned = " (pinned when the warning was posted)" if context.pin is not None else ""
         if found is None:
-            raise ExecutorError(f"commit {wanted}{pinned} is not in {cfg.repo}")
+            raise ExecutorError(f"commit {wanted}{pinned} is not in {self._shown}")
         if not on_branch:
             raise ExecutorError(f"commit {found.hexsha[:12]}{pinned} is not on {self._where}")
         return found
@@ -272,7 +287,7 @@ class GitRevert:
             command=f"{shlex.join(['git', 'revert', *revert_args])} && {shlex.join(['git', 'push', 'origin', cfg.branch])}",
             pin=target.hexsha,
             noop=done is not None,
-            data={"repo": cfg.repo, "branch": cfg.branch, "commit": target.hexsha, "subject": subject,
+            data={"repo": self._shown, "branch": cfg.branch, "commit": target.hexsha, "subject": subject,
                   "head": head.hexsha, "reverted": [target.hexsha]},
         )
 
@@ -281,7 +296,7 @@ class GitRevert:
         sha = str(plan.data["commit"])
         attempts = cfg.push_retries + 1
         with self._clone() as repo:
-            last_error = ""
+            lost: list[str] = []  # why each earlier push was rejected
             for attempt in range(1, attempts + 1):
                 self._resolve(repo, StepContext(context.service, context.incident_id, sha))  # still on the branch?
                 head = repo.commit(self._remote_ref)
@@ -303,7 +318,7 @@ class GitRevert:
                         repo.git.push("origin", f"{ours}:refs/heads/{cfg.branch}")
                 except _PushRaced as exc:
                     # Someone pushed between our fetch and our push: fetch their work and revert again on top.
-                    last_error = str(exc)
+                    lost.append(str(exc))
                     self._fetch(repo)
                     continue
                 self._fetch(repo)
@@ -313,17 +328,18 @@ class GitRevert:
                     self.name, True,
                     f"reverted {sha[:12]} \"{plan.data['subject']}\" on {self._where}: pushed {ours[:12]}"
                     + (f" after {attempt - 1} retries" if attempt > 1 else ""),
-                    plan.changes, data=dict(plan.data, revision=ours, head=head.hexsha, attempts=attempt),
+                    plan.changes,
+                    data=dict(plan.data, revision=ours, head=head.hexsha, attempts=attempt, lost_races=lost),
                 )
         raise TemporaryExecutorError(
             f"gave up pushing the revert of {sha[:12]} to {self._where}: the branch moved under us on all "
-            f"{attempts} attempts (push_retries={cfg.push_retries}); nothing was pushed. Last error: {last_error}"
+            f"{attempts} attempts (push_retries={cfg.push_retries}); nothing was pushed. Last error: {lost[-1]}"
         )
 
     def _commit_revert(self, repo: Repo, onto: str, sha: str, context: StepContext) -> str | None:
         """Commit the revert of `sha` on top of `onto` (the fetched branch head); None when it would be empty."""
         cfg = self.config
-        with _git_errors(f"resetting the clone of {cfg.repo} to {onto[:12]}"):
+        with _git_errors(f"resetting the clone of {self._shown} to {onto[:12]}"):
             repo.git.checkout("--force", "-B", cfg.branch, onto)
             repo.git.clean("-fdx")
         args = self._revert_args(repo.commit(sha))
@@ -338,7 +354,7 @@ class GitRevert:
                 repo.git.reset("--hard", onto)
             raise ExecutorError(
                 f"reverting {sha[:12]} on {self._where} conflicts with later changes in {', '.join(files) or '?'}; "
-                f"nothing was pushed. Revert it by hand: {exc}"
+                f"nothing was pushed. Revert it by hand and resolve the conflict (git said: {exc})"
             ) from exc
         with _git_errors(f"committing the revert of {sha[:12]}"):
             if not repo.git.diff("--cached", "--name-only"):
