@@ -61,13 +61,6 @@ def queries(burn: BurnRate) -> list[str]:
     return [ratio_query(burn, seconds) for seconds in dict.fromkeys(windows)]
 
 
-def chart_query(burn: BurnRate) -> tuple[str, float]:
-    """One series a human can plot for this SLO, and its threshold: the burn rate over the first pair's short
-    window (the one that reacts first), with that pair's factor as the line it must stay under."""
-    pair = burn.windows[0]
-    return f"({ratio_query(burn, pair.short)}) / (1 - {burn.objective:.12g})", pair.factor
-
-
 def budget(burn: BurnRate) -> float:
     """The error budget: the share of events allowed to fail."""
     return 1.0 - burn.objective

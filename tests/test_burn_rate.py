@@ -117,8 +117,6 @@ def test_one_error_ratio_query_per_distinct_window() -> None:
                                BurnWindow(long=21600, short=3600, factor=6)))
     assert [q.split("[")[1].split("]")[0] for q in burn.queries(shared)] == ["1h", "5m", "6h"]
     assert [burn.promql_duration(s) for s in (20, 90, 0.5, 5400, 86400)] == ["20s", "1m30s", "500ms", "1h30m", "1d"]
-    assert burn.chart_query(WORKBOOK) == (
-        f"((sum(rate({ERRORS}[5m])) or vector(0)) / sum(rate({TOTAL}[5m]))) / (1 - 0.999)", 14.4)
 
 
 # -- judging ----------------------------------------------------------------------------------------------
@@ -222,8 +220,6 @@ def test_real_prometheus_healthy_burst_recovery(tmp_path: Path, prometheus_bin: 
             assert burning.value > 6
             assert burning.target in ("burn < 14.4x (20s & 5s)", "burn < 6x (40s & 10s)")
             assert " over 20s / " in burning.detail or " over 40s / " in burning.detail
-            chart, line = burn.chart_query(svc.slos[0].burn_rate)  # type: ignore[arg-type]
-            assert line == 14.4 and float(prometheus.query(chart)[0]["value"][1]) > 1  # burning, in x of budget
 
             served.version = "1"
             recovered = wait_until(lambda: reading(OK), 60, "recovery to ok", interval=0.5)
