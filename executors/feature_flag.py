@@ -58,12 +58,12 @@ class FeatureFlagConfig(BaseModel):
 def _rollout_done(deployment: Obj, generation: int) -> str | None:
     """None when `kubectl rollout status` would say done for `generation`; otherwise why not yet."""
     status = deployment.get("status") or {}
-    for cond in status.get("conditions") or []:
+    if int(status.get("observedGeneration") or 0) < generation:
+        return f"observedGeneration {status.get('observedGeneration')} behind generation {generation}"
+    for cond in status.get("conditions") or []:  # only about this generation once it is observed, as kubectl reads it
         if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
             raise ExecutorError(f"Deployment {deployment['metadata']['namespace']}/{deployment['metadata']['name']} "
                                 f"exceeded its progress deadline: {cond.get('message', '')}")
-    if int(status.get("observedGeneration") or 0) < generation:
-        return f"observedGeneration {status.get('observedGeneration')} behind generation {generation}"
     want = int(deployment["spec"].get("replicas", 1))
     updated = int(status.get("updatedReplicas") or 0)
     if updated < want:

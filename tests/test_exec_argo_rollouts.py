@@ -11,9 +11,10 @@ from kubernetes import client
 from pydantic import ValidationError
 
 from bot.sandbox.kube_api import HASH_LABEL, Request
+from bot.sandbox.servers import free_port
 from executors.argo_rollouts import SPEC, ArgoRollouts, ArgoRolloutsConfig, _refuse_unsafe_promote
 from executors.base import ExecutorError, StepContext, TemporaryExecutorError
-from executors.kube import Ref
+from executors.kube import Kube, Ref
 from executors.registry import Clients
 from tests import kube_env
 from tests.kube_env import KubeEnv
@@ -244,3 +245,23 @@ def test_loads_credentials_from_kubeconfig_on_first_use(kube: KubeEnv, monkeypat
     monkeypatch.setenv("KUBECONFIG", str(kube.kubeconfig))
     executor = SPEC.build(ArgoRolloutsConfig(rollout="model-svc", namespace="prod"), Clients())
     assert executor.plan(context=CTX).data["target_revision"] == 2
+
+
+def test_abort_falls_back_to_the_main_resource_when_status_is_404(kube: KubeEnv) -> None:
+    kube.fake.seed_rollout("prod", "model-svc", IMAGES, stable=2)
+    kube.fake.fail("PATCH", r"/rollouts/model-svc/status$", 404, times=1)
+    executor = _executor(kube, action="abort", timeout="200ms")
+    plan = executor.plan(context=CTX)
+    with pytest.raises(ExecutorError, match="not confirmed"):  # this fake has the subresource, so status is kept
+        executor.execute(plan=plan, context=CTX)
+    assert _writes(kube) == [ABORT, ("PATCH", ROLLOUT, MERGE, {"status": {"abort": True}})]
+
+
+def test_an_unreachable_api_server_is_a_temporary_failure(kube: KubeEnv) -> None:
+    configuration = client.Configuration()
+    configuration.host = f"http://127.0.0.1:{free_port()}"
+    configuration.retries = 0
+    executor = ArgoRollouts(ArgoRolloutsConfig(rollout="model-svc", namespace="prod"),
+                            Kube(client.ApiClient(configuration), attempts=2, backoff=0.01))
+    with pytest.raises(TemporaryExecutorError, match="reading Rollout prod/model-svc: cannot reach the Kubernetes API"):
+        executor.plan(context=CTX)

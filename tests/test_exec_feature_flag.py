@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from executors.base import ExecutorError, StepContext, TemporaryExecutorError
-from executors.feature_flag import RESTARTED_AT, FeatureFlag, FeatureFlagConfig
+from executors.feature_flag import RESTARTED_AT, FeatureFlag, FeatureFlagConfig, _rollout_done
 from tests import kube_env
 from tests.kube_env import KubeEnv
 
@@ -131,3 +131,18 @@ def test_config_errors_are_clear() -> None:
     with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
         FeatureFlagConfig.model_validate({**base, "restrat": "deployment/model-svc"})
     assert FeatureFlagConfig.model_validate({**base, "restart": "deploy/model-svc"}).deployment == "model-svc"
+
+
+def test_a_deployment_past_its_progress_deadline_fails_at_once(kube: KubeEnv) -> None:
+    _seed(kube)
+    deployment = kube.fake.get("deployments", "prod", "model-svc")
+    deployment["status"]["conditions"][1].update(status="False", reason="ProgressDeadlineExceeded",
+                                                 message='ReplicaSet "model-svc-7d9" has timed out progressing.')
+    kube.fake.put_object("deployments", deployment)
+    executor = _executor(kube, restart=None)
+    assert executor.execute(plan=executor.plan(context=CTX), context=CTX).ok  # no restart, no wait
+    stuck = dict(deployment, metadata={**deployment["metadata"], "generation": 2})
+    assert _rollout_done(deployment, 2) == "observedGeneration 1 behind generation 2"  # an old condition is not news
+    stuck["status"] = {**deployment["status"], "observedGeneration": 2}
+    with pytest.raises(ExecutorError, match="exceeded its progress deadline: ReplicaSet .* has timed out"):
+        _rollout_done(stuck, 2)
