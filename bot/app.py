@@ -1,8 +1,9 @@
 """The app factory: builds the Bolt app and the domain, wires handlers, and serves HTTP.
 
 Called by bot.cli (`serve`, `demo`) and by tests. Routes: POST /slack/events (Bolt, which verifies Slack's
-signature), GET /healthz (200 once ready), GET /metrics (Prometheus text). Served by waitress, a
-production WSGI server; Socket Mode instead of /slack/events when SLACK_APP_TOKEN is set.
+signature), POST /alertmanager (Alertmanager's webhook, bot.alertmanager), GET /healthz (200 once ready),
+GET /metrics (Prometheus text). Served by waitress, a production WSGI server; Socket Mode instead of
+/slack/events when SLACK_APP_TOKEN is set.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from slack_bolt import App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 
-from bot import metrics
+from bot import alertmanager, metrics
 from bot.config import Settings
 from bot.core import RollbackBot
 from bot.policy import Policy
@@ -56,6 +57,8 @@ class Runtime:
 
     def wsgi(self) -> Callable[..., Iterable[bytes]]:
         slack = SlackRequestHandler(self.bolt, path="/slack/events")
+        alerts = alertmanager.Route(self.bot, self.settings.alertmanager_token,
+                                    self.settings.alertmanager_service_label)
 
         def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
             path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "")
@@ -66,6 +69,8 @@ class Runtime:
             if path == "/metrics" and method == "GET":
                 start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
                 return [generate_latest(metrics.REGISTRY)]
+            if path == "/alertmanager":
+                return alerts(environ, start_response)
             return slack(environ, start_response)
 
         return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -20,6 +21,10 @@ class Settings:
     prometheus_url: str = "http://127.0.0.1:9090"
     mlflow_tracking_uri: str | None = None
     database_url: str = "sqlite:///rollback-bot.db"
+    # POST /alertmanager: the bearer token Alertmanager sends (None = the route is off) and the alert label
+    # that names the service.
+    alertmanager_token: str | None = field(default=None, repr=False)
+    alertmanager_service_label: str = "service"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -29,6 +34,9 @@ class Settings:
         if missing:
             raise ConfigError("missing environment variables: " + ", ".join(missing))
         api_url = env.get("SLACK_API_URL") or None
+        label = env.get("ALERTMANAGER_SERVICE_LABEL") or "service"
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", label):
+            raise ConfigError(f"ALERTMANAGER_SERVICE_LABEL must be a Prometheus label name, got {label!r}")
         if api_url and not api_url.endswith("/"):
             api_url += "/"
         return cls(
@@ -39,8 +47,11 @@ class Settings:
             prometheus_url=env["PROMETHEUS_URL"],
             mlflow_tracking_uri=env["MLFLOW_TRACKING_URI"],
             database_url=env.get("DATABASE_URL") or "sqlite:///" + os.path.join(os.getcwd(), "rollback-bot.db"),
+            alertmanager_token=env.get("ALERTMANAGER_TOKEN") or None,
+            alertmanager_service_label=label,
         )
 
     def secrets(self) -> list[str]:
         """Values that must never be printed; used by the log filter."""
-        return [s for s in (self.slack_bot_token, self.slack_signing_secret, self.slack_app_token) if s]
+        return [s for s in (self.slack_bot_token, self.slack_signing_secret, self.slack_app_token,
+                            self.alertmanager_token) if s]

@@ -1,6 +1,6 @@
 """The bot's own Prometheus metrics, served at GET /metrics. Label values are names, never secrets.
 
-Incremented by bot.core, bot.runner, bot.evaluation callers and bot.slack_out.
+Incremented by bot.core, bot.runner, bot.evaluation callers, bot.slack_out and bot.alertmanager.
 """
 
 from __future__ import annotations
@@ -22,5 +22,8 @@ EVALUATION_SECONDS = Histogram("rollback_evaluation_seconds", "Duration of one S
                                registry=REGISTRY)
 SLO_STATUS = Gauge("rollback_slo_breaching", "1 while an SLO breaches, 0 otherwise", ["service", "slo"],
                    registry=REGISTRY)
+ALERTMANAGER_ALERTS = Counter("rollback_alertmanager_alerts_total",
+                              "Alerts received on POST /alertmanager, by what the bot did with them", ["result"],
+                              registry=REGISTRY)
 PROMOTIONS = Counter("rollback_promotions_total", "Promotion gate decisions", ["service", "result"],
                      registry=REGISTRY)

@@ -1,4 +1,5 @@
-"""Launchers for the real servers the tests and the local demo run: Prometheus and an MLflow tracking server.
+"""Launchers for the real servers the tests and the local demo run: Prometheus, Alertmanager and an MLflow
+tracking server.
 
 Called by tests/conftest.py (session fixtures), the story tests and the local demo. Each launcher starts one
 child process from an argument list (never a shell) bound to 127.0.0.1 on a free port, waits until the
@@ -49,6 +50,11 @@ def free_port() -> int:
 def prometheus_binary() -> str | None:
     """Path of the `prometheus` executable on PATH, or None when it is not installed."""
     return shutil.which("prometheus")
+
+
+def alertmanager_binary() -> str | None:
+    """Path of Debian's `prometheus-alertmanager` (or upstream's `alertmanager`) on PATH, or None."""
+    return shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
 
 
 def _log_tail(path: Path, offset: int = 0, lines: int = _LOG_TAIL_LINES) -> str:
@@ -286,6 +292,74 @@ class PrometheusServer(_Server):
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"no series for {query!r} after {timeout}s at {self.url}")
             time.sleep(0.25)
+
+
+class AlertmanagerServer(_Server):
+    """A real Alertmanager (Debian's `prometheus-alertmanager`, clustering off) whose one receiver posts every
+    group to `webhook_url` with `Authorization: Bearer <token>`, resolved notifications included.
+
+    group_wait / group_interval default to 1 s so a pushed alert reaches the webhook within ~1-2 s; a short
+    repeat_interval makes it re-send unchanged groups, which is how tests see deduplication against it.
+    """
+
+    name = "alertmanager"
+    ready_path = "/-/ready"
+    ready_timeout = 15.0
+
+    def __init__(
+        self,
+        workdir: Path,
+        webhook_url: str,
+        token: str,
+        *,
+        group_by: Sequence[str] = ("alertname", "service"),
+        group_wait: str = "1s",
+        group_interval: str = "1s",
+        repeat_interval: str = "1h",
+        binary: str = "prometheus-alertmanager",
+    ) -> None:
+        super().__init__(workdir)
+        self.webhook_url = webhook_url
+        self.token = token
+        self.route = {"receiver": "rollback-bot", "group_by": list(group_by), "group_wait": group_wait,
+                      "group_interval": group_interval, "repeat_interval": repeat_interval}
+        self.binary = binary
+        self.config_path = self.workdir / "alertmanager.yml"
+        self.data_dir = self.workdir / "alertmanager-data"
+
+    def config(self) -> dict[str, Any]:
+        """The alertmanager.yml content: one route, one webhook receiver with the bearer token."""
+        webhook = {"url": self.webhook_url, "send_resolved": True,
+                   "http_config": {"authorization": {"credentials": self.token}}}
+        return {"route": dict(self.route), "receivers": [{"name": "rollback-bot", "webhook_configs": [webhook]}]}
+
+    def _prepare(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.config_path.touch(mode=0o600)  # it holds the token
+        self.config_path.write_text(yaml.safe_dump(self.config(), sort_keys=False))
+
+    def _command(self, port: int) -> list[str]:
+        binary = shutil.which(self.binary) or self.binary
+        return [
+            binary,
+            f"--config.file={self.config_path}",
+            f"--storage.path={self.data_dir}",
+            f"--web.listen-address={HOST}:{port}",
+            "--cluster.listen-address=",
+        ]
+
+    def push(self, alerts: list[dict[str, Any]]) -> None:
+        """POST /api/v2/alerts, as Prometheus does: each {labels, annotations, startsAt, endsAt, generatorURL};
+        an endsAt in the past resolves the alert."""
+        resp = requests.post(self.url + "/api/v2/alerts", json=alerts, timeout=10)
+        if resp.status_code != 200:
+            raise RuntimeError(f"alertmanager refused the alerts: HTTP {resp.status_code} {resp.text[:300]}")
+
+    def alerts(self) -> list[dict[str, Any]]:
+        """GET /api/v2/alerts: what Alertmanager holds now (fingerprint, status.state, ...)."""
+        resp = requests.get(self.url + "/api/v2/alerts", timeout=10)
+        resp.raise_for_status()
+        return list(resp.json())
 
 
 class MlflowServer(_Server):
