@@ -197,9 +197,14 @@ class ArgoRollouts:
                            f"revision {_revision(target)} ({_images(target_template)})"),
             "promote_full": Change(str(self.ref), "status.promoteFull", "false", "true"),
         }
-        where = "the stable ReplicaSet" if "promote_full" not in steps else "an older revision, promoted at once"
-        summary = (f"undo {self.ref} from revision {data['from_revision']} ({data['from_images']}) to revision "
-                   f"{_revision(target)} ({_images(target_template)}), {where}")
+        said = {
+            "abort": "abort the canary (all traffic to the stable ReplicaSet at once)",
+            "undo": (f"undo spec.template from revision {data['from_revision']} ({data['from_images']}) to revision "
+                     f"{_revision(target)} ({_images(target_template)})"
+                     + (", the stable ReplicaSet" if "promote_full" not in steps else "")),
+            "promote_full": f"promote --full, since revision {_revision(target)} is not the stable ReplicaSet",
+        }
+        summary = f"{self.ref}: " + ", then ".join(said[s] for s in steps)
         if not steps:
             summary = f"{self.ref} already runs revision {_revision(target)} ({_images(target_template)}) as stable"
         return StepPlan(
