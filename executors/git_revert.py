@@ -43,11 +43,12 @@ _RACE = re.compile(r"\(fetch first\)|\(non-fast-forward\)|\(failed to update ref
 # Network trouble that may pass on a later try.
 _NETWORK = re.compile(
     r"could not read from remote|connection (refused|reset|timed out)|timed out|could not resolve host|"
-    r"failed to connect|couldn't connect to server|"
+    r"failed to connect|couldn't connect to server|did not complete in \d+|"
     r"early eof|the remote end hung up|HTTP 5\d\d|returned error: 5\d\d",
     re.IGNORECASE,
 )
 _CONFLICT = re.compile(r"could not revert|CONFLICT|after resolving the conflicts", re.IGNORECASE)
+_NO_PROMPT = {"GIT_TERMINAL_PROMPT": "0"}  # a missing credential fails at once instead of waiting for a human
 _USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
 _clone_locks: dict[str, threading.Lock] = {}
 _clone_locks_guard = threading.Lock()
@@ -76,6 +77,7 @@ class GitRevertConfig(BaseModel):
     branch: str = "main"
     commit: str | CommitMatch
     push_retries: int = Field(default=3, ge=0, le=20)
+    network_timeout: int = Field(default=120, ge=1, description="seconds a fetch or push may take")
     author_email: str = "rollback-bot@localhost"
 
     @field_validator("repo")
@@ -158,12 +160,13 @@ def _lock_for(path: str) -> threading.Lock:
         return _clone_locks.setdefault(path, threading.Lock())
 
 
-def _reverts(repo: Repo, sha: str, since: str, until: str) -> str | None:
-    """The sha of a commit in since..until whose message says it reverts `sha`, if any."""
+def _reverts(repo: Repo, sha: str, until: str) -> str | None:
+    """The commit in sha..until that reverts `sha` and is still in force (not itself reverted later), if any."""
     marker = f"This reverts commit {sha}"
-    for commit in repo.iter_commits(f"{since}..{until}"):
+    for commit in repo.iter_commits(f"{sha}..{until}"):  # newest first
         if marker in str(commit.message):
-            return str(commit.hexsha)
+            # A later "Revert \"Revert ...\"" put the change back: then `sha` is live again.
+            return None if _reverts(repo, commit.hexsha, until) else str(commit.hexsha)
     return None
 
 
@@ -210,7 +213,8 @@ class GitRevert:
 
         cfg = self.config
         with _git_errors(f"cloning {self._shown} (branch {cfg.branch})"):
-            repo = Repo.clone_from(cfg.repo, path, branch=cfg.branch)
+            repo = Repo.clone_from(cfg.repo, path, branch=cfg.branch, env=_NO_PROMPT)
+        repo.git.update_environment(**_NO_PROMPT)
         self._identity(repo)
         return repo
 
@@ -220,6 +224,7 @@ class GitRevert:
         cfg = self.config
         with _git_errors(f"opening the clone of {self._shown} in {path}"):
             repo = Repo(path)
+            repo.git.update_environment(**_NO_PROMPT)
             url = repo.remotes.origin.url
         if url != cfg.repo:
             raise ExecutorError(f"the clone in {path} has origin {redact(url)!r}, not {self._shown!r}; move it away")
@@ -230,7 +235,8 @@ class GitRevert:
     def _fetch(self, repo: Repo) -> None:
         cfg = self.config
         with _git_errors(f"fetching {cfg.branch} from {self._shown}"):
-            repo.git.fetch("origin", f"+refs/heads/{cfg.branch}:{self._remote_ref}")
+            repo.git.fetch("origin", f"+refs/heads/{cfg.branch}:{self._remote_ref}",
+                           kill_after_timeout=cfg.network_timeout)
 
     def _identity(self, repo: Repo) -> None:
         with _git_errors("setting the commit author"), repo.config_writer() as config:
@@ -269,7 +275,7 @@ class GitRevert:
         with self._clone() as repo:
             target = self._resolve(repo, context)
             head = repo.commit(self._remote_ref)
-            done = _reverts(repo, target.hexsha, target.hexsha, head.hexsha)
+            done = _reverts(repo, target.hexsha, head.hexsha)
             subject, short, head_short = _subject(target), target.hexsha[:12], head.hexsha[:12]
             author = f"{target.author.name} <{target.author.email}>"
         revert_args = self._revert_args(target)
@@ -300,7 +306,7 @@ class GitRevert:
             for attempt in range(1, attempts + 1):
                 self._resolve(repo, StepContext(context.service, context.incident_id, sha))  # still on the branch?
                 head = repo.commit(self._remote_ref)
-                done = _reverts(repo, sha, sha, head.hexsha)
+                done = _reverts(repo, sha, head.hexsha)
                 if done is not None:
                     return StepOutcome(
                         self.name, True, f"{sha[:12]} is already reverted on {self._where} by {done[:12]}",
@@ -315,12 +321,20 @@ class GitRevert:
                     )
                 try:
                     with _git_errors(f"pushing the revert of {sha[:12]} to {self._where} (attempt {attempt})"):
-                        repo.git.push("origin", f"{ours}:refs/heads/{cfg.branch}")
+                        repo.git.push("origin", f"{ours}:refs/heads/{cfg.branch}", kill_after_timeout=cfg.network_timeout)
                 except _PushRaced as exc:
                     # Someone pushed between our fetch and our push: fetch their work and revert again on top.
                     lost.append(str(exc))
                     self._fetch(repo)
                     continue
+                except TemporaryExecutorError as exc:
+                    # Killed after network_timeout: the remote may still apply it, so say how to check safely.
+                    if "did not complete in" not in str(exc):
+                        raise
+                    raise TemporaryExecutorError(
+                        f"{exc} The push may still land; running this step again finds the revert instead of "
+                        "pushing a second one."
+                    ) from exc
                 self._fetch(repo)
                 if not repo.is_ancestor(repo.commit(ours), repo.commit(self._remote_ref)):
                     raise TemporaryExecutorError(f"{self._where} does not contain the pushed revert {ours[:12]}")

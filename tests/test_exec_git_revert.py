@@ -193,6 +193,22 @@ def test_a_second_run_finds_the_revert_and_pushes_nothing(origin: Origin, seeded
     assert again.data["revision"] == first.data["revision"] == origin.head()
 
 
+def test_a_revert_that_was_itself_reverted_does_not_count(origin: Origin, seeded: dict[str, str]) -> None:
+    """Someone re-applied the bump after the last rollback: a new incident must revert it again."""
+    _, first = _run(_executor(origin, seeded["bump"]))
+    dev = origin.dev
+    dev.git.pull("origin", "main")
+    dev.git.revert("--no-edit", first.data["revision"], env={
+        "GIT_AUTHOR_NAME": "dev", "GIT_AUTHOR_EMAIL": "dev@example.com",
+        "GIT_COMMITTER_NAME": "dev", "GIT_COMMITTER_EMAIL": "dev@example.com"})
+    dev.git.push("origin", "main")
+    assert origin.show("main", "model.yaml").endswith("version: 2")
+    plan, second = _run(_executor(origin, seeded["bump"]))
+    assert not plan.noop and second.ok and not second.data.get("noop")
+    assert second.data["revision"] != first.data["revision"] and second.data["revision"] == origin.head()
+    assert origin.show("main", "model.yaml").endswith("version: 1")
+
+
 def test_the_pinned_commit_wins_over_later_pushes(origin: Origin, seeded: dict[str, str], tmp_path: Path) -> None:
     executor = _executor(origin, "last", workdir=tmp_path / "work")
     pin = executor.plan(context=_ctx()).pin  # when the warning was posted: head = tweak
@@ -300,6 +316,26 @@ def test_a_push_the_remote_refuses_is_not_retried(origin: Origin, seeded: dict[s
     assert "pre-receive hook declined" in str(caught.value) and not caught.value.retryable
     assert "(attempt 1)" in str(caught.value)
     assert origin.head() == seeded["tweak"]
+
+
+def test_a_push_that_hangs_is_killed_after_network_timeout(origin: Origin, seeded: dict[str, str]) -> None:
+    executor = _executor(origin, "last", network_timeout=1)
+    pin = executor.plan(context=_ctx()).pin
+    release = origin.tmp / "release-hook"
+    hook = origin.bare / "hooks" / "pre-receive"
+    hook.write_text(f"#!{sys.executable}\nimport os, time\n"
+                    f"while not os.path.exists({str(release)!r}):\n    time.sleep(0.05)\n")
+    hook.chmod(0o755)
+    try:
+        with pytest.raises(TemporaryExecutorError) as caught:
+            _run(executor, pin)
+    finally:
+        release.touch()
+    assert "did not complete in 1 secs" in str(caught.value)
+    assert "running this step again finds the revert" in str(caught.value)
+    _, again = _run(executor, pin)  # whether or not the killed push landed, there is exactly one revert
+    authors = [c.author.name for c in Repo(origin.bare).iter_commits("main")]
+    assert again.ok and authors.count("rollback-bot") == 1 and again.data["revision"] == origin.head()
 
 
 def test_a_missing_repository_or_branch_is_a_clear_error(origin: Origin, seeded: dict[str, str],
