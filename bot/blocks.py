@@ -44,6 +44,8 @@ def value_text(reading: Reading) -> str:
         return "no data"
     if reading.status == ERROR:
         return f"query error: {reading.error or 'unknown'}"
+    if reading.detail:
+        return reading.detail
     return f"{reading.value:.4g}"
 
 
@@ -92,7 +94,7 @@ def trigger_text(incident: Incident) -> str:
     if incident.trigger == "manual":
         return f"rollback requested by {mention(incident.requested_by or '?')}"
     value = d.get("value")
-    shown = f"{value:.4g}" if isinstance(value, (int, float)) else "no data"
+    shown = d.get("words") or (f"{value:.4g}" if isinstance(value, (int, float)) else "no data")
     return f"*{incident.trigger}* is {shown}, target {d.get('target', '?')}"
 
 

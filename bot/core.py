@@ -163,7 +163,8 @@ class RollbackBot:
             return existing
         detail: dict[str, Any] = {}
         if reading is not None:
-            detail = {"value": reading.value, "target": reading.target, "status": reading.status}
+            detail = {"value": reading.value, "target": reading.target, "status": reading.status,
+                      "words": reading.detail}
         auto_at = self.clock() + svc.auto_rollback_grace if svc.auto_rollback else None
         incident = self.store.open_incident(
             service=svc.name, trigger=reading.slo if reading else "manual", detail=detail,
