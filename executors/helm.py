@@ -112,6 +112,8 @@ def _helm_errors(what: str, binary: str) -> Iterator[None]:
     except subprocess.CalledProcessError as exc:
         # helm ran and said no: carry its first lines of stderr so the thread shows the reason.
         lines = [line for line in (exc.stderr or "").strip().splitlines() if line.strip()]
+        # helm prints kubeconfig permission warnings before the error; keep them only if nothing else is said.
+        lines = [line for line in lines if not line.startswith("WARNING:")] or lines
         detail = "\n".join(lines[:STDERR_LINES]) or f"no error output (stdout: {(exc.stdout or '').strip()[:200]!r})"
         cls = TemporaryExecutorError if _TEMPORARY.search(detail) else ExecutorError
         raise cls(f"{what}: helm exited with status {exc.returncode}: {detail}") from exc

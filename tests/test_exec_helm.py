@@ -167,6 +167,28 @@ def test_a_release_busy_with_another_operation_is_temporary(fake: FakeHelm) -> N
         executor.execute(plan=plan, context=_ctx(plan.pin))
 
 
+def test_a_pending_operation_in_the_history_is_temporary_and_nothing_runs(fake: FakeHelm) -> None:
+    executor = _helm()
+    plan = executor.plan(context=_ctx())
+    _upgrade(fake, "1.3")
+    state = fake.read()
+    state["releases"][RELEASE][-1].update(status="pending-upgrade", description="Preparing upgrade")
+    state["releases"][RELEASE][-2]["status"] = "deployed"
+    fake.write(state)
+    with pytest.raises(TemporaryExecutorError, match="is busy: revision 4 is pending-upgrade"):
+        executor.execute(plan=plan, context=_ctx(plan.pin))
+    assert not any(call[0] == "rollback" for call in fake.calls())
+
+
+def test_helms_warnings_do_not_hide_its_error(fake: FakeHelm) -> None:
+    fake.fail("history", stderr="WARNING: Kubernetes configuration file is group-readable. This is insecure.\n"
+              "Error: Kubernetes cluster unreachable: the server has asked for the client to provide credentials")
+    with pytest.raises(ExecutorError) as caught:
+        _helm().plan(context=_ctx())
+    assert str(caught.value).endswith("helm exited with status 1: Error: Kubernetes cluster unreachable: "
+                                      "the server has asked for the client to provide credentials")
+
+
 def test_missing_or_unrunnable_binary_is_a_clear_error(fake: FakeHelm, tmp_path: Path) -> None:
     config = HelmConfig(release="model-svc", namespace="prod")
     with pytest.raises(ExecutorError, match="the helm executable 'helm-not-installed' was not found"):
