@@ -1,5 +1,6 @@
-# Quick start (README.md): `make demo` plays the whole rollback story locally; `make test` runs the tests.
-# Both set up once: Debian packages (if missing), .venv with the package and its test extra.
+# Quick start (README.md): `make demo` serves the sandbox chat page on http://127.0.0.1:8080 (Ctrl-C stops it);
+# `make demo-headless` plays the same story with a scripted user; `make test` runs the tests.
+# Each sets up once: Debian packages (if missing), .venv with the package and its test extra.
 # The stamp lives inside .venv, so deleting .venv or editing pyproject.toml redoes the setup.
 
 PYTHON ?= $(shell command -v python3.11 || echo python3)
@@ -9,9 +10,12 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 # Debian packages the demo and tests run for real: Prometheus, Alertmanager, and Chromium for the browser test.
 APT_PACKAGES := prometheus prometheus-alertmanager chromium chromium-driver
 
-.PHONY: demo test setup clean
+.PHONY: demo demo-headless test setup clean
 
 demo: $(STAMP)
+	$(VENV)/bin/rollback-bot demo
+
+demo-headless: $(STAMP)
 	$(VENV)/bin/rollback-bot demo --headless
 
 test: $(STAMP)

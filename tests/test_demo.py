@@ -1,5 +1,6 @@
 """`rollback-bot demo --headless` end to end: the real CLI in a subprocess, with its own Prometheus, MLflow
-sqlite registry, fake Slack and bot, plays the story and prints the transcript the README promises.
+sqlite registry, fake Slack, chat page and bot, plays the story and prints the transcript the README promises.
+The scripted approver acts through the chat page's endpoints, so the page's signing path runs here too.
 """
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ def test_headless_demo_recovers_and_freezes(prometheus_bin: str) -> None:
         pytest.fail(f"demo did not finish in 120s:\n{out}")
     print(out)
     assert proc.returncode == 0, out
+    assert "version 5 promoted to @champion" in out  # the gate promoted the bad candidate first
     assert ":rotating_light: model-svc:" in out  # the warning, posted in the channel
-    assert 'clicks "Dry run"' in out and 'clicks "Roll back"' in out
+    assert "types `/rollback help`" in out and "Known services: `model-svc`" in out  # the ack, shown ephemerally
+    assert 'clicks "Dry run"' in out and 'clicks "Roll back" and confirms the dialog' in out
+    assert "version 5 -> 4" in out  # the alias flip, in the thread
     assert "Recovered:" in out and "OK: Recovered" in out
-    assert "rollback_blocked=true" in out
+    assert "@champion is v4, v5 rollback_blocked=true" in out

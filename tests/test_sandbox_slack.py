@@ -1,5 +1,6 @@
-"""Tests for the sandbox Slack pieces: the HTTP fake Web API driven by a real slack_sdk WebClient, and the
-signed request builders checked with slack_sdk's SignatureVerifier."""
+"""Tests for the sandbox Slack pieces: the HTTP fake Web API driven by a real slack_sdk WebClient, the
+signed request builders checked with slack_sdk's SignatureVerifier, and the chat page's server (Slack's side
+of `rollback-bot demo`) sending a real bot signed commands, clicks and modal submissions."""
 
 from __future__ import annotations
 
@@ -7,18 +8,24 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
 import pytest
 import requests
+from mlflow.tracking import MlflowClient
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 from slack_sdk.signature import SignatureVerifier
 
 from bot.sandbox import signing
+from bot.sandbox.chat import ChatPage
+from bot.sandbox.servers import MlflowServer
 from bot.sandbox.slack_api import FakeSlackAPI
+from tests import handler_env
+from tests.handler_env import HandlerEnv, seed_models
 
 CHANNEL = "C0ROLLBACK"
 SECRET = "sandbox-signing-secret"
@@ -188,3 +195,135 @@ def test_signed_bodies_have_slacks_shape() -> None:
                                         values=values)
     view = json.loads(parse_qs(body)["payload"][0])["view"]
     assert (view["type"], view["callback_id"], view["state"]["values"]) == ("modal", "cb", values)
+
+
+# -- response_url and ack bodies, shown as Slack shows them ----------------------------------------------
+
+def test_response_url_posts_show_ephemeral_in_channel_and_replacing(client: WebClient, fake: FakeSlackAPI) -> None:
+    parent = client.chat_postMessage(channel=CHANNEL, text="warning", blocks=BLOCKS)
+    url = fake.response_url_for(CHANNEL, "U0ALICE", message_ts=parent["ts"])
+    assert url.startswith(fake.response_url + "?")
+    assert requests.post(url, json={"text": "only for alice"}, timeout=5).text == "ok"
+    assert [e["text"] for e in fake.ephemerals(channel=CHANNEL, user="U0ALICE")] == ["only for alice"]
+    requests.post(url, json={"text": "everyone sees this", "response_type": "in_channel"}, timeout=5)
+    assert [m["text"] for m in fake.messages(CHANNEL)] == ["warning", "everyone sees this"]
+    requests.post(url, json={"text": "handled", "replace_original": True}, timeout=5)
+    assert fake.message(CHANNEL, parent["ts"])["text"] == "handled"
+    requests.post(url, json={"delete_original": "true"}, timeout=5)
+    assert [m["text"] for m in fake.messages(CHANNEL)] == ["everyone sees this"]
+    fake.respond(CHANNEL, "U0BOB", {"text": "an ack body"})  # what a slash command's ack shows
+    assert [e["text"] for e in fake.ephemerals(user="U0BOB")] == ["an ack body"]
+
+
+def test_signed_click_from_an_ephemeral_message_carries_no_message() -> None:
+    body = signing.block_actions_body(user_id="U0ALICE", channel_id=CHANNEL, message_ts="1.000100",
+                                      action_id="rollback_approve", value="req-1", ephemeral=True)
+    payload = json.loads(parse_qs(body)["payload"][0])
+    assert payload["container"]["is_ephemeral"] is True and "message" not in payload
+
+
+# -- the chat page (Slack's side of the sandbox) against the real bot --------------------------------------
+
+@pytest.fixture
+def bench(tmp_path: Path, fake: FakeSlackAPI, mlflow_server: MlflowServer, mlflow_client: MlflowClient,
+          unique_model: str) -> Iterator[HandlerEnv]:
+    env = HandlerEnv(tmp_path, fake, mlflow_client, seed_models(mlflow_client, unique_model),
+                     mlflow_url=mlflow_server.url)
+    env.start()
+    try:
+        yield env
+    finally:
+        env.stop()
+
+
+def _page(fake: FakeSlackAPI, bench: HandlerEnv, channel: str) -> ChatPage:
+    return ChatPage(fake, events_url=bench.events_url, secret=handler_env.SECRET, user=handler_env.APPROVER,
+                    user_name="approver", channel=channel, channel_name="ranker-svc",
+                    status=lambda: [("auto-promotion", "on", "")])
+
+
+def test_chat_page_plays_slack_for_command_click_and_typed_confirm_modal(
+    fake: FakeSlackAPI, bench: HandlerEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[str] = []
+    sent: list[str] = []  # the signed bodies the page forwards to the bot
+
+    def post_signed(url: str, secret: str, body: str, **kwargs: Any) -> requests.Response:
+        sent.append(body)
+        return real_post_signed(url, secret, body, **kwargs)
+
+    real_post_signed = signing.post_signed
+    monkeypatch.setattr(signing, "post_signed", post_signed)
+    page = _page(fake, bench, handler_env.RANKER_CHANNEL)
+    page.observe = lambda who, what: seen.append(what)
+    with page:
+        post = _poster(page.url)
+        assert post("command", {"text": "/rollback ranker-svc"}).json() == {"ok": True}
+        state = handler_env.wait_until(lambda: (s := _state(page.url))["messages"] and any(
+            _buttons(m) for m in s["messages"]) and s, "the warning on the page")
+        acks = [m["text"] for m in state["messages"] if m.get("ephemeral")]
+        assert any("Opening a rollback request for *ranker-svc*" in t for t in acks)  # the ack body, ephemeral
+        assert state["status"] == [["auto-promotion", "on", ""]] and state["me"]["id"] == handler_env.APPROVER
+        warning = next(m for m in state["messages"] if _buttons(m))
+        assert "rollback_approve" in _buttons(warning)
+
+        # confirm: typed, so the click opens the bot's modal through views.open with the click's trigger_id
+        assert post("action", {"channel": handler_env.RANKER_CHANNEL, "ts": warning["ts"],
+                               "action_id": "rollback_approve"}).json() == {"ok": True}
+        view = handler_env.wait_until(lambda: _state(page.url)["view"], "the typed-confirm modal")
+        assert view["callback_id"] == "rollback_confirm"
+        command = parse_qs(sent[0])
+        assert (command["command"], command["text"], command["user_id"]) == (["/rollback"], ["ranker-svc"],
+                                                                              [handler_env.APPROVER])
+        assert {"token", "team_id", "channel_id", "response_url", "trigger_id"} <= command.keys()
+        payload = json.loads(parse_qs(sent[1])["payload"][0])
+        assert payload["trigger_id"] == fake.calls("views.open")[0].params["trigger_id"]
+        assert payload["container"]["message_ts"] == warning["ts"] and payload["message"]["ts"] == warning["ts"]
+        assert payload["response_url"].startswith(fake.response_url)
+
+        wrong = post("submit", {"view_id": view["id"], "values": {"confirm_service": {"typed_service": "nope"}}})
+        assert wrong.json() == {"ok": False, "errors": {"confirm_service": "Type ranker-svc exactly to confirm."}}
+        assert _state(page.url)["view"]["id"] == view["id"]  # still open, like Slack after response_action errors
+        submitted = json.loads(parse_qs(sent[-1])["payload"][0])
+        assert submitted["type"] == "view_submission" and submitted["view"]["blocks"] == view["blocks"]
+        right = post("submit", {"view_id": view["id"], "values": {"confirm_service": {"typed_service": "ranker-svc"}}})
+        assert right.json() == {"ok": True} and _state(page.url)["view"] is None
+        handler_env.wait_until(lambda: bench.champion(handler_env.RANKER_SVC) == handler_env.GOOD_VERSION,
+                               "the alias flip after the typed confirmation")
+    assert seen[:2] == ["types `/rollback ranker-svc`"] + [seen[1]] and seen[1].startswith("Opening a rollback")
+    assert 'clicks "Roll back"' in seen and 'submits the "Confirm rollback" modal' in seen
+
+
+def test_chat_page_refuses_what_slack_never_sends(fake: FakeSlackAPI, bench: HandlerEnv) -> None:
+    with _page(fake, bench, handler_env.MODEL_CHANNEL) as page:
+        post = _poster(page.url)
+        _, warning = bench.open_warning(handler_env.MODEL_SVC)
+        click = {"channel": handler_env.MODEL_CHANNEL, "ts": warning["ts"], "action_id": "rollback_approve"}
+        refused = post("action", click)  # Block Kit confirm dialog: Slack sends the click only once confirmed
+        assert refused.status_code == 400 and "confirm" in refused.json()["error"]
+        assert post("action", {**click, "action_id": "no_such_button"}).status_code == 400
+        assert requests.post(f"{page.url}/sandbox/action", data=json.dumps(click), timeout=5,
+                             headers={"Content-Type": "text/plain"}).status_code == 415
+        assert requests.get(f"{page.url}/sandbox/state", headers={"Host": "evil.example:80"}, timeout=5).status_code == 403
+        assert post("command", {"text": "hello bot"}).json() == {"ok": False, "error": "not_a_command"}
+        assert post("command", {"text": "/deploy now"}).json() == {"ok": False, "error": "invalid_command"}
+        texts = [e["text"] for e in fake.ephemerals(user=handler_env.APPROVER)]
+        assert any("type a slash command" in t for t in texts) and any("`/deploy` is not a valid" in t for t in texts)
+        assert post("action", {**click, "confirmed": True}).json() == {"ok": True}
+        handler_env.wait_until(lambda: bench.champion() == handler_env.GOOD_VERSION, "the confirmed rollback")
+        page_html = requests.get(page.url + "/", timeout=5)
+        assert page_html.ok and "/chat/app.js" in page_html.text
+        assert requests.get(page.url + "/chat/app.js", timeout=5).headers["Content-Type"].startswith("text/javascript")
+
+
+def _poster(url: str) -> Any:
+    return lambda path, body: requests.post(f"{url}/sandbox/{path}", json=body, timeout=15)
+
+
+def _state(url: str) -> dict[str, Any]:
+    return dict(requests.get(f"{url}/sandbox/state", timeout=5).json())
+
+
+def _buttons(message: dict[str, Any]) -> list[str]:
+    return [e.get("action_id") for b in message.get("blocks") or [] for e in b.get("elements") or []
+            if e.get("type") == "button"]

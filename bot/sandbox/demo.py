@@ -39,6 +39,7 @@ import requests
 from bot import blocks
 from bot.policy import parse_policy
 from bot.sandbox.chat import ChatPage
+from bot.sandbox.chat.server import StatusRow
 from bot.sandbox.model_service import ModelServiceSimulator, VersionProfile, alias_reader, seed_registry
 from bot.sandbox.servers import PrometheusServer, prometheus_binary
 from bot.sandbox.slack_api import Call, FakeSlackAPI
@@ -243,7 +244,7 @@ def _start(stack: ExitStack, workdir: Path, binary: str, port: int) -> Sandbox:
     bot_url = f"http://127.0.0.1:{server.effective_port}"
     _wait("the bot's /healthz", 10, lambda: requests.get(f"{bot_url}/healthz", timeout=1).status_code in (200, 503))
 
-    def status() -> list[tuple[str, str]]:
+    def status() -> list[StatusRow]:
         return _status(mlflow, versions, profiles, frozen=lambda: runtime.bot.store.frozen(SERVICE) is not None)
 
     page = stack.enter_context(ChatPage(
@@ -262,24 +263,29 @@ def _start(stack: ExitStack, workdir: Path, binary: str, port: int) -> Sandbox:
 
 
 def _status(mlflow: Any, versions: list[str], profiles: dict[str, VersionProfile],
-            frozen: Callable[[], bool]) -> list[tuple[str, str]]:
+            frozen: Callable[[], bool]) -> list[StatusRow]:
     """The chat page's "behind the scenes" rows: what MLflow and the bot's store say right now."""
     from mlflow.exceptions import MlflowException
 
     try:
-        aliases = {a: str(mlflow.get_model_version_by_alias(MODEL, a).version)
-                   for a in ("champion", "previous_champion")}
+        aliases = mlflow.get_registered_model(MODEL).aliases
         tagged = [v for v in versions if mlflow.get_model_version(MODEL, v).tags.get("rollback_blocked") == "true"]
-        candidate = mlflow.get_registered_model(MODEL).aliases.get("candidate")
     except MlflowException as exc:  # the registry is busy or gone (shutting down): say so in the panel
-        return [("MLflow", f"unreadable: {exc.error_code}")]
-    serving = profiles.get(aliases["champion"])
-    health = (f"p95 {serving.latency_seconds * 1000:.0f} ms, AUC {serving.auc:.2f}" if serving else "?")
-    return [(SERVICE, f"serving v{aliases['champion']}"), ("it answers", health),
-            ("@champion", f"v{aliases['champion']}"), ("@candidate", f"v{candidate}" if candidate else "none"),
-            ("@previous_champion", f"v{aliases['previous_champion']}"),
-            ("rollback_blocked", ", ".join(f"v{v}" for v in tagged) or "none"),
-            ("auto-promotion", "frozen" if frozen() else "on")]
+        return [("MLflow", f"unreadable: {exc.error_code}", "bad")]
+    champion = str(aliases.get("champion", "?"))
+    serving = profiles.get(champion)
+    slow = serving is None or serving.latency_seconds > 0.25 or serving.auc < 0.8  # the demo policy's targets
+    health = f"{serving.latency_seconds * 1000:.0f} ms, {serving.auc:.2f}" if serving else "?"
+
+    def alias(name: str) -> str:
+        return f"v{aliases[name]}" if name in aliases else "none"
+
+    return [(f"{SERVICE} serves", f"v{champion}", "bad" if slow else "good"),
+            ("p95, AUC", health, "bad" if slow else "good"),
+            ("@champion", alias("champion"), ""), ("@candidate", alias("candidate"), ""),
+            ("@previous_champion", alias("previous_champion"), ""),
+            ("rollback_blocked", ", ".join(f"v{v}" for v in tagged) or "none", "note" if tagged else ""),
+            ("auto-promotion", "frozen" if frozen() else "on", "note" if frozen() else "")]
 
 
 def _serve(sb: Sandbox) -> int:

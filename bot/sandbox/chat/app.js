@@ -16,9 +16,10 @@ const $ = (id) => document.getElementById(id);
 const EMOJI = {
   rotating_light: ["⚠", "red"], rocket: ["➚", "blue"], white_check_mark: ["✔", "green"],
   heavy_check_mark: ["✔", "green"], x: ["✖", "red"], mag: ["⌕", "blue"], arrows_counterclockwise: ["↻", "blue"],
-  hourglass: ["⧗", "amber"], hourglass_flowing_sand: ["⧗", "amber"], red_circle: ["●", "red"],
+  hourglass: ["◷", "amber"], hourglass_flowing_sand: ["◷", "amber"], red_circle: ["●", "red"],
   large_green_circle: ["●", "green"], grey_question: ["?", "grey"], warning: ["⚠", "amber"],
-  no_entry_sign: ["⊘", "red"], no_entry: ["⊘", "red"], lock: ["⚿", "amber"], snowflake: ["❄", "blue"],
+  no_entry_sign: ["⊘", "red"], no_entry: ["⊘", "red"], lock: ["✱", "amber"], snowflake: ["❄", "blue"],
+  memo: ["✎", "blue"], pencil: ["✎", "blue"], bar_chart: ["▥", "blue"], stopwatch: ["◷", "grey"],
   chart_with_upwards_trend: ["↗", "blue"], chart_with_downwards_trend: ["↘", "red"], tada: ["★", "green"],
   bell: ["♪", "amber"], information_source: ["ℹ", "blue"], clipboard: ["≡", "grey"],
 };
@@ -218,10 +219,9 @@ function render() {
     pane.classList.add("hidden");
   }
 
-  $("status-rows").innerHTML = (state.status || []).map(([label, value]) => {
-    const tone = /frozen|blocked|breach|slow/i.test(value) ? "bad" : /serving|on\b|healthy|ok/i.test(value) ? "good" : "";
-    return `<dt>${escapeHtml(label)}</dt><dd class="${tone}" data-label="${escapeHtml(label)}">${escapeHtml(value)}</dd>`;
-  }).join("");
+  $("status-rows").innerHTML = (state.status || []).map(([label, value, tone]) => (
+    `<dt>${escapeHtml(label)}</dt><dd class="${escapeHtml(tone || "")}" data-label="${escapeHtml(label)}">${escapeHtml(value)}</dd>`
+  )).join("");
   $("status-panel").classList.toggle("hidden", !(state.status || []).length);
 
   renderModal();

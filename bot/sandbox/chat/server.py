@@ -37,7 +37,8 @@ STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
           "/chat/style.css": ("style.css", "text/css; charset=utf-8")}
 SLACK_TIMEOUT = 3.0  # Slack gives up on an app that has not acked within 3 s; the sandbox says so, and waits
 Observer = Callable[[str, str], None]  # (who, what): lines for the demo's transcript
-Status = Callable[[], list[tuple[str, str]]]  # the sandbox panel's (label, value) rows
+StatusRow = tuple[str, str, str]  # the sandbox panel's rows: label, value, tone ("good", "bad", "note" or "")
+Status = Callable[[], list[StatusRow]]
 
 
 class BadRequest(ValueError):
@@ -60,7 +61,7 @@ class ChatPage:
         self._address = (host, port)
         self._closed_views: set[str] = set()
         self._lock = threading.Lock()
-        self._status_cache: tuple[float, list[tuple[str, str]]] = (0.0, [])
+        self._status_cache: tuple[float, list[StatusRow]] = (0.0, [])
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -131,7 +132,7 @@ class ChatPage:
             open_views = [v for v in self.slack.views() if v["id"] not in self._closed_views]
         return open_views[-1] if open_views else None
 
-    def _status(self) -> list[tuple[str, str]]:
+    def _status(self) -> list[StatusRow]:
         if self.status is None:
             return []
         at, rows = self._status_cache

@@ -1,0 +1,164 @@
+"""The sandbox in a real browser: `rollback-bot demo` (the real CLI, in a subprocess) serves the chat page,
+and Debian's chromium, driven by Selenium through Debian's chromedriver, plays the on-call approver: it
+clicks "Roll back" on the bot's warning, confirms the Block Kit dialog, waits for "Recovered", opens the
+thread, checks the frozen state, and types a slash command. It saves a screenshot: into docs/sandbox.png
+(the README's picture) when ROLLBACK_BOT_SCREENSHOT=docs, else into the test's tmp dir.
+
+Run with -s to see the story's times (start -> warning -> click -> "Recovered").
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.sandbox.servers import free_port
+
+pytestmark = pytest.mark.story
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+# This machine has no outside network: chromium must not try to reach anything but 127.0.0.1.
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--window-size=1440,1000")
+SCREENSHOT_ENV = "ROLLBACK_BOT_SCREENSHOT"  # "docs": refresh the README's docs/sandbox.png
+
+
+@pytest.fixture
+def demo(prometheus_bin: str, tmp_path: Path) -> Iterator[tuple[str, Path, float]]:
+    """`rollback-bot demo --port P` running until the test ends; yields (page URL, its log, start time)."""
+    port = free_port()
+    log_path = tmp_path / "demo.log"
+    started = time.time()
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "demo", "--port", str(port)], cwd=ROOT,
+                                stdout=log, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while f"Open {url}" not in log_path.read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the demo did not serve its page (exit {proc.returncode}):\n{log_path.read_text()}")
+            time.sleep(0.2)
+        yield url, log_path, started
+    finally:
+        proc.send_signal(signal.SIGTERM)  # like Ctrl-C: the demo stops its servers and removes its temp dir
+        try:
+            code = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # hung on shutdown: kill it so the session goes on, then fail
+            proc.kill()
+            code = proc.wait()
+        print(log_path.read_text())
+    assert code == 0, f"the demo ended with {code} on SIGTERM"
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    """Headless Debian chromium with a fresh profile. Skips locally without it; CI installs it (Makefile)."""
+    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
+        reason = "chromium / chromedriver missing (apt-get install chromium chromium-driver)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; CI is expected to install them")
+        pytest.skip(reason)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_approver_rolls_back_in_the_browser(demo: tuple[str, Path, float], browser: Any, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, log_path, started = demo
+    wait = WebDriverWait(browser, 120, poll_frequency=0.2)
+    browser.get(url)
+    page_opened = time.time()
+    wait.until(lambda d: "You are @oncall" in d.find_element(By.ID, "banner").text)
+
+    roll_back = wait.until(ec.element_to_be_clickable(
+        (By.CSS_SELECTOR, '#messages button.danger[data-action-id="rollback_approve"]')))
+    warned = time.time()
+    warning = browser.find_element(By.CSS_SELECTOR, "#messages .message:has(button[data-action-id])").text
+    assert "model-svc" in warning and "Waiting for an approver" in warning and "Dry run" in warning
+    channel = browser.find_element(By.ID, "messages").text
+    assert "version 5 promoted to @champion" in channel  # the gate promoted v5 before it broke
+
+    roll_back.click()  # the button carries a Block Kit confirm: the page shows it before anything is sent
+    confirm = wait.until(ec.visibility_of_element_located((By.ID, "confirm-ok")))
+    assert "Roll back model-svc?" in browser.find_element(By.ID, "dialog").text
+    assert confirm.text == "Roll back"
+    confirm.click()
+    clicked = time.time()
+
+    wait.until(lambda d: "Recovered in" in d.find_element(By.ID, "messages").text)  # the warning, edited in place
+    recovered = time.time()
+    assert not browser.find_elements(By.CSS_SELECTOR, '#messages button[data-action-id="rollback_approve"]')
+    assert "(edited)" in browser.find_element(By.ID, "messages").text
+
+    browser.find_element(By.CSS_SELECTOR, "#messages .replies-link").click()
+    thread = wait.until(ec.visibility_of_element_located((By.ID, "thread-body")))
+    wait.until(lambda d: "rollback_blocked=true" in thread.text)
+    text = thread.text
+    assert "Approved by @oncall" in text and "Recovered: every SLO within target" in text
+    assert "version 5 -> 4" in text or "version 5 → 4" in text
+
+    def panel(label: str) -> str:
+        return str(browser.find_element(By.CSS_SELECTOR, f'#status-rows dd[data-label="{label}"]').text)
+
+    wait.until(lambda d: panel("auto-promotion") == "frozen")
+    assert (panel("@champion"), panel("rollback_blocked"), panel("model-svc serves")) == ("v4", "v5", "v4")
+    for image in browser.find_elements(By.CSS_SELECTOR, "#thread-body img.file-image"):  # a shared chart, if any
+        assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", image) > 0
+
+    _settle(browser, "#messages .replies-link")  # the summary and the chart follow "Recovered": wait for them
+    shot = ROOT / "docs" / "sandbox.png" if os.environ.get(SCREENSHOT_ENV) == "docs" else tmp_path / "sandbox.png"
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    browser.execute_script("document.getElementById('thread-body').scrollTop = 1e9")
+    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+
+    box = browser.find_element(By.ID, "composer-input")
+    box.send_keys("/rollback help", Keys.ENTER)  # a signed slash command; the ack comes back ephemeral
+    wait.until(lambda d: "Only visible to you" in d.find_element(By.ID, "messages").text)
+    assert "/rollback <service>" in browser.find_element(By.CSS_SELECTOR, "#messages .message.ephemeral").text
+
+    log = log_path.read_text()
+    assert 'clicks "Roll back" and confirms the dialog' in log and "types `/rollback help`" in log
+    said = re.search(r"Recovered (\d+\.\d)s after start", log)
+    print(f"\nstory times: page served {page_opened - started:.1f}s after the command, warning on the page "
+          f"{warned - started:.1f}s, Roll back confirmed {clicked - started:.1f}s, \"Recovered\" on the page "
+          f"{recovered - started:.1f}s ({recovered - clicked:.1f}s after the click); the demo says "
+          f"{said.group(1) if said else '?'}s after its start; screenshot {shot}")
+
+
+def _settle(browser: Any, selector: str, quiet: float = 3.0, limit: float = 30.0) -> None:
+    """Wait until the element's text has not changed for `quiet` seconds (at most `limit`): no assertion."""
+    from selenium.webdriver.common.by import By
+
+    deadline = time.monotonic() + limit
+    last, since = None, time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - since < quiet:
+        text = browser.find_element(By.CSS_SELECTOR, selector).text
+        if text != last:
+            last, since = text, time.monotonic()
+        time.sleep(0.2)
