@@ -17,12 +17,14 @@ import pytest
 from git import Actor, Repo
 from pydantic import ValidationError
 
-from bot.policy import RollbackStep
+from bot.policy import RollbackStep, parse_policy
+from bot.runner import Runner
+from bot.store import Store
 from executors import git_revert as git_revert_module
 from executors.base import ExecutorError, StepContext, StepOutcome, StepPlan, TemporaryExecutorError
 from executors.git_revert import GitRevert, GitRevertConfig
 from executors.helm import Helm, HelmConfig
-from executors.registry import Clients, Registry
+from executors.registry import Clients, Registry, default_registry
 from tests.helm_env import FakeHelm, standard_history
 
 DEV = Actor("dev", "dev@example.com")
@@ -412,3 +414,45 @@ def test_no_executor_goes_through_a_shell(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert any(a[:2] == ["git", "clone"] and str(origin.bare) in a for a in argv)  # the odd path, one argument
     assert not list(tmp_path.rglob("PWNED"))
 
+
+
+def test_the_runner_rolls_back_to_what_was_pinned_when_the_warning_was_posted(
+        origin: Origin, seeded: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """bot.runner with both executors: pins taken at incident open hold after the repo and release move on."""
+    fake = FakeHelm.install(monkeypatch, tmp_path, {"prod/model-svc": standard_history()})
+    svc = parse_policy(f"""
+services:
+  model-svc:
+    channel: C0MODELSVC
+    approvers: [U0APPROVER]
+    model: recommender
+    slos: [{{name: auc, query: auc_query, below: 0.8}}]
+    rollback:
+      - git_revert: {{repo: '{origin.url}', branch: main, commit: {{match: '^bump'}}, push_retries: 1}}
+      - helm: {{release: model-svc, namespace: prod, revision: previous, timeout: 2m}}
+""").services["model-svc"]
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    incident = store.open_incident(service="model-svc", trigger="slo", detail={}, baseline={},
+                                   breach_started_at=None, channel="C0MODELSVC")
+    assert incident is not None
+    runner = Runner(default_registry(), Clients(workdir=str(tmp_path / "work")), store)
+    pins = [step.get("pin") for step in runner.plan_all(svc, incident.id)]
+    assert pins == [seeded["bump"], "2"]
+
+    origin.commit("bump model-svc to v3", {"canary.yaml": "version: 3\n"})  # `^bump` would now match this
+    state = fake.read()  # and someone upgrades the release: `previous` would now be revision 3
+    state["releases"]["prod/model-svc"][-1]["status"] = "superseded"
+    state["releases"]["prod/model-svc"].append(dict(state["releases"]["prod/model-svc"][-1], revision=4,
+                                                    status="deployed", description="Upgrade complete"))
+    fake.write(state)
+
+    records: list[tuple[str, str]] = []
+    result = runner.run(svc, incident.id, pins, lambda kind, text, data: records.append((kind, text)))
+    assert result.ok, result.error
+    revert = Repo(origin.bare).commit("main")
+    assert f"This reverts commit {seeded['bump']}." in revert.message and f"incident #{incident.id}" in revert.message
+    assert fake.history("prod/model-svc")[-1]["description"] == "Rolled back to 2"
+    (git_step, helm_step) = [step.outcome for step in store.steps(incident.id)]
+    assert git_step["data"]["revision"] == revert.hexsha and git_step["data"]["reverted"] == [seeded["bump"]]
+    assert helm_step["data"]["new_revision"] == 5 and "revision" not in helm_step["data"]
+    assert [kind for kind, _ in records] == ["step_started", "step_done", "step_started", "step_done"]
