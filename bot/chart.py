@@ -12,9 +12,12 @@ import io
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from bot import burn
+from bot.durations import format_duration
 from bot.policy import Service, Slo
 from bot.prom import Prometheus, RangeResult
 from bot.slack_out import SlackError, SlackOut
@@ -46,16 +49,39 @@ def markers(incident: Incident) -> list[tuple[str, float, str]]:
     return [(label, at, colour) for label, at, colour in found if at is not None]
 
 
-def fetch(prom: Prometheus, service: Service, start: float, end: float) -> list[tuple[Slo, RangeResult]]:
+@dataclass(frozen=True)
+class Panel:
+    """One SLO's panel: its lines (name, range result) and the threshold they must stay on one side of."""
+
+    slo: Slo
+    threshold: float | None
+    lines: tuple[tuple[str, RangeResult], ...]
+
+
+def queries(slo: Slo) -> tuple[list[tuple[str, str]], float | None]:
+    """(line name, PromQL) to draw for an SLO, and its threshold. A burn-rate SLO is drawn as the burn rate
+    over both windows of its first pair, against that pair's factor."""
+    if slo.burn_rate is not None:
+        pair, budget = slo.burn_rate.windows[0], burn.budget(slo.burn_rate)
+        return [(f"burn rate over {format_duration(w)}", f"({burn.ratio_query(slo.burn_rate, w)}) / {budget:g}")
+                for w in (pair.long, pair.short)], pair.factor
+    return [(slo.name, slo.query or "")], slo.above if slo.above is not None else slo.below
+
+
+def fetch(prom: Prometheus, service: Service, start: float, end: float) -> list[Panel]:
     """Each SLO's history over the window; ChartError naming the SLO when a query fails."""
     step = max(1.0, (end - start) / MAX_POINTS)
-    out = []
+    panels = []
     for slo in service.slos:
-        result = prom.query_range(slo.query, start, end, step)
-        if result.error is not None:
-            raise ChartError(f"Prometheus range query for SLO {slo.name} failed: {result.error}")
-        out.append((slo, result))
-    return out
+        wanted, threshold = queries(slo)
+        lines = []
+        for name, query in wanted:
+            result = prom.query_range(query, start, end, step)
+            if result.error is not None:
+                raise ChartError(f"Prometheus range query for SLO {slo.name} failed: {result.error}")
+            lines.append((name, result))
+        panels.append(Panel(slo, threshold, tuple(lines)))
+    return panels
 
 
 def render(prom: Prometheus, incident: Incident, service: Service, *, now: float | None = None,
@@ -78,8 +104,8 @@ def render(prom: Prometheus, incident: Incident, service: Service, *, now: float
     FigureCanvasAgg(figure)
     axes = figure.subplots(len(data), 1, sharex=True, squeeze=False)[:, 0]
     figure.suptitle(f"{service.name} — incident #{incident.id} ({incident.state})", fontsize=12)
-    for ax, (slo, result) in zip(axes, data, strict=True):
-        _panel(ax, slo, result, when)
+    for ax, panel in zip(axes, data, strict=True):
+        _draw(ax, panel, when)
         for label, at, colour in markers(incident):
             ax.axvline(when(at), color=colour, linestyle="--", linewidth=1.2)
             ax.annotate(label, xy=(when(at), 1.0), xycoords=("data", "axes fraction"), rotation=90,
@@ -93,18 +119,20 @@ def render(prom: Prometheus, incident: Incident, service: Service, *, now: float
     return buffer.getvalue()
 
 
-def _panel(ax: Any, slo: Slo, result: RangeResult, when: Callable[[float], datetime]) -> None:
-    threshold = slo.above if slo.above is not None else slo.below
-    ax.set_title(f"{slo.name} (healthy {slo.target_text()})", fontsize=10, loc="left")
-    for series in result.series:
-        if series.points:
-            name = ",".join(f"{k}={v}" for k, v in sorted(series.labels.items())) or slo.name
-            ax.plot([when(t) for t, _ in series.points], [v for _, v in series.points], linewidth=1.5,
-                    label=name[:60])
-    if not any(s.points for s in result.series):
+def _draw(ax: Any, panel: Panel, when: Callable[[float], datetime]) -> None:
+    ax.set_title(f"{panel.slo.name} (healthy {panel.slo.target_text()})", fontsize=10, loc="left")
+    drawn = False
+    for line, result in panel.lines:
+        for series in result.series:
+            if series.points:
+                labels = ",".join(f"{k}={v}" for k, v in sorted(series.labels.items()))
+                ax.plot([when(t) for t, _ in series.points], [v for _, v in series.points], linewidth=1.5,
+                        label=(f"{line} {{{labels}}}" if labels else line)[:60])
+                drawn = True
+    if not drawn:
         ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center", color="grey")
-    if threshold is not None:
-        ax.axhline(threshold, color="tab:orange", linewidth=1, label=f"threshold {threshold:g}")
+    if panel.threshold is not None:
+        ax.axhline(panel.threshold, color="black", linestyle=":", linewidth=1.2, label=f"threshold {panel.threshold:g}")
     ax.legend(loc="upper left", fontsize=7)
 
 

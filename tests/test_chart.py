@@ -44,6 +44,19 @@ services:
         below: 0.8
     rollback:
       - mlflow_alias: {{model: recommender}}
+  burn-svc:
+    channel: {CHANNEL}
+    approvers: [U0APPROVER]
+    model: recommender
+    slos:
+      - name: errors
+        burn_rate:
+          errors: 'model_requests_total{{service="model-svc",code="500"}}'
+          total: 'model_requests_total{{service="model-svc"}}'
+          objective: 0.99
+          windows: [{{long: 10s, short: 5s, factor: 2}}]
+    rollback:
+      - mlflow_alias: {{model: recommender}}
 """
 
 
@@ -60,7 +73,7 @@ def prom_stretch(tmp_path_factory: pytest.TempPathFactory, prometheus_bin: str) 
     served = {"version": "2"}
     simulator = ModelServiceSimulator(
         "model-svc", champion=lambda: served["version"], default=VersionProfile(latency_seconds=0.4),
-        profiles={"1": VersionProfile(latency_seconds=0.05, auc=0.92), "2": VersionProfile(0.4, auc=0.7)})
+        profiles={"1": VersionProfile(latency_seconds=0.05, auc=0.92), "2": VersionProfile(0.4, error_rate=0.2, auc=0.7)})
     times = Stretch()
     with simulator, PrometheusServer(tmp_path_factory.mktemp("prom"), [simulator.target], "1s",
                                      binary=prometheus_bin) as prometheus:
@@ -127,11 +140,11 @@ def test_chart_of_an_incident_is_a_png_with_one_panel_per_slo(
     assert height == round((2.6 * 2 + 0.6) * 100)  # one 2.6 in panel per SLO plus the title
     start, end = chart.window(incident, time.time())
     assert start < times.slow_at and end >= times.end
-    [(p95_slo, p95), (auc_slo, auc)] = chart.fetch(prom, service, start, end)
-    assert (p95_slo.name, auc_slo.name) == ("p95-latency", "auc")
-    p95_values = [v for s in p95.series for _, v in s.points]
+    [p95, auc] = chart.fetch(prom, service, start, end)
+    assert (p95.slo.name, p95.threshold, auc.slo.name, auc.threshold) == ("p95-latency", 0.25, "auc", 0.8)
+    p95_values = [v for _, result in p95.lines for s in result.series for _, v in s.points]
     assert max(p95_values) > 0.25 > min(p95_values)  # the line crosses the threshold both ways
-    assert {round(v, 2) for s in auc.series for _, v in s.points} >= {0.7, 0.92}
+    assert {round(v, 2) for _, result in auc.lines for s in result.series for _, v in s.points} >= {0.7, 0.92}
 
 
 def test_markers_name_each_moment_the_incident_went_through(prom_stretch: tuple[str, Stretch], store: Store) -> None:
@@ -152,6 +165,23 @@ def test_an_unfinished_incident_is_drawn_until_now(prom_stretch: tuple[str, Stre
     start, end = chart.window(incident, now)
     assert start <= times.slow_at - chart.LEAD_SECONDS and end >= now
     assert png_size(chart.render(Prometheus(url), incident, service, now=now))[0] == 1000
+
+
+def test_a_burn_rate_slo_is_drawn_as_its_burn_rate_against_the_factor(
+    prom_stretch: tuple[str, Stretch], store: Store
+) -> None:
+    url, times = prom_stretch
+    burn_svc = parse_policy(POLICY).services["burn-svc"]
+    incident = incident_in(store, times)
+    start, end = chart.window(incident, time.time())
+
+    [panel] = chart.fetch(Prometheus(url), burn_svc, start, end)
+
+    assert panel.threshold == 2 and [name for name, _ in panel.lines] == ["burn rate over 10s", "burn rate over 5s"]
+    short = [v for s in panel.lines[1][1].series for _, v in s.points]
+    assert max(short) > 2 and min(short) < 2  # 20% errors burn 20x a 1% budget; v1 burns none
+    png = chart.render(Prometheus(url), incident, burn_svc)
+    assert png.startswith(PNG_SIGNATURE) and png_size(png) == (1000, round((2.6 + 0.6) * 100))
 
 
 # -- uploading -----------------------------------------------------------------------------------------------
