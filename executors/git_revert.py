@@ -118,8 +118,11 @@ class _RevertConflict(ExecutorError):
 @contextmanager
 def _git_errors(what: str) -> Iterator[None]:
     """The one place GitPython and git errors become the project's errors."""
-    from git.exc import GitCommandError, GitError, InvalidGitRepositoryError, NoSuchPathError
-
+    try:
+        from git.exc import GitCommandError, GitError, InvalidGitRepositoryError, NoSuchPathError
+    except ImportError as exc:
+        # GitPython refuses to import when no git executable is installed.
+        raise ExecutorError(f"{what}: git is not available: {str(exc).splitlines()[0]} (install git)") from exc
     try:
         yield
     except GitCommandError as exc:
@@ -145,9 +148,6 @@ def _git_errors(what: str) -> Iterator[None]:
     except GitError as exc:
         # git missing (GitCommandNotFound), an unsafe protocol/option GitPython refused, or similar.
         raise ExecutorError(f"{what}: {type(exc).__name__}: {redact(str(exc))}") from exc
-    except ImportError as exc:
-        # GitPython refuses to import when no git executable is installed.
-        raise ExecutorError(f"{what}: git is not available: {exc}") from exc
 
 
 def redact(text: str) -> str:
@@ -209,20 +209,20 @@ class GitRevert:
             yield self._fresh_clone(path) if not path.exists() else self._fetched(path)
 
     def _fresh_clone(self, path: Path) -> Repo:
-        from git import Repo
-
         cfg = self.config
         with _git_errors(f"cloning {self._shown} (branch {cfg.branch})"):
+            from git import Repo
+
             repo = Repo.clone_from(cfg.repo, path, branch=cfg.branch, env=_NO_PROMPT)
         repo.git.update_environment(**_NO_PROMPT)
         self._identity(repo)
         return repo
 
     def _fetched(self, path: Path) -> Repo:
-        from git import Repo
-
         cfg = self.config
         with _git_errors(f"opening the clone of {self._shown} in {path}"):
+            from git import Repo
+
             repo = Repo(path)
             repo.git.update_environment(**_NO_PROMPT)
             url = repo.remotes.origin.url

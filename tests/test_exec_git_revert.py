@@ -356,6 +356,27 @@ def test_an_unreachable_remote_is_temporary_and_its_token_is_not_shown() -> None
     assert "s3cret-token" not in str(caught.value)
 
 
+def test_without_a_git_executable_the_registry_loads_and_the_step_fails_clearly(origin: Origin, tmp_path: Path) -> None:
+    script = (
+        "from executors.registry import Clients, default_registry\n"
+        "from executors.base import ExecutorError, StepContext\n"
+        "spec = default_registry().get('git_revert')\n"
+        f"config = spec.config.model_validate({{'repo': {origin.url!r}, 'commit': 'last'}})\n"
+        "try:\n"
+        "    spec.build(config, Clients()).plan(context=StepContext('model-svc', 1))\n"
+        "except ExecutorError as exc:\n"
+        "    print(exc)\n"
+    )
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    env = {"PATH": str(empty), "HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"cloning {origin.url} (branch main): git is not available: Failed to initialize")
+    assert done.stdout.rstrip().endswith("(install git)")
+
+
 @pytest.mark.parametrize(("config", "problem"), [
     ({"commit": "HEAD~1"}, "commit must be a commit sha (7-40 lowercase hex digits), `last`, or {match: <regex>}"),
     ({"commit": {"match": "v2 ("}}, "not a valid regular expression"),
