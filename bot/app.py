@@ -8,16 +8,19 @@ GET /metrics (Prometheus text). Served by waitress, a production WSGI server; So
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import threading
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from slack_bolt import App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
+from slack_sdk.signature import SignatureVerifier
 
 from bot import alertmanager, metrics
 from bot.config import Settings
@@ -30,6 +33,13 @@ from bot.store import Store
 from handlers import register_handlers
 
 log = logging.getLogger(__name__)
+
+# Slack sends a burst of requests when several people click at once. Bolt runs each listener (ack, then the
+# work after it) on its listener executor, 5 threads by default, and the HTTP thread waits for the ack: with
+# 5 threads busy with post-ack work (MLflow plans, Slack replies) the sixth click's ack waits for one to
+# finish. Threads are only started when needed (benchmarks/ack_latency.py measures the burst).
+LISTENER_THREADS = 64
+HTTP_THREADS = 64
 
 
 class RedactSecrets(logging.Filter):
@@ -71,9 +81,44 @@ class Runtime:
                 return [generate_latest(metrics.REGISTRY)]
             if path == "/alertmanager":
                 return alerts(environ, start_response)
+            return slack_route(environ, start_response)
+
+        def slack_route(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+            # Checked with slack_sdk's SignatureVerifier (what Bolt uses) BEFORE Bolt parses anything: Bolt's
+            # adapter decodes and JSON-parses the body first, so a tampered, non-UTF-8 or cut-off body would
+            # otherwise end in a 500 instead of a 401. Bolt then verifies the same request again.
+            raw = _read_body(environ)
+            headers = {key[5:].replace("_", "-").lower(): str(value) for key, value in environ.items()
+                       if key.startswith("HTTP_")}
+            if not _signed(verifier, raw, headers):
+                start_response("401 Unauthorized", [("Content-Type", "application/json")])
+                return [b'{"error":"invalid request signature"}']
+            environ["wsgi.input"] = io.BytesIO(raw)
+            environ["CONTENT_LENGTH"] = str(len(raw))
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                start_response("400 Bad Request", [("Content-Type", "application/json")])
+                return [b'{"error":"the body is not UTF-8"}']
             return slack(environ, start_response)
 
+        verifier = SignatureVerifier(self.settings.slack_signing_secret)
         return app
+
+
+def _read_body(environ: dict[str, Any]) -> bytes:
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = 0  # a malformed Content-Length reads as an empty body, which then fails the signature
+    return environ["wsgi.input"].read(length) if length > 0 else b""
+
+
+def _signed(verifier: SignatureVerifier, raw: bytes, headers: dict[str, str]) -> bool:
+    try:
+        return verifier.is_valid(raw, headers.get("x-slack-request-timestamp"), headers.get("x-slack-signature"))
+    except ValueError:
+        return False  # a timestamp that is not a number
 
 
 def build(settings: Settings, policy: Policy, *, mlflow: Any = None) -> Runtime:
@@ -91,7 +136,8 @@ def build(settings: Settings, policy: Policy, *, mlflow: Any = None) -> Runtime:
     bot = RollbackBot(policy=policy, store=Store(settings.database_url), prom=Prometheus(settings.prometheus_url),
                       slack=SlackOut(client), mlflow=mlflow, scheduler=Scheduler())
     # The client carries the bot token (and SLACK_API_URL); Bolt takes the token from it.
-    bolt = App(signing_secret=settings.slack_signing_secret, client=client, process_before_response=False)
+    bolt = App(signing_secret=settings.slack_signing_secret, client=client, process_before_response=False,
+               listener_executor=ThreadPoolExecutor(LISTENER_THREADS, thread_name_prefix="bolt-listener"))
     register_handlers(bolt, bot)
     return Runtime(settings, bot, bolt, threading.Event())
 
@@ -110,7 +156,7 @@ def serve(runtime: Runtime, host: str = "0.0.0.0", port: int = 3000) -> None:
     runtime.ready.set()
     log.info("rollback-bot serving on http://%s:%s", host, port)
     try:
-        waitress.serve(runtime.wsgi(), host=host, port=port, threads=16, ident="rollback-bot",
+        waitress.serve(runtime.wsgi(), host=host, port=port, threads=HTTP_THREADS, ident="rollback-bot",
                        _quiet=True)
     finally:
         runtime.bot.scheduler.shutdown()
