@@ -85,6 +85,7 @@ def browser(tmp_path: Path) -> Iterator[Any]:
 
 
 def test_approver_rolls_back_in_the_browser(demo: tuple[str, Path, float], browser: Any, tmp_path: Path) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as ec
@@ -135,6 +136,7 @@ def test_approver_rolls_back_in_the_browser(demo: tuple[str, Path, float], brows
     shot = ROOT / "docs" / "sandbox.png" if os.environ.get(SCREENSHOT_ENV) == "docs" else tmp_path / "sandbox.png"
     shot.parent.mkdir(parents=True, exist_ok=True)
     browser.execute_script("document.getElementById('thread-body').scrollTop = 1e9")
+    ActionChains(browser).move_to_element(browser.find_element(By.ID, "composer-input")).perform()  # no hover
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
 
     box = browser.find_element(By.ID, "composer-input")

@@ -166,9 +166,23 @@ function renderFiles(files) {
   }).join("");
 }
 
+function authorOf(msg) {
+  const fromBot = !!msg.bot_id || msg.user === "U0ROLLBOT" || !!msg.ephemeral;
+  return [fromBot, fromBot ? "rollback-bot" : nameOf(msg.user)];
+}
+
+// Like Slack, a message from the same author within 5 minutes of the previous one shows no avatar or name.
+function continues(msg, prev) {
+  return !!prev && !msg.ephemeral && !prev.ephemeral && authorOf(prev)[1] === authorOf(msg)[1] &&
+    parseFloat(msg.ts) - parseFloat(prev.ts) < 300;
+}
+
+function renderList(messages, opts) {
+  return messages.map((m, i) => renderMessage(m, { ...opts, grouped: continues(m, messages[i - 1]) })).join("");
+}
+
 function renderMessage(msg, opts) {
-  const fromBot = !!msg.bot_id || msg.user === "U0ROLLBOT" || msg.ephemeral;
-  const author = fromBot ? "rollback-bot" : nameOf(msg.user);
+  const [fromBot, author] = authorOf(msg);
   const ctx = { ts: msg.ts, ephemeral: !!msg.ephemeral };
   const body = msg.blocks && msg.blocks.length
     ? msg.blocks.map((b) => renderBlock(b, ctx)).join("")
@@ -180,6 +194,10 @@ function renderMessage(msg, opts) {
     const n = msg.reply_count;
     replies = `<button class="replies-link" data-thread="${escapeHtml(msg.ts)}">${n} ${n === 1 ? "reply" : "replies"}` +
       ` <span class="last">Last reply ${timeOf(msg.latest_reply)}</span></button>`;
+  }
+  if (opts.grouped) {
+    return `<div class="message grouped" data-ts="${escapeHtml(msg.ts)}"><div class="gutter">${timeOf(msg.ts).slice(0, 5)}</div>` +
+      `<div class="message-body">${body}${edited}${renderFiles(msg.files)}${replies}</div></div>`;
   }
   return `<div class="message${msg.ephemeral ? " ephemeral" : ""}" data-ts="${escapeHtml(msg.ts)}">` +
     `<div class="avatar${fromBot ? "" : " user"}">${fromBot ? "RB" : escapeHtml(author.slice(0, 2).toUpperCase())}</div>` +
@@ -201,7 +219,7 @@ function render() {
 
   const list = $("messages");
   const stick = atBottom(list);
-  list.innerHTML = state.messages.map((m) => renderMessage(m, { inChannel: true })).join("");
+  list.innerHTML = renderList(state.messages, { inChannel: true });
   if (stick) list.scrollTop = list.scrollHeight;
 
   const pane = $("thread");
@@ -212,7 +230,7 @@ function render() {
     const stickThread = atBottom(body);
     body.innerHTML = (parent ? renderMessage(parent, { inChannel: false }) : "") +
       `<div class="reply-divider">${replies.length} ${replies.length === 1 ? "reply" : "replies"}</div>` +
-      replies.map((m) => renderMessage(m, { inChannel: false })).join("");
+      renderList(replies, { inChannel: false });
     if (stickThread) body.scrollTop = body.scrollHeight;
     pane.classList.remove("hidden");
   } else {
