@@ -7,13 +7,15 @@ PYTHON ?= $(shell command -v python3.11 || echo python3)
 VENV := .venv
 STAMP := $(VENV)/.setup-done
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+# The sandbox page's port: `make demo DEMO_PORT=8081` when 8080 is taken.
+DEMO_PORT ?= 8080
 # Debian packages the demo and tests run for real: Prometheus, Alertmanager, and Chromium for the browser test.
 APT_PACKAGES := prometheus prometheus-alertmanager chromium chromium-driver
 
 .PHONY: demo demo-headless test setup clean
 
 demo: $(STAMP)
-	$(VENV)/bin/rollback-bot demo
+	$(VENV)/bin/rollback-bot demo --port $(DEMO_PORT)
 
 demo-headless: $(STAMP)
 	$(VENV)/bin/rollback-bot demo --headless
