@@ -160,8 +160,10 @@ class Stage:
         self.events_url = f"{self.bot.url}/slack/events"
 
     def break_service(self, name: str) -> float:
-        """Serve the slow v2; returns when the simulator switched, with that time.time()."""
+        """Promote the slow v2 as the gate would (v1 kept as previous_champion); returns when the simulator
+        switched, with that time.time()."""
         before = len(self.sims[name].switches)
+        self.mlflow.set_registered_model_alias(self.models[name], "previous_champion", "1")
         self.mlflow.set_registered_model_alias(self.models[name], "champion", "2")
         return float(wait_until(lambda: self.sims[name].switches[before:] and self.sims[name].switches[-1][0], 10,
                                 f"{name} serving v2", interval=0.01))
