@@ -23,7 +23,7 @@ from typing import Any
 
 from bot import blocks, metrics
 from bot.core import RollbackBot
-from bot.evaluation import BREACH, NODATA, Reading
+from bot.evaluation import BREACH, Reading
 
 log = logging.getLogger(__name__)
 
@@ -220,10 +220,9 @@ def reading(alert: Alert, service: str) -> Reading:
     value = _number(alert.annotations, alert.labels, keys=_VALUE_KEYS)
     target = next((source[k] for k in _TARGET_KEYS for source in (alert.annotations, alert.labels)
                    if source.get(k)), "per the alert rule")
-    # blocks.value_text formats a breach's value as a number, so an alert without a `value` annotation is
-    # shown as "no data" (the thread's "Opened from Alertmanager: ... firing" line says what happened).
-    return Reading(service=service, slo=alert.name, status=BREACH if value is not None else NODATA, value=value,
-                   target=target, breach_since=epoch(alert.starts_at), sustained=True)
+    # Without a `value` annotation the reading is still a breach (the alert fired); it reads "firing".
+    return Reading(service=service, slo=alert.name, status=BREACH, value=value, target=target,
+                   breach_since=epoch(alert.starts_at), sustained=True, detail=None if value is not None else "firing")
 
 
 def firing_text(alert: Alert) -> str:

@@ -46,7 +46,7 @@ def value_text(reading: Reading) -> str:
         return f"query error: {reading.error or 'unknown'}"
     if reading.detail:
         return reading.detail
-    return f"{reading.value:.4g}"
+    return f"{reading.value:.4g}" if reading.value is not None else "firing"
 
 
 def _section(text: str) -> dict[str, Any]:
@@ -94,7 +94,8 @@ def trigger_text(incident: Incident) -> str:
     if incident.trigger == "manual":
         return f"rollback requested by {mention(incident.requested_by or '?')}"
     value = d.get("value")
-    shown = d.get("words") or (f"{value:.4g}" if isinstance(value, (int, float)) else "no data")
+    fallback = "firing" if d.get("status") == "breach" else "no data"
+    shown = d.get("words") or (f"{value:.4g}" if isinstance(value, (int, float)) else fallback)
     return f"*{incident.trigger}* is {shown}, target {d.get('target', '?')}"
 
 

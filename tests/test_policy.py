@@ -152,7 +152,7 @@ def test_rollback_step_built_in_python() -> None:
                      id="duplicate-key-in-slo"),
         pytest.param("mlflow_alias:", "mlflo_alias:",
                      "policy.yaml:17: services.model-svc.rollback[0].mlflo_alias: unknown executor "
-                     "'mlflo_alias'; known executors: mlflow_alias",
+                     "'mlflo_alias'; known executors: argo_rollouts, argocd, feature_flag, git_revert, helm, mlflow_alias",
                      id="unknown-executor"),
         pytest.param("alias: champion,", "aliass: champion,",
                      "policy.yaml:17: services.model-svc.rollback[0].mlflow_alias.aliass: unknown field "
@@ -256,7 +256,7 @@ def test_steps_are_checked_against_the_given_registry() -> None:
                    "- scale: {replicas: 3}")
     step = parse_policy(text, registry=registry).services["model-svc"].rollback[0]
     assert (step.executor, step.config) == ("scale", _ScaleConfig(replicas=3))
-    assert any("unknown executor 'scale'; known executors: mlflow_alias" in line for line in problems(text))
+    assert any("unknown executor 'scale'; known executors: argo_rollouts, argocd, feature_flag, git_revert, helm, mlflow_alias" in line for line in problems(text))
     with pytest.raises(PolicyError, match=r"rollback\[0\]\.scale\.replicas: input should be a valid integer"):
         parse_policy(text.replace("replicas: 3", "replicas: many"), registry=registry)
 
