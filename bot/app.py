@@ -30,6 +30,7 @@ from bot.prom import Prometheus
 from bot.scheduler import Scheduler
 from bot.slack_out import SlackOut, make_client
 from bot.store import Store
+from executors.registry import Clients
 from handlers import register_handlers
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,8 @@ def build(settings: Settings, policy: Policy, *, mlflow: Any = None) -> Runtime:
         mlflow = MlflowClient(tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri)
     client = make_client(settings.slack_bot_token, settings.slack_api_url)
     bot = RollbackBot(policy=policy, store=Store(settings.database_url), prom=Prometheus(settings.prometheus_url),
-                      slack=SlackOut(client), mlflow=mlflow, scheduler=Scheduler())
+                      slack=SlackOut(client), mlflow=mlflow, scheduler=Scheduler(),
+                      clients=Clients(mlflow=mlflow, helm=settings.helm_bin, workdir=settings.git_workdir))
     # The client carries the bot token (and SLACK_API_URL); Bolt takes the token from it.
     bolt = App(signing_secret=settings.slack_signing_secret, client=client, process_before_response=False,
                listener_executor=ThreadPoolExecutor(LISTENER_THREADS, thread_name_prefix="bolt-listener"))

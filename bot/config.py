@@ -25,6 +25,10 @@ class Settings:
     # that names the service.
     alertmanager_token: str | None = field(default=None, repr=False)
     alertmanager_service_label: str = "service"
+    # Executors: the helm binary (PATH lookup) and where git_revert keeps its clones (None = a temp dir each
+    # time). Kubernetes credentials come from KUBECONFIG or the in-cluster service account, read by executors.
+    helm_bin: str = "helm"
+    git_workdir: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -49,6 +53,8 @@ class Settings:
             database_url=env.get("DATABASE_URL") or "sqlite:///" + os.path.join(os.getcwd(), "rollback-bot.db"),
             alertmanager_token=env.get("ALERTMANAGER_TOKEN") or None,
             alertmanager_service_label=label,
+            helm_bin=env.get("HELM_BIN") or "helm",
+            git_workdir=env.get("GIT_WORKDIR") or None,
         )
 
     def secrets(self) -> list[str]:
