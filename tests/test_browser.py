@@ -2,7 +2,8 @@
 and Debian's chromium, driven by Selenium through Debian's chromedriver, plays the on-call approver: it
 clicks "Roll back" on the bot's warning, confirms the Block Kit dialog, waits for "Recovered", opens the
 thread, checks the frozen state, and types a slash command. It saves a screenshot: into docs/sandbox.png
-(the README's picture) when ROLLBACK_BOT_SCREENSHOT=docs, else into the test's tmp dir.
+(the README's picture) when ROLLBACK_BOT_SCREENSHOT=docs, else into the test's tmp dir. A second test
+types `/rollback` for a `confirm: typed` service and fills in the bot's modal (the handler test bench).
 
 Run with -s to see the story's times (start -> warning -> click -> "Recovered").
 """
@@ -21,8 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mlflow.tracking import MlflowClient
 
-from bot.sandbox.servers import free_port
+from bot.sandbox.chat import ChatPage
+from bot.sandbox.servers import MlflowServer, free_port
+from bot.sandbox.slack_api import FakeSlackAPI
+from tests import handler_env
+from tests.handler_env import HandlerEnv, seed_models
 
 pytestmark = pytest.mark.story
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,6 +110,10 @@ def test_approver_rolls_back_in_the_browser(demo: tuple[str, Path, float], brows
     assert "model-svc" in warning and "Waiting for an approver" in warning and "Dry run" in warning
     channel = browser.find_element(By.ID, "messages").text
     assert "version 5 promoted to @champion" in channel  # the gate promoted v5 before it broke
+    rendered = browser.find_element(By.ID, "messages")  # mrkdwn: *bold*, `code`, <@U..> mentions
+    assert rendered.find_element(By.XPATH, ".//b[text()='model-svc']")
+    assert rendered.find_element(By.XPATH, ".//code[text()='recommender']")
+    assert rendered.find_element(By.CSS_SELECTOR, '.mention[data-user="U0ONCALL"]').text == "@oncall"
 
     roll_back.click()  # the button carries a Block Kit confirm: the page shows it before anything is sent
     confirm = wait.until(ec.visibility_of_element_located((By.ID, "confirm-ok")))
@@ -151,6 +161,48 @@ def test_approver_rolls_back_in_the_browser(demo: tuple[str, Path, float], brows
           f"{warned - started:.1f}s, Roll back confirmed {clicked - started:.1f}s, \"Recovered\" on the page "
           f"{recovered - started:.1f}s ({recovered - clicked:.1f}s after the click); the demo says "
           f"{said.group(1) if said else '?'}s after its start; screenshot {shot}")
+
+
+def test_typed_confirm_modal_in_the_browser(browser: Any, tmp_path: Path, mlflow_server: MlflowServer,
+                                            mlflow_client: MlflowClient, unique_model: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    with FakeSlackAPI() as slack:
+        bench = HandlerEnv(tmp_path, slack, mlflow_client, seed_models(mlflow_client, unique_model),
+                           mlflow_url=mlflow_server.url).start()
+        try:
+            page = ChatPage(slack, events_url=bench.events_url, secret=handler_env.SECRET,
+                            user=handler_env.APPROVER, user_name="approver", channel=handler_env.RANKER_CHANNEL,
+                            channel_name="ranker-svc")
+            with page:
+                wait = WebDriverWait(browser, 60, poll_frequency=0.2)
+                browser.get(page.url)
+                box = wait.until(ec.element_to_be_clickable((By.ID, "composer-input")))
+                box.send_keys("/rollback ranker-svc", Keys.ENTER)
+                roll_back = wait.until(ec.element_to_be_clickable(
+                    (By.CSS_SELECTOR, '#messages button[data-action-id="rollback_approve"]')))
+                assert "Only visible to you" in browser.find_element(By.ID, "messages").text  # the ack
+                roll_back.click()  # confirm: typed, so no dialog: the bot opens its modal with views.open
+                field = wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "#dialog input[type=text]")))
+                assert "Type ranker-svc to confirm" in browser.find_element(By.ID, "dialog").text
+                field.send_keys("ranker")
+                browser.find_element(By.ID, "modal-submit").click()
+                error = wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "#dialog .error")))
+                assert error.text == "Type ranker-svc exactly to confirm."  # response_action: errors
+                field = browser.find_element(By.CSS_SELECTOR, "#dialog input[type=text]")
+                field.clear()
+                field.send_keys("ranker-svc")
+                browser.find_element(By.ID, "modal-submit").click()
+                wait.until(ec.invisibility_of_element_located((By.ID, "overlay")))
+                handler_env.wait_until(lambda: bench.champion(handler_env.RANKER_SVC) == handler_env.GOOD_VERSION,
+                                       "the alias flip after the typed confirmation", timeout=30)
+                wait.until(lambda d: "Rolled back by @approver" in d.find_element(By.ID, "messages").text
+                           or "Rolling back" in d.find_element(By.ID, "messages").text)
+        finally:
+            bench.stop()
 
 
 def _settle(browser: Any, selector: str, quiet: float = 3.0, limit: float = 30.0) -> None:

@@ -35,4 +35,4 @@ def test_headless_demo_recovers_and_freezes(prometheus_bin: str) -> None:
     assert 'clicks "Dry run"' in out and 'clicks "Roll back" and confirms the dialog' in out
     assert "version 5 -> 4" in out  # the alias flip, in the thread
     assert "Recovered:" in out and "OK: Recovered" in out
-    assert "@champion is v4, v5 rollback_blocked=true" in out
+    assert "@champion is v4, v5 rollback_blocked=true; auto-promotion frozen" in out

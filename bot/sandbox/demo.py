@@ -133,6 +133,7 @@ class Sandbox:
     start: float
     good: str  # the version serving before the story (v4)
     bad: str  # the candidate that degrades (v5)
+    frozen: Callable[[], bool]  # the bot's store says auto-promotion of the service is frozen
 
     def posted(self, predicate: Callable[[Call], bool], what: str, timeout: float) -> Call:
         try:
@@ -244,8 +245,11 @@ def _start(stack: ExitStack, workdir: Path, binary: str, port: int) -> Sandbox:
     bot_url = f"http://127.0.0.1:{server.effective_port}"
     _wait("the bot's /healthz", 10, lambda: requests.get(f"{bot_url}/healthz", timeout=1).status_code in (200, 503))
 
+    def frozen() -> bool:
+        return runtime.bot.store.frozen(SERVICE) is not None
+
     def status() -> list[StatusRow]:
-        return _status(mlflow, versions, profiles, frozen=lambda: runtime.bot.store.frozen(SERVICE) is not None)
+        return _status(mlflow, versions, profiles, frozen=frozen)
 
     page = stack.enter_context(ChatPage(
         slack, events_url=f"{bot_url}/slack/events", secret=SECRET, user=ONCALL, user_name="oncall",
@@ -259,7 +263,7 @@ def _start(stack: ExitStack, workdir: Path, binary: str, port: int) -> Sandbox:
     stop = threading.Event()
     stack.callback(stop.set)
     threading.Thread(target=log.follow, args=(stop,), name="transcript", daemon=True).start()
-    return Sandbox(slack=slack, page=page, mlflow=mlflow, log=log, start=start, good=good, bad=bad)
+    return Sandbox(slack=slack, page=page, mlflow=mlflow, log=log, start=start, good=good, bad=bad, frozen=frozen)
 
 
 def _status(mlflow: Any, versions: list[str], profiles: dict[str, VersionProfile],
@@ -344,8 +348,9 @@ def _script(sb: Sandbox) -> int:
         print(f"\nFAILED: {exc or 'no warning with a Roll back button on the chat page'}", file=sys.stderr)
         return 1
     sb.log.pump()
-    ok = champion == sb.good and tag == "true"
+    frozen = sb.frozen()
+    ok = champion == sb.good and tag == "true" and frozen
     print(f"\n{'OK' if ok else 'FAILED'}: Recovered {recovered.at - sb.start:.1f}s after start "
           f"({recovered.at - clicked:.1f}s after the Roll back click); MLflow: @champion is v{champion}, "
-          f"v{sb.bad} rollback_blocked={tag}", flush=True)
+          f"v{sb.bad} rollback_blocked={tag}; auto-promotion {'frozen' if frozen else 'NOT frozen'}", flush=True)
     return 0 if ok else 1
