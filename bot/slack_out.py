@@ -3,8 +3,8 @@ modals, file uploads (files_upload_v2) and user-group lookups.
 
 Called by bot.timeline, bot.core and bot.approvers with a slack_sdk WebClient whose base_url comes from
 SLACK_API_URL (tests and the demo point it at bot.sandbox.slack_api). 429s are retried after Retry-After by
-slack_sdk's handler; Slack calls are counted by method for /metrics. Errors become SlackError, which the
-callers record in the incident's timeline instead of losing.
+slack_sdk's handler, 5xx only for idempotent calls; Slack calls are counted by method for /metrics. Errors
+become SlackError, which the callers record in the incident's timeline instead of losing.
 """
 
 from __future__ import annotations
@@ -13,7 +13,11 @@ from typing import Any
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
-from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
+from slack_sdk.http_retry.builtin_handlers import (
+    ConnectionErrorRetryHandler,
+    RateLimitErrorRetryHandler,
+    ServerErrorRetryHandler,
+)
 
 from bot import metrics
 
@@ -28,14 +32,29 @@ def make_client(token: str, base_url: str | None = None) -> WebClient:
     return client
 
 
+def idempotent_copy(client: WebClient) -> WebClient:
+    """The same client, also retrying 5xx answers and dropped connections: only for calls that are safe to
+    repeat (reads, in-place updates). A repeated chat.postMessage could post a message twice, so posts are not
+    retried this way; an unposted timeline event is posted again on the next cycle instead."""
+    copy = WebClient(token=client.token, base_url=client.base_url, timeout=client.timeout)
+    copy.retry_handlers.extend([RateLimitErrorRetryHandler(max_retry_count=3), ServerErrorRetryHandler(max_retry_count=2),
+                                ConnectionErrorRetryHandler(max_retry_count=2)])
+    return copy
+
+
+IDEMPOTENT = frozenset({"chat.update", "usergroups.users.list"})
+
+
 class SlackOut:
     def __init__(self, client: WebClient) -> None:
         self.client = client
+        self.retrying = idempotent_copy(client)
 
     def _call(self, method: str, **params: Any) -> dict[str, Any]:
         metrics.SLACK_CALLS.labels(method=method).inc()
+        client = self.retrying if method in IDEMPOTENT else self.client
         try:
-            response = getattr(self.client, method.replace(".", "_"))(**params)
+            response = getattr(client, method.replace(".", "_"))(**params)
         except SlackApiError as exc:
             # Slack answered ok=false (or an HTTP error after retries): reported to the caller by name.
             raise SlackError(f"{method}: {exc.response.get('error', exc.response.status_code)}") from exc

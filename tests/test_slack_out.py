@@ -1,0 +1,55 @@
+"""SlackOut against the fake Slack Web API: which failures are retried (429 after Retry-After for every call;
+5xx only for calls that are safe to repeat) and which come back as SlackError for the timeline to keep."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from bot.sandbox.slack_api import FakeSlackAPI
+from bot.slack_out import SlackError, SlackOut, make_client
+
+CHANNEL = "C0MODELSVC"
+
+
+@pytest.fixture
+def slack() -> Iterator[FakeSlackAPI]:
+    with FakeSlackAPI() as fake:
+        yield fake
+
+
+@pytest.fixture
+def out(slack: FakeSlackAPI) -> SlackOut:
+    return SlackOut(make_client("xoxb-test-0000", slack.url))
+
+
+def test_a_429_is_retried_after_retry_after_for_posts_and_updates(slack: FakeSlackAPI, out: SlackOut) -> None:
+    slack.fail_next("chat.postMessage", status=429, retry_after=1)
+    ts = out.post(CHANNEL, "hello")
+    assert [m["text"] for m in slack.messages(CHANNEL)] == ["edited"], "the failed post left nothing"
+    posts = slack.calls("chat.postMessage")
+    assert len(posts) == 2 and posts[1].at - posts[0].at >= 0.9, "the retry waited for Retry-After"
+
+    slack.fail_next("chat.update", status=429, retry_after=1, times=2)
+    out.update(CHANNEL, ts, "edited")
+    assert slack.message(CHANNEL, ts)["text"] == "edited" and len(slack.calls("chat.update")) == 3
+
+
+def test_a_5xx_is_retried_for_an_update_but_never_for_a_post(slack: FakeSlackAPI, out: SlackOut) -> None:
+    ts = out.post(CHANNEL, "hello")
+    slack.fail_next("chat.update", status=503)
+    out.update(CHANNEL, ts, "edited")
+    assert slack.message(CHANNEL, ts)["text"] == "edited" and len(slack.calls("chat.update")) == 2
+
+    slack.fail_next("chat.postMessage", status=500)
+    with pytest.raises(SlackError, match="chat.postMessage"):
+        out.post(CHANNEL, "maybe twice")
+    assert len(slack.calls("chat.postMessage")) == 2, "one post, one failed attempt, no retry"
+    assert [m["text"] for m in slack.messages(CHANNEL)] == ["edited"], "the failed post left nothing"
+
+
+def test_slack_errors_name_the_method_and_the_error(slack: FakeSlackAPI, out: SlackOut) -> None:
+    slack.fail_next("chat.postMessage", error="channel_not_found")
+    with pytest.raises(SlackError, match="chat.postMessage: channel_not_found"):
+        out.post(CHANNEL, "x")
