@@ -25,6 +25,10 @@ from bot.store import SloState, Store
 log = logging.getLogger(__name__)
 
 OK, BREACH, NODATA, ERROR = "ok", "breach", "nodata", "error"
+# Cycles start a few milliseconds early or late, so two cycles one interval apart can measure 0.999 of it.
+# A breach that has held `for` minus this share of a cycle counts as held; otherwise such jitter would
+# delay the warning by a whole extra cycle (benchmarks/detection_latency.py found it).
+CYCLE_JITTER = 0.1
 
 
 @dataclass(frozen=True)
@@ -120,7 +124,8 @@ class Evaluator:
         out: dict[str, list[Reading]] = {}
         for name, readings in fresh.items():
             svc = policy.services[name]
-            tracked = [self._track(slo, r, previous.get((name, slo.name)), now, changed)
+            tracked = [self._track(slo, r, previous.get((name, slo.name)), now, changed,
+                                   CYCLE_JITTER * policy.evaluate_every)
                        for slo, r in zip(svc.slos, readings, strict=True)]
             out[name] = tracked
             healthy = all(r.within_target for r in tracked)
@@ -133,7 +138,8 @@ class Evaluator:
         return out
 
     @staticmethod
-    def _track(slo: Slo, reading: Reading, previous: SloState | None, now: float, changed: list[SloState]) -> Reading:
+    def _track(slo: Slo, reading: Reading, previous: SloState | None, now: float, changed: list[SloState],
+               jitter: float = 0.0) -> Reading:
         """The reading with its breach clock; its new state goes to `changed` unless it is the stored one."""
         breach_since: float | None = None
         if reading.status == BREACH:
@@ -145,5 +151,5 @@ class Evaluator:
         if previous is None or (previous.status, previous.value, previous.breach_since) != (
                 reading.status, reading.value, breach_since):
             changed.append(SloState(reading.service, reading.slo, reading.status, reading.value, breach_since, now))
-        sustained = reading.status == BREACH and breach_since is not None and now - breach_since >= slo.for_
+        sustained = reading.status == BREACH and breach_since is not None and now - breach_since >= slo.for_ - jitter
         return replace(reading, breach_since=breach_since, sustained=sustained)

@@ -103,3 +103,16 @@ def test_prometheus_down_is_an_error_result_not_an_exception() -> None:
     prom = Prometheus("http://127.0.0.1:9", timeout=0.5, retries=1)
     result = prom.query("up")
     assert result.error and "Connection" in result.error and result.values == ()
+
+
+def test_a_cycle_that_starts_a_few_ms_early_still_sees_the_breach_held_for_for(tmp_path: Path) -> None:
+    clock = Clock()
+    evaluator = Evaluator(Store(f"sqlite:///{tmp_path / 'db.sqlite'}"), StubProm({LATENCY: (0.4,), AUC: (0.9,)}))  # type: ignore[arg-type]
+    pol = policy(for_="3s")  # evaluate_every: 1s
+    started = clock.now
+    evaluator.evaluate(pol, now=clock())
+    clock.tick(2.85)  # well short of `for`: not held yet
+    assert not evaluator.evaluate(pol, now=clock())["model-svc"][0].sustained
+    clock.tick(0.147)  # three cycles that each ran 1 ms early: 2.997 s
+    held = evaluator.evaluate(pol, now=clock())["model-svc"][0]
+    assert held.sustained and held.breach_since == started
