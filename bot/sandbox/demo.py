@@ -48,6 +48,9 @@ SERVICE, MODEL, CHANNEL, ONCALL = "model-svc", "recommender", "C0MODELSVC", "U0O
 SECRET, TOKEN = "demo-signing-secret", "xoxb-demo-token"
 FAST = VersionProfile(latency_seconds=0.05, error_rate=0.0, auc=0.86)
 SLOW = VersionProfile(latency_seconds=0.45, error_rate=0.02, auc=0.71)
+BANNER = (f"*You are <@{ONCALL}>, the on-call approver.* Watch the gate promote `v5`, then v5 break its latency "
+          f"and AUC SLOs. When rollback-bot posts its warning, click *Roll back* and confirm. Open the thread "
+          f"(_N replies_) to watch the verification until *Recovered*. Or type `/rollback help` below.")
 VERSIONS = 5  # v1..v4 are the history (v4 serving), v5 is the new candidate that degrades
 P95 = f'histogram_quantile(0.95, sum by (le) (rate(model_request_latency_seconds_bucket{{service="{SERVICE}"}}[5s])))'
 POLICY = f"""
@@ -253,7 +256,7 @@ def _start(stack: ExitStack, workdir: Path, binary: str, port: int) -> Sandbox:
 
     page = stack.enter_context(ChatPage(
         slack, events_url=f"{bot_url}/slack/events", secret=SECRET, user=ONCALL, user_name="oncall",
-        channel=CHANNEL, channel_name=SERVICE, status=status, observe=log.act, port=port))
+        channel=CHANNEL, channel_name=SERVICE, status=status, observe=log.act, port=port, banner=BANNER))
     runtime.bot.start()
     stack.callback(runtime.bot.scheduler.shutdown)  # stopped before Prometheus, so no loop sees it vanish
     runtime.ready.set()

@@ -74,18 +74,16 @@ function styles(html) {
     .replace(/\n/g, "<br>");
 }
 
+// Controls become placeholders first, so *bold* and _italic_ can span a mention as they do in Slack.
 function plainSegment(text) {
-  let html = "";
-  let last = 0;
-  const re = /<([^<>\n]+)>/g;
-  let m;
-  while ((m = re.exec(text)) !== null) {
-    const rendered = control(m[1]);
-    if (rendered === null) continue;
-    html += styles(escapeHtml(unescapeSlack(text.slice(last, m.index)))) + rendered;
-    last = m.index + m[0].length;
-  }
-  return html + styles(escapeHtml(unescapeSlack(text.slice(last))));
+  const rendered = [];
+  const marked = text.replace(/<([^<>\n]+)>/g, (all, inner) => {
+    const html = control(inner);
+    if (html === null) return all;
+    rendered.push(html);
+    return `\u0000${rendered.length - 1}\u0000`;
+  });
+  return styles(escapeHtml(unescapeSlack(marked))).replace(/\u0000(\d+)\u0000/g, (all, i) => rendered[Number(i)]);
 }
 
 function mrkdwn(text) {
@@ -214,7 +212,8 @@ function render() {
   $("sidebar-channel").textContent = state.channel.name;
   $("header-channel").textContent = state.channel.name;
   $("thread-channel").textContent = state.channel.name;
-  $("banner-me").textContent = "@" + state.me.name;
+  $("banner").innerHTML = mrkdwn(state.banner || "");
+  $("banner").classList.toggle("hidden", !state.banner);
   $("composer-input").placeholder = `Message #${state.channel.name}, e.g. /rollback help`;
 
   const list = $("messages");

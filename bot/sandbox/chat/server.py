@@ -51,13 +51,14 @@ class ChatPage:
     def __init__(
         self, slack: FakeSlackAPI, *, events_url: str, secret: str, user: str, channel: str,
         channel_name: str, user_name: str = "you", names: dict[str, str] | None = None,
-        commands: tuple[str, ...] = ("/rollback",), status: Status | None = None,
+        commands: tuple[str, ...] = ("/rollback",), status: Status | None = None, banner: str = "",
         observe: Observer | None = None, host: str = "127.0.0.1", port: int = 0,
     ) -> None:
         self.slack, self.events_url, self.secret = slack, events_url, secret
         self.user, self.channel, self.channel_name, self.user_name = user, channel, channel_name, user_name
         self.names = {BOT_USER_ID: "rollback-bot", user: user_name, **(names or {})}
         self.commands, self.status, self.observe = commands, status, observe or (lambda who, what: None)
+        self.banner = banner  # mrkdwn shown above the channel: what the sandbox's user is there to do
         self._address = (host, port)
         self._closed_views: set[str] = set()
         self._lock = threading.Lock()
@@ -124,7 +125,7 @@ class ChatPage:
         return {"me": {"id": self.user, "name": self.user_name},
                 "channel": {"id": self.channel, "name": self.channel_name},
                 "names": self.names, "channels": {self.channel: self.channel_name},
-                "commands": list(self.commands), "messages": messages, "threads": threads,
+                "commands": list(self.commands), "banner": self.banner, "messages": messages, "threads": threads,
                 "view": self._open_view(), "status": self._status()}
 
     def _open_view(self) -> Params | None:
