@@ -96,9 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="rules file to write (default: standard output)")
     p.set_defaults(func=_rules)
 
-    p = sub.add_parser("demo", help="play the whole rollback story locally, no Slack workspace needed")
-    p.add_argument("--headless", action="store_true", help="scripted user, print the transcript")
-    p.add_argument("--port", type=int, default=8080)
+    p = sub.add_parser("demo", help="the sandbox: a Slack-like chat page on 127.0.0.1 where the real bot rolls back "
+                                    "a degraded model; no Slack workspace needed")
+    p.add_argument("--headless", action="store_true",
+                   help="no browser: a scripted approver plays the story; print the transcript, exit 0 if it recovered")
+    p.add_argument("--port", type=int, default=8080, help="the chat page's port on 127.0.0.1 (default 8080)")
     p.set_defaults(func=_demo)
 
     args = parser.parse_args(argv)
