@@ -31,6 +31,7 @@ from bot.sandbox.signing import block_actions_body, post_signed  # noqa: E402
 from bot.sandbox.slack_api import FakeSlackAPI  # noqa: E402
 from tests.story_env import APPROVER, SECRET, BotProcess, button, wait_until  # noqa: E402
 
+LATENCY_QUERY = "histogram_quantile(0.95, sum by (le, service) (rate(model_request_latency_seconds_bucket[5s])))"
 FAST = VersionProfile(latency_seconds=0.05, error_rate=0.0, auc=0.9)
 SLOW = VersionProfile(latency_seconds=0.45, error_rate=0.02, auc=0.7)
 
@@ -89,8 +90,8 @@ def service_policy(services: list[str], models: dict[str, str], *, channel: str,
     """
     blocks = []
     for index, name in enumerate(services):
-        slos = ("      - &latency {name: p95-latency, query: 'histogram_quantile(0.95, sum by (le, service) "
-                "(rate(model_request_latency_seconds_bucket[5s])))', by: service, above: 0.25, for: " + for_ + "}\n"
+        slos = (f"      - &latency {{name: p95-latency, query: '{LATENCY_QUERY}', by: service, above: 0.25, "
+                f"for: {for_}}}\n"
                 "      - &auc {name: auc, query: 'min by (service) (model_auc)', by: service, below: 0.8, "
                 "for: " + for_ + "}\n") if index == 0 else "      - *latency\n      - *auc\n"
         model = models[name]
