@@ -305,6 +305,9 @@ def test_chat_page_refuses_what_slack_never_sends(fake: FakeSlackAPI, bench: Han
         assert requests.post(f"{page.url}/sandbox/action", data=json.dumps(click), timeout=5,
                              headers={"Content-Type": "text/plain"}).status_code == 415
         assert requests.get(f"{page.url}/sandbox/state", headers={"Host": "evil.example:80"}, timeout=5).status_code == 403
+        missing = post("action", {"channel": handler_env.MODEL_CHANNEL, "ts": warning["ts"]})
+        assert missing.status_code == 400 and "'action_id'" in missing.json()["error"]
+        assert post("submit", {"view_id": "V1", "values": {"block": "not a dict"}}).status_code == 400
         assert post("command", {"text": "hello bot"}).json() == {"ok": False, "error": "not_a_command"}
         assert post("command", {"text": "/deploy now"}).json() == {"ok": False, "error": "invalid_command"}
         texts = [e["text"] for e in fake.ephemerals(user=handler_env.APPROVER)]

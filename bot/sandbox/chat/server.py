@@ -323,21 +323,31 @@ class _Handler(BaseHTTPRequestHandler):
             if not isinstance(body, dict):
                 raise BadRequest("the body must be a JSON object")
             self._json(200, self._route(path, body))
-        except (BadRequest, ValueError, KeyError, TypeError) as exc:  # bad input: tell the page what was wrong
+        except (BadRequest, ValueError) as exc:  # bad input (json.JSONDecodeError is a ValueError): say what
             self._json(400, {"ok": False, "error": str(exc)})
 
     def _route(self, path: str, body: Params) -> Params:
         page = self.page
+
+        def field(name: str) -> str:
+            if not isinstance(body.get(name), str) or not body[name]:
+                raise BadRequest(f"{path} needs a non-empty string field {name!r}")
+            return str(body[name])
+
         if path == "/sandbox/command":
-            return page.command(str(body["text"]))
+            return page.command(field("text"))
         if path == "/sandbox/action":
-            return page.action(channel=str(body["channel"]), ts=str(body["ts"]), action_id=str(body["action_id"]),
-                               block_id=body.get("block_id"), ephemeral=bool(body.get("ephemeral")),
+            block_id = body.get("block_id")
+            return page.action(channel=field("channel"), ts=field("ts"), action_id=field("action_id"),
+                               block_id=str(block_id) if block_id else None, ephemeral=bool(body.get("ephemeral")),
                                confirmed=bool(body.get("confirmed")))
         if path == "/sandbox/submit":
-            return page.submit(str(body["view_id"]), dict(body.get("values") or {}))
+            values = body.get("values") or {}
+            if not isinstance(values, dict) or not all(isinstance(v, dict) for v in values.values()):
+                raise BadRequest("/sandbox/submit needs values as {block_id: {action_id: text}}")
+            return page.submit(field("view_id"), values)
         if path == "/sandbox/close":
-            return page.close(str(body["view_id"]))
+            return page.close(field("view_id"))
         raise BadRequest(f"no route {path}")
 
     def _local(self) -> bool:
