@@ -113,6 +113,8 @@ class Transcript:
                 text = sections[-1]
             if text not in self.shown:
                 self.line(call.at, "  (edited)", text)
+        elif call.method == "response_url" and p.get("response_type") == "in_channel":
+            self.line(call.at, f"#{p.get('channel')} (respond)", text)
         elif call.method in ("chat.postEphemeral", "response_url"):
             self.line(call.at, f"  (only {p.get('user')})", text)
         elif call.method == "files.completeUploadExternal":
