@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 from mlflow.tracking import MlflowClient
 
 from bot.sandbox.model_service import ModelServiceSimulator, VersionProfile, alias_reader, seed_registry
@@ -106,6 +107,16 @@ def test_breach_warn_approve_rollback_verify_freeze(tmp_path: Path, prometheus_b
             summary = slack.wait_for(lambda c: "Summary" in c.params.get("text", "") and c.method == "chat.postMessage")
             for part in ("time to detect", "to approve", "to execute", "to recover"):
                 assert part in summary.params["text"]
+            checklist = slack.wait_for(lambda c: "Post-rollback checklist" in c.params.get("text", ""))
+            assert "SLOs back in target" in checklist.params["text"]
+            assert "Auto-promotion disabled" in checklist.params["text"]
+            chart = slack.wait_for(lambda c: c.method == "files.completeUploadExternal", timeout=20)
+            assert chart.params.get("thread_ts") == warning["ts"], "the SLO chart is shared in the incident thread"
+            metrics_text = requests.get(f"{bot.url}/metrics", timeout=5).text
+            for sample in ('rollback_incidents_total{outcome="recovered"} 1.0', "rollback_time_to_recover_seconds_count 1.0",
+                           'rollback_executor_seconds_count{executor="mlflow_alias",result="ok"} 1.0',
+                           'rollback_slack_calls_total{method="chat.postMessage"}', "rollback_evaluation_seconds_count"):
+                assert sample in metrics_text, sample
             progress_updates = [c for c in slack.calls("chat.update") if "Verifying" in c.params.get("text", "")
                                 or "Recovered" in c.params.get("text", "")]
             assert progress_updates, "the progress message is updated in place"
@@ -133,6 +144,8 @@ def test_breach_warn_approve_rollback_verify_freeze(tmp_path: Path, prometheus_b
                 "policy": {"evaluate_every": "1s", "for": "3s", "stable_for": "3s", "scrape": "1s", "rate_window": "5s"},
             }
             print("\nstory times:", json.dumps(times))
+            print("\nincident thread:\n" + "\n".join([warning.get("text", "")] + [
+                m.get("text", "") for m in slack.thread(CHANNEL, warning["ts"])]))
             (tmp_path / "story-times.json").write_text(json.dumps(times))
         finally:
             bot.stop()
