@@ -92,6 +92,15 @@ class BotProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def kill(self) -> None:
+        """SIGKILL the bot (no shutdown code runs, like a node dying) and wait for it; the log stays open
+        for the next start(). Children it started (a helm run) are not killed: they live on as orphans."""
+        assert self.proc is not None, "not started"
+        self.proc.kill()
+        self.proc.wait(10)
+        if getattr(self, "_log", None):
+            self._log.close()
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
