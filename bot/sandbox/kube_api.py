@@ -33,12 +33,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import yaml
+
+from bot.sandbox.http import LoopbackServer
 
 log = logging.getLogger(__name__)
 
@@ -115,50 +117,20 @@ class _Failure:
     message: str | None
 
 
-class FakeKube:
+class FakeKube(LoopbackServer):
     """In-process HTTP server speaking the Kubernetes REST wire format, with seed and read helpers."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, token: str = "sandbox-kube-token",
                  controller_delay: float = 0.0) -> None:
-        self._address = (host, port)
+        super().__init__(host, port)
         self.token = token
         self.controller_delay = controller_delay
         self._lock = threading.RLock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
         self.reset()
-
-    # ---- lifecycle -------------------------------------------------------------------------------------
-    def start(self) -> FakeKube:
-        """Bind the port and serve from a daemon thread; returns self."""
-        if self._server is not None:
-            raise RuntimeError("FakeKube already started")
-        self._server = ThreadingHTTPServer(self._address, type("Handler", (_Handler,), {"fake": self}))
-        self._server.daemon_threads = True
-        server = self._server
-        self._thread = threading.Thread(target=lambda: server.serve_forever(poll_interval=0.05), daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and close the socket; safe to call twice."""
-        if self._server is not None and self._thread is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._thread.join(timeout=5)
-        self._server, self._thread = None, None
-
-    def __enter__(self) -> FakeKube:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
     @property
     def url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("FakeKube is not started")
-        return f"http://{self._address[0]}:{self._server.server_port}"
+        return self.base
 
     def write_kubeconfig(self, path: str | Path) -> Path:
         """Write a kubeconfig pointing at this server with a bearer token; returns the path."""
@@ -198,6 +170,11 @@ class FakeKube:
     def clear_requests(self) -> None:
         with self._lock:
             self._requests.clear()
+
+    def clear_failures(self) -> None:
+        """Drop every pending injected failure (the fault is fixed); objects and recorded requests stay."""
+        with self._lock:
+            self._failures.clear()
 
     def fail(self, method: str, path_regex: str, status: int, times: int | None = 1,
              message: str | None = None) -> None:
@@ -672,7 +649,7 @@ def _step(node: Any, part: str, op: Obj) -> Any:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    fake: FakeKube  # set on the per-server subclass made in FakeKube.start()
+    fake: FakeKube  # set on the per-server subclass made in LoopbackServer.start()
 
     def _serve(self) -> None:
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -690,3 +667,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("fake kube: " + format, *args)
+
+
+FakeKube.handler = _Handler
