@@ -391,6 +391,11 @@ class RollbackBot:
         svc = self.service(incident.service)
         if svc is None or incident.state != "executing":
             return
+        # Auto-promotion stops as soon as a rollback runs. The incident stops being active (recovered) a moment
+        # before finish() freezes the service and tags the bad version; without this the gate could promote
+        # the bad @candidate again in between (seen in the six-step story test).
+        self.store.freeze(service=svc.name, reason=f"rollback incident #{incident_id} in progress", actor=AUTO_ACTOR,
+                          incident_id=incident_id, blocked_version=incident.baseline.get("bad_version"))
 
         def record(kind: str, text: str, data: dict[str, Any]) -> None:
             self.timeline.record(incident_id, kind, text, data)
