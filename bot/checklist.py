@@ -25,7 +25,9 @@ def freeze_notes(steps: Sequence[Step]) -> str:
     Argo CD auto-sync stays off), from the executors' own outcomes."""
     notes = [str((s.outcome or {}).get("data", {}).get("freeze_note")) for s in steps
              if s.status == "done" and (s.outcome or {}).get("data", {}).get("freeze_note")]
-    return "".join(f"; {note}" for note in dict.fromkeys(notes))
+    # One line each: the notes are whole sentences (with their own periods and semicolons), so joining them
+    # with "; " read as ".; " in the thread.
+    return "".join(f"\n• {note}" for note in dict.fromkeys(notes))
 
 
 def post_chart(bot: RollbackBot, incident: Incident, svc: Service) -> None:
