@@ -56,28 +56,19 @@ def register(app: App, bot: RollbackBot) -> None:
         if not reply.ok:
             tell(client, channel, user, reply.text)
 
-    def _delegate(body: dict[str, Any], client: WebClient, act: Callable[[int, str], Reply]) -> None:
+    for action_id, act in ((blocks.DRY_RUN, bot.dry_run), (blocks.DISMISS, bot.dismiss),
+                           (blocks.RETRY, bot.retry), (blocks.STOP, bot.stop)):
+        app.action(action_id)(_delegate(act))
+
+
+def _delegate(act: Callable[[int, str], Reply]) -> Callable[..., None]:
+    """A listener for a button whose value is the incident id: ack, act, and tell the clicker if refused."""
+
+    def listener(ack: Ack, body: dict[str, Any], client: WebClient) -> None:
+        ack()
         user, channel, incident_id = body["user"]["id"], _where(body), _incident_id(body)
         reply = act(incident_id, user) if incident_id is not None else Reply(False, UNKNOWN)
         if not reply.ok:
             tell(client, channel, user, reply.text)
 
-    @app.action(blocks.DRY_RUN)
-    def dry_run(ack: Ack, body: dict[str, Any], client: WebClient) -> None:
-        ack()
-        _delegate(body, client, bot.dry_run)
-
-    @app.action(blocks.DISMISS)
-    def dismiss(ack: Ack, body: dict[str, Any], client: WebClient) -> None:
-        ack()
-        _delegate(body, client, bot.dismiss)
-
-    @app.action(blocks.RETRY)
-    def retry(ack: Ack, body: dict[str, Any], client: WebClient) -> None:
-        ack()
-        _delegate(body, client, bot.retry)
-
-    @app.action(blocks.STOP)
-    def stop(ack: Ack, body: dict[str, Any], client: WebClient) -> None:
-        ack()
-        _delegate(body, client, bot.stop)
+    return listener
