@@ -260,7 +260,8 @@ class RollbackBot:
         self.store.audit(actor=user, action=action, result="refused", incident_id=incident_id,
                          detail={"reason": reason, "service": svc.name})
         approvers = ", ".join(blocks.mention(a) for a in svc.approvers)
-        return Reply(False, f"Not done: {reason}. Ask one of: {approvers}.")
+        refused = "Not rolled back" if action == "approve" else f"Not done ({action})"
+        return Reply(False, f"{refused}: {reason}. Ask one of: {approvers}.")
 
     def approve(self, incident_id: int, user: str) -> Reply:
         incident, refusal = self.authorize(incident_id, user)

@@ -146,7 +146,7 @@ def test_two_person_rule_the_requester_cannot_approve(two_person: HandlerEnv) ->
     assert refusals and refusals[0]["detail"]["reason"] == "two_person"
 
     env.click(warning, "rollback_approve", user=STRANGER)  # not an approver at all: refused as before
-    env.ephemeral_to(STRANGER, "Not done")
+    env.ephemeral_to(STRANGER, "Not rolled back")
     env.click(warning, "rollback_approve", user=GROUP_MEMBER)
     wait_until(lambda: env.champion() == GOOD_VERSION, "the second person's approval to roll back")
     assert env.store.incident(incident.id).approved_by == GROUP_MEMBER
