@@ -290,6 +290,7 @@ def test_chat_page_plays_slack_for_command_click_and_typed_confirm_modal(
         assert right.json() == {"ok": True} and _state(page.url)["view"] is None
         handler_env.wait_until(lambda: bench.champion(handler_env.RANKER_SVC) == handler_env.GOOD_VERSION,
                                "the alias flip after the typed confirmation")
+        _plan_done(fake, handler_env.RANKER_CHANNEL, warning["ts"])
     assert seen[:2] == ["types `/rollback ranker-svc`"] + [seen[1]] and seen[1].startswith("Opening a rollback")
     assert 'clicks "Roll back"' in seen and 'submits the "Confirm rollback" modal' in seen
 
@@ -314,6 +315,7 @@ def test_chat_page_refuses_what_slack_never_sends(fake: FakeSlackAPI, bench: Han
         assert any("type a slash command" in t for t in texts) and any("`/deploy` is not a valid" in t for t in texts)
         assert post("action", {**click, "confirmed": True}).json() == {"ok": True}
         handler_env.wait_until(lambda: bench.champion() == handler_env.GOOD_VERSION, "the confirmed rollback")
+        _plan_done(fake, handler_env.MODEL_CHANNEL, warning["ts"])
         page_html = requests.get(page.url + "/", timeout=5)
         assert page_html.ok and "/chat/app.js" in page_html.text
         assert requests.get(page.url + "/chat/app.js", timeout=5).headers["Content-Type"].startswith("text/javascript")
@@ -330,3 +332,9 @@ def _state(url: str) -> dict[str, Any]:
 def _buttons(message: dict[str, Any]) -> list[str]:
     return [e.get("action_id") for b in message.get("blocks") or [] for e in b.get("elements") or []
             if e.get("type") == "button"]
+
+
+def _plan_done(fake: FakeSlackAPI, channel: str, ts: str) -> None:
+    """Wait until the warning says the plan ran (verifying), so no step is still posting when the test ends."""
+    handler_env.wait_until(lambda: "verifying" in json.dumps(fake.message(channel, ts).get("blocks")),
+                           "the warning's verifying status", timeout=30)
