@@ -12,7 +12,7 @@ DEMO_PORT ?= 8080
 # Debian packages the demo and tests run for real: Prometheus, Alertmanager, and Chromium for the browser test.
 APT_PACKAGES := prometheus prometheus-alertmanager chromium chromium-driver
 
-.PHONY: demo demo-headless test setup clean
+.PHONY: demo demo-headless test bench setup clean
 
 demo: $(STAMP)
 	$(VENV)/bin/rollback-bot demo --port $(DEMO_PORT)
@@ -22,6 +22,10 @@ demo-headless: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/pytest -q
+
+# The six benchmarks of README's "Benchmarks" (about 6 minutes); prints the table.
+bench: $(STAMP)
+	$(VENV)/bin/python benchmarks/run_all.py
 
 setup: $(STAMP)
 
