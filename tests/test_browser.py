@@ -200,6 +200,8 @@ def test_typed_confirm_modal_in_the_browser(browser: Any, tmp_path: Path, mlflow
                 handler_env.wait_until(lambda: bench.champion(handler_env.RANKER_SVC) == handler_env.GOOD_VERSION,
                                        "the alias flip after the typed confirmation", timeout=30)
                 wait.until(lambda d: "Rolled back by @approver" in d.find_element(By.ID, "messages").text)
+            # the page's server stopped (Ctrl-C on the demo): the page says so instead of going quiet
+            wait.until(ec.visibility_of_element_located((By.ID, "offline")))
         finally:
             bench.stop()
 

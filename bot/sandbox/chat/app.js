@@ -371,7 +371,9 @@ $("composer").addEventListener("submit", async (event) => {
 async function refresh() {
   try {
     const response = await fetch("/sandbox/state", { cache: "no-store" });
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
     const text = await response.text();
+    $("offline").classList.add("hidden");
     if (text === lastJson) return;
     lastJson = text;
     state = JSON.parse(text);
@@ -380,6 +382,7 @@ async function refresh() {
   } catch (err) {
     // the sandbox stopped (Ctrl-C) or is restarting: keep the last picture and try again
     document.body.dataset.ready = "0";
+    $("offline").classList.remove("hidden");
   }
 }
 
