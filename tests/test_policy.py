@@ -256,7 +256,8 @@ def test_steps_are_checked_against_the_given_registry() -> None:
                    "- scale: {replicas: 3}")
     step = parse_policy(text, registry=registry).services["model-svc"].rollback[0]
     assert (step.executor, step.config) == ("scale", _ScaleConfig(replicas=3))
-    assert any("unknown executor 'scale'; known executors: argo_rollouts, argocd, feature_flag, git_revert, helm, mlflow_alias" in line for line in problems(text))
+    known = "argo_rollouts, argocd, feature_flag, git_revert, helm, mlflow_alias"
+    assert any(f"unknown executor 'scale'; known executors: {known}" in line for line in problems(text))
     with pytest.raises(PolicyError, match=r"rollback\[0\]\.scale\.replicas: input should be a valid integer"):
         parse_policy(text.replace("replicas: 3", "replicas: many"), registry=registry)
 
