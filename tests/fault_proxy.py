@@ -1,0 +1,175 @@
+"""A small HTTP proxy on 127.0.0.1 that forwards to a real server (MLflow, Prometheus) and injects faults.
+
+Used by tests/test_faults.py. `FaultProxy(upstream).fail(method, path_regex, status=503)` answers matching
+requests with that status (and a JSON error body, as MLflow sends) instead of forwarding them;
+`hang(...)` holds matching requests without answering until the proxy stops or `clear()` is called, like a
+server that accepts the connection and never replies. A rule can also match the request's query string or
+body (`match=`), so one Prometheus query can hang while the others pass. Every request is counted, with
+the rule it hit, for the test to read back.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import threading
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+_HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
+
+
+@dataclass
+class Rule:
+    method: str
+    path: re.Pattern[str]
+    match: re.Pattern[str] | None
+    action: str  # "status" | "hang"
+    status: int = 503
+    times: int | None = None  # None = forever
+    hits: int = 0
+
+
+@dataclass(frozen=True)
+class Seen:
+    method: str
+    path: str
+    injected: str | None  # "503", "hang" or None when forwarded
+
+
+class FaultProxy:
+    def __init__(self, upstream: str) -> None:
+        parts = urlsplit(upstream)
+        if parts.hostname != "127.0.0.1" or parts.port is None:
+            raise ValueError(f"upstream must be http://127.0.0.1:PORT, got {upstream!r}")
+        self.upstream_port = parts.port
+        self._rules: list[Rule] = []
+        self._seen: list[Seen] = []
+        self._lock = threading.Lock()
+        self._release = threading.Event()
+        self._server: ThreadingHTTPServer | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def start(self) -> FaultProxy:
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), type("Handler", (_Handler,), {"proxy": self}))
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._release.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> FaultProxy:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None, "not started"
+        return f"http://127.0.0.1:{self._server.server_port}"
+
+    # -- faults ------------------------------------------------------------------------------------
+    def fail(self, method: str, path_regex: str, *, status: int = 503, match: str | None = None,
+             times: int | None = None) -> Rule:
+        return self._add(Rule(method, re.compile(path_regex), re.compile(match) if match else None, "status",
+                              status, times))
+
+    def hang(self, method: str, path_regex: str, *, match: str | None = None) -> Rule:
+        return self._add(Rule(method, re.compile(path_regex), re.compile(match) if match else None, "hang"))
+
+    def clear(self) -> None:
+        """Drop every rule and let held requests go (they get a 504)."""
+        with self._lock:
+            self._rules.clear()
+        self._release.set()
+        self._release = threading.Event()
+
+    def _add(self, rule: Rule) -> Rule:
+        with self._lock:
+            self._rules.append(rule)
+        return rule
+
+    def seen(self, method: str | None = None, path_regex: str | None = None) -> list[Seen]:
+        with self._lock:
+            return [s for s in self._seen if method in (None, s.method)
+                    and (path_regex is None or re.search(path_regex, s.path))]
+
+    def _rule_for(self, method: str, target: str, body: bytes) -> Rule | None:
+        path, _, query = target.partition("?")
+        text = query + "\n" + body.decode("utf-8", "replace")
+        with self._lock:
+            for rule in self._rules:
+                if rule.method != method or not rule.path.search(path):
+                    continue
+                if rule.match is not None and not rule.match.search(_unquote(text)):
+                    continue
+                if rule.times is not None and rule.hits >= rule.times:
+                    continue
+                rule.hits += 1
+                self._seen.append(Seen(method, path, "hang" if rule.action == "hang" else str(rule.status)))
+                return rule
+            self._seen.append(Seen(method, path, None))
+        return None
+
+
+def _unquote(text: str) -> str:
+    from urllib.parse import unquote_plus
+
+    return unquote_plus(text)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    proxy: FaultProxy  # set on the per-server subclass made in FaultProxy.start()
+    protocol_version = "HTTP/1.1"
+
+    def _serve(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        rule = self.proxy._rule_for(self.command, self.path, body)
+        if rule is not None and rule.action == "hang":
+            self.proxy._release.wait()
+            self._answer(504, b'{"error_code": "TEMPORARILY_UNAVAILABLE", "message": "released"}')
+            return
+        if rule is not None:
+            payload = json.dumps({"error_code": "TEMPORARILY_UNAVAILABLE",
+                                  "message": f"injected {rule.status} by the test's fault proxy"}).encode()
+            self._answer(rule.status, payload)
+            return
+        conn = http.client.HTTPConnection("127.0.0.1", self.proxy.upstream_port, timeout=30)
+        try:
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_HEADERS}
+            conn.request(self.command, self.path, body=body or None, headers=headers)
+            answer = conn.getresponse()
+            data = answer.read()
+            self.send_response(answer.status)
+            for key, value in answer.getheaders():
+                if key.lower() not in _HOP_HEADERS:
+                    self.send_header(key, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        finally:
+            conn.close()
+
+    def _answer(self, status: int, payload: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        try:
+            self.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up on a held request (its timeout): nobody is left to answer
+
+    do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _serve
+
+    def log_message(self, format: str, *args: object) -> None:
+        return  # the tests read `seen()`; request lines on stderr would only be noise
