@@ -137,8 +137,9 @@ def test_approver_rolls_back_in_the_browser(demo: tuple[str, Path, float], brows
     def panel(label: str) -> str:
         return str(browser.find_element(By.CSS_SELECTOR, f'#status-rows dd[data-label="{label}"]').text)
 
-    wait.until(lambda d: panel("auto-promotion") == "frozen")
-    assert (panel("@champion"), panel("rollback_blocked"), panel("model-svc serves")) == ("v4", "v5", "v4")
+    # the freeze: store row and MLflow tag (the panel reads them one after the other, so wait for both)
+    wait.until(lambda d: panel("auto-promotion") == "frozen" and panel("rollback_blocked") == "v5")
+    assert (panel("@champion"), panel("model-svc serves"), panel("@candidate")) == ("v4", "v4", "v5")
     for image in browser.find_elements(By.CSS_SELECTOR, "#thread-body img.file-image"):  # a shared chart, if any
         assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", image) > 0
 
