@@ -345,7 +345,7 @@ def _script(sb: Sandbox) -> int:
         clicked = click(warning["ts"], blocks.APPROVE, confirmed=True)  # the approver read the plan, confirms
         recovered = sb.posted(lambda c: c.params.get("thread_ts") == warning["ts"] and _recovered(c),
                               '"Recovered" in the thread', 90)
-        _wait("the rollback_blocked tag", 15, lambda: sb.outcome()[1])
+        _wait("the freeze (rollback_blocked tag and frozen service)", 15, lambda: sb.outcome()[1] and sb.frozen())
         champion, tag = sb.outcome()
         _settle(sb.slack, quiet=2.0, limit=20)  # the summary and the chart follow "Recovered": show them too
     except (TimeoutError, RuntimeError, StopIteration) as exc:  # a step of the story did not happen: say which
