@@ -57,11 +57,16 @@ class SlackOut:
             response = getattr(client, method.replace(".", "_"))(**params)
         except SlackApiError as exc:
             # Slack answered ok=false (or an HTTP error after retries): reported to the caller by name.
-            raise SlackError(f"{method}: {exc.response.get('error', exc.response.status_code)}") from exc
+            raise SlackError(self._redact(f"{method}: {exc.response.get('error', exc.response.status_code)}")) from exc
         except (SlackClientError, OSError) as exc:
             # Transport failure (connection refused, timeout): the caller records it and carries on.
-            raise SlackError(f"{method}: {type(exc).__name__}: {exc}") from exc
+            raise SlackError(self._redact(f"{method}: {type(exc).__name__}: {exc}")) from exc
         return dict(response.data) if isinstance(response.data, dict) else {}
+
+    def _redact(self, text: str) -> str:
+        """An error's text without the bot token: callers put it in threads, refusals and the audit log."""
+        token = self.client.token
+        return text.replace(token, "***") if token else text
 
     def post(self, channel: str, text: str, blocks: list[dict[str, Any]] | None = None,
              thread_ts: str | None = None) -> str:
