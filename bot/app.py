@@ -53,10 +53,21 @@ class RedactSecrets(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         if any(s in message for s in self.secrets):
-            for s in self.secrets:
-                message = message.replace(s, "***")
-            record.msg, record.args = message, None
+            record.msg, record.args = self._redact(message), None
+        # A traceback repeats the exception's message (a Slack URL, an echoed token): format it here, redacted;
+        # the handler's formatter then prints this exc_text instead of formatting the exception again.
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self._redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self._redact(record.stack_info)
         return True
+
+    def _redact(self, text: str) -> str:
+        for s in self.secrets:
+            text = text.replace(s, "***")
+        return text
 
 
 @dataclass
