@@ -369,7 +369,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         path = urlsplit(self.path)
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        is_api = path.path.startswith("/api/") and len(path.path) > len("/api/")
+        # A base URL may carry a path before /api/ (SLACK_API_URL=http://host/prefix/api/), as behind a proxy.
+        _, api, api_method = path.path.partition("/api/")
+        is_api = bool(api and api_method)
         if is_api or (path.path == "/response" and self.command == "POST"):
             try:
                 params = _decode_params(path.query, raw, self.headers.get("Content-Type", ""))
@@ -377,7 +379,7 @@ class _Handler(BaseHTTPRequestHandler):
                 log.debug("fake slack: bad request body: %s", exc)
                 self._reply(200, json.dumps(_error("invalid_json")).encode(), "application/json")
                 return
-            method = path.path[len("/api/"):] if is_api else "response_url"
+            method = api_method if is_api else "response_url"
             status, extra, body = self.fake._handle(method, params, dict(self.headers.items()))
             if is_api:
                 self._reply(status, json.dumps(body).encode(), "application/json; charset=utf-8", extra)
