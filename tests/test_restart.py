@@ -79,9 +79,9 @@ class Story:
         return str(self.mlflow.get_model_version_by_alias(self.model, "champion").version)
 
     def warning(self) -> dict[str, Any]:
-        self.slack.wait_for(lambda c: c.method == "chat.postMessage" and not c.params.get("thread_ts")
-                            and any(b.get("type") == "actions" for b in c.params.get("blocks") or []), timeout=60)
-        return next(m for m in self.slack.messages(CHANNEL) if m.get("blocks"))
+        found: dict[str, Any] = wait_until(lambda: next((m for m in self.slack.messages(CHANNEL) if m.get("blocks")),
+                                                        None), 60, "the warning in the channel")
+        return found
 
     def click(self, warning_ts: str, action: str, incident_id: int, user: str = APPROVER) -> None:
         message = self.slack.message(CHANNEL, warning_ts)  # as the approver sees it now
