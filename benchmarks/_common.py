@@ -190,7 +190,7 @@ class Stage:
         return sent
 
     def incident_rows(self) -> list[dict[str, Any]]:
-        """The bot's incidents and steps, read from its SQLite database (read-only)."""
+        """The bot's incidents with their steps and timeline events, read from its SQLite database (read-only)."""
         conn = sqlite3.connect(f"file:{self.tmp / 'bot.db'}?mode=ro", uri=True)
         conn.row_factory = sqlite3.Row
         try:
@@ -198,6 +198,8 @@ class Stage:
             for incident in incidents:
                 incident["steps"] = [dict(r) for r in conn.execute(
                     "SELECT * FROM steps WHERE incident_id = ? ORDER BY position", (incident["id"],))]
+                incident["events"] = [dict(r) for r in conn.execute(
+                    "SELECT * FROM events WHERE incident_id = ? ORDER BY id", (incident["id"],))]
             return incidents
         finally:
             conn.close()

@@ -53,6 +53,8 @@ def main() -> None:
             executor = sum(s["finished_at"] - s["started_at"] for s in steps)
             executor_done = max(s["finished_at"] for s in steps)
             healthy_at = min(t for t in healthy if t >= executor_done)
+            stable_at = max(e["at"] for e in incident["events"] if e["kind"] == "stable")
+            recovered_at = max(e["at"] for e in incident["events"] if e["kind"] == "recovered")
             total = recovered - clicked
             metrics_lag = healthy_at - executor_done
             results.append({
@@ -60,6 +62,8 @@ def main() -> None:
                 "overhead": total - executor - STABLE_FOR - metrics_lag,
                 "to_approved": incident["approved_at"] - clicked, "to_executor": steps[0]["started_at"] - clicked,
                 "visible_to_recovered": recovered - healthy_at - STABLE_FOR,
+                "to_stable": stable_at - healthy_at, "stable_overshoot": recovered_at - stable_at - STABLE_FOR,
+                "posting": recovered - recovered_at,
             })
     overheads = [r["overhead"] for r in results]
     rows = [Row("3 recovery overhead", f"click -> verified stable minus executor, `stable_for` ({STABLE_FOR:g} s) and "
@@ -71,8 +75,9 @@ def main() -> None:
     notes = [f"click -> Recovered total {each('total')} s; executor {each('executor')} s; metrics lag (alias poll + "
              f"scrape + 5 s rate window) {each('metrics_lag')} s",
              f"overhead split: click -> executor started {each('to_executor')} s; healthy in Prometheus -> Recovered "
-             f"posted, minus stable_for {each('visible_to_recovered')} s (the verify tick that first sees it, up to "
-             "one `verify.every`, plus the posting)"]
+             f"posted, minus stable_for {each('visible_to_recovered')} s = healthy in Prometheus -> first stable "
+             f"verify tick {each('to_stable')} s (up to one `verify.every`) + stable -> recovered beyond stable_for "
+             f"{each('stable_overshoot')} s + recorded -> posted {each('posting')} s"]
     report("3 recovery overhead", rows, notes)
 
 
