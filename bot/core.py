@@ -453,15 +453,15 @@ class RollbackBot:
 
     def finish(self, incident: Incident, svc: Service) -> None:
         """Freeze, chart, checklist and summary; show the final state on the warning."""
+        metrics.INCIDENTS.labels(outcome=incident.state).inc()
+        if incident.state == RECOVERED and incident.recovered_at and incident.approved_at:
+            metrics.TIME_TO_RECOVER.observe(incident.recovered_at - incident.approved_at)
         steps = self.store.steps(incident.id)
         self.timeline.record(incident.id, "frozen", self.gate.freeze(incident, svc) + checklist.freeze_notes(steps))
         self.timeline.refresh_warning(incident.id)
         checklist.post_chart(self, incident, svc)
         self.timeline.record(incident.id, "checklist", checklist.render(self, incident, svc, steps))
         self.timeline.record(incident.id, "summary", summary(incident))
-        metrics.INCIDENTS.labels(outcome=incident.state).inc()
-        if incident.state == RECOVERED and incident.recovered_at and incident.approved_at:
-            metrics.TIME_TO_RECOVER.observe(incident.recovered_at - incident.approved_at)
 
     def _say(self, channel: str, text: str) -> None:
         try:
