@@ -148,8 +148,11 @@ def build(settings: Settings, policy: Policy, *, mlflow: Any = None) -> Runtime:
     bot = RollbackBot(policy=policy, store=Store(settings.database_url), prom=Prometheus(settings.prometheus_url),
                       slack=SlackOut(client), mlflow=mlflow, scheduler=Scheduler(),
                       clients=Clients(mlflow=mlflow, helm=settings.helm_bin, workdir=settings.git_workdir))
-    # The client carries the bot token (and SLACK_API_URL); Bolt takes the token from it.
+    # The client carries the bot token (and SLACK_API_URL); Bolt takes the token from it. No auth.test at
+    # start: with Slack down (5xx, unreachable) Bolt would raise and a restarted bot would crash-loop instead
+    # of picking up its incidents; Bolt checks the token on the first request instead.
     bolt = App(signing_secret=settings.slack_signing_secret, client=client, process_before_response=False,
+               token_verification_enabled=False,
                listener_executor=ThreadPoolExecutor(LISTENER_THREADS, thread_name_prefix="bolt-listener"))
     register_handlers(bolt, bot)
     return Runtime(settings, bot, bolt, threading.Event())
