@@ -415,3 +415,48 @@ def test_slack_429_is_waited_out_and_5xx_is_posted_on_a_later_cycle(
 
 def _hms(at: float) -> str:
     return time.strftime("%H:%M:%S", time.gmtime(at))
+
+
+# -- Slack down while the bot starts ---------------------------------------------------------------------
+
+
+def test_serve_starts_while_slack_is_down_and_catches_up(
+        tmp_path: Path, mlflow_server: MlflowServer, mlflow_client: MlflowClient, unique_model: str) -> None:
+    """A restart during a Slack outage must not crash-loop: the bot starts, keeps its work in the store and
+    posts it once Slack answers again."""
+    good, bad = seed_registry(mlflow_client, unique_model, versions=2)
+    mlflow_client.set_registered_model_alias(unique_model, "previous_champion", good)
+    mlflow_client.set_registered_model_alias(unique_model, "champion", bad)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(_policy(_service("svc-a", CHANNEL, unique_model, f"mlflow_alias: {{model: {unique_model}}}",
+                                       "vector(1)")))
+    with FakeSlackAPI() as slack:
+        for method in ("auth.test", "chat.postMessage"):
+            slack.fail_next(method, status=503, times=3)
+        bot = BotProcess(tmp_path, policy, slack_url=slack.url, prometheus_url=f"http://127.0.0.1:{free_port()}",
+                         mlflow_url=mlflow_server.url)
+        try:
+            bot.start()
+            store = Store(f"sqlite:///{tmp_path / 'bot.db'}")
+            assert requests.get(f"{bot.url}/healthz", timeout=5).status_code == 200  # up, with Slack down
+            asked: list[int] = []
+
+            def ask() -> Incident | None:
+                """Like the on-call person: type the command again until Slack and the bot answer."""
+                command = slash_command_body(text="svc-a", user_id=APPROVER, channel_id=CHANNEL)
+                asked.append(post_signed(f"{bot.url}/slack/events", SECRET, command).status_code)
+                time.sleep(0.5)  # the listener runs after the ack
+                return store.active_incident("svc-a")
+
+            incident = wait_until(ask, 30, "the requested incident", interval=0)
+            assert len(slack.calls("auth.test")) == 4, "Bolt checked the token on each request until Slack answered"
+            posted = wait_until(lambda: (i := store.incident(incident.id)).message_ts and i, 30, "the warning, later")
+            wait_until(lambda: not store.unposted_events(), 20, "every event posted")
+            failed_posts = 3
+            assert len(slack.calls("chat.postMessage")) >= failed_posts + 1
+            assert requests.get(f"{bot.url}/healthz", timeout=5).status_code == 200
+        finally:
+            bot.stop()
+    _table("Slack down at start", [
+        ("svc-a", "503 on auth.test and chat.postMessage, 3 times each", f"commands typed {len(asked)}x {asked}",
+         f"{posted.state}, warning posted once Slack answered")])
