@@ -171,7 +171,8 @@ def test_prometheus_hanging_on_one_query_leaves_the_other_service_going(
         tmp_path: Path, prometheus_bin: str, slack: FakeSlackAPI) -> None:
     hung, working = 'absent(nothing{probe="hang"})', "vector(1)"
     text = _policy(_service("svc-a", "C0SVCA", "model-a", "mlflow_alias: {model: model-a}", hung),
-                   _service("svc-b", "C0SVCB", "model-b", "mlflow_alias: {model: model-b}", working))
+                   _service("svc-b", "C0SVCB", "model-b", "mlflow_alias: {model: model-b}", working)
+                   .replace("    rollback:", "      - {name: broken, query: 'sum(rate(', above: 1}\n    rollback:"))
     with PrometheusServer(tmp_path / "prom", targets=[], binary=prometheus_bin) as server, \
             FaultProxy(server.url) as proxy:
         proxy.hang("GET", r"/api/v1/query$", match=r'probe="hang"')
@@ -182,19 +183,23 @@ def test_prometheus_hanging_on_one_query_leaves_the_other_service_going(
             readings = bot.evaluate_once()
         finally:
             prom.close()
-        a, b = readings["svc-a"][0], readings["svc-b"][0]
+        a, (b, broken) = readings["svc-a"][0], readings["svc-b"]
         assert a.status == "error" and not a.sustained and "Timeout" in (a.error or "")
         assert b.status == "breach" and b.sustained
+        assert broken.status == "error" and "bad_data" in (broken.error or ""), "one bad query breaks nothing else"
         assert bot.store.active_incident("svc-a") is None
         opened = bot.store.active_incident("svc-b")
         assert opened is not None and opened.message_ts, "svc-b's warning went out"
         held = len([seen for seen in proxy.seen() if seen.injected == "hang"])
+        forwarded = [seen for seen in proxy.seen() if seen.injected is None]
+        assert len(forwarded) == 2, "vector(1) once, the unparsable query once (bad_data is not retried)"
         stored = bot.store.slo_state("svc-a", "latency")
         assert stored is not None and stored.status == "error"
     _table("Prometheus timing out", [
         ("svc-a", "query held by the proxy, never answered", f"{held} requests held (timeout 1s, 1 retry)",
          "SLO 'error', no incident"),
-        ("svc-b", "none (its query answered)", "1 query", f"incident #{opened.id} {opened.state}, warning posted")])
+        ("svc-b", "a second SLO with unparsable PromQL (bad_data)", "1 query each, bad_data not retried",
+         f"that SLO 'error'; incident #{opened.id} {opened.state} from the other SLO, warning posted")])
 
 
 # -- MLflow ----------------------------------------------------------------------------------------------
