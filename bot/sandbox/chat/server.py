@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 import requests
 
 from bot.sandbox import signing
+from bot.sandbox.http import LoopbackServer
 from bot.sandbox.slack_api import BOT_USER_ID, FakeSlackAPI, Params
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ class BadRequest(ValueError):
     """The page sent something Slack's client never would (unknown button, unconfirmed click, ...)."""
 
 
-class ChatPage:
+class ChatPage(LoopbackServer):
     """HTTP server for the chat page; `user` acts in `channel`, signed requests go to `events_url`."""
 
     def __init__(
@@ -59,46 +60,15 @@ class ChatPage:
         self.names = {BOT_USER_ID: "rollback-bot", user: user_name, **(names or {})}
         self.commands, self.status, self.observe = commands, status, observe or (lambda who, what: None)
         self.banner = banner  # mrkdwn shown above the channel: what the sandbox's user is there to do
-        self._address = (host, port)
+        super().__init__(host, port)
         self._closed_views: set[str] = set()
         self._lock = threading.Lock()
         self._status_cache: tuple[float, list[StatusRow]] = (0.0, [])
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle ---------------------------------------------------------------------------------------
-
-    def start(self) -> ChatPage:
-        """Bind the port and serve from a daemon thread; returns self."""
-        if self._server is not None:
-            raise RuntimeError("ChatPage already started")
-        self._server = ThreadingHTTPServer(self._address, type("Handler", (_Handler,), {"page": self}))
-        self._server.daemon_threads = True
-        server = self._server
-        self._thread = threading.Thread(target=lambda: server.serve_forever(poll_interval=0.05), daemon=True,
-                                        name="chat-page")
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and close the socket; safe to call twice."""
-        if self._server is not None and self._thread is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._thread.join(timeout=5)
-        self._server, self._thread = None, None
-
-    def __enter__(self) -> ChatPage:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
     @property
     def url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("ChatPage is not started")
-        return f"http://{self._address[0]}:{self._server.server_port}"
+        """The page's address, `http://127.0.0.1:<port>`."""
+        return self.base
 
     # -- what the page shows -----------------------------------------------------------------------------
 
@@ -289,7 +259,7 @@ def _json_body(response: requests.Response) -> Params:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    page: ChatPage  # set on the per-server subclass made in ChatPage.start()
+    fake: ChatPage  # set on the per-server subclass made in LoopbackServer.start()
 
     def do_GET(self) -> None:
         if not self._local():
@@ -299,9 +269,9 @@ class _Handler(BaseHTTPRequestHandler):
             name, content_type = STATIC[path]
             self._reply(200, resources.files(__package__).joinpath(name).read_bytes(), content_type)
         elif path == "/sandbox/state":
-            self._json(200, self.page.state())
+            self._json(200, self.fake.state())
         elif path.startswith("/sandbox/files/"):
-            found = self.page.slack.file_content(path[len("/sandbox/files/"):])
+            found = self.fake.slack.file_content(path[len("/sandbox/files/"):])
             if found:
                 self._reply(200, found[0], found[1])
             else:
@@ -327,7 +297,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(400, {"ok": False, "error": str(exc)})
 
     def _route(self, path: str, body: Params) -> Params:
-        page = self.page
+        page = self.fake
 
         def field(name: str) -> str:
             if not isinstance(body.get(name), str) or not body[name]:
@@ -371,3 +341,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("chat page: " + format, *args)
+
+
+ChatPage.handler = _Handler
