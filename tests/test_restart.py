@@ -132,10 +132,11 @@ def story(tmp_path: Path, prometheus_bin: str, mlflow_server: MlflowServer, mlfl
             bot.stop()
 
 
-def _helm_env(tmp_path: Path, delay: float) -> tuple[dict[str, str], Path, Path]:
+def _helm_env(tmp_path: Path, hold: Path) -> tuple[dict[str, str], Path, Path]:
+    """The fake helm on HELM_BIN; its `rollback` shows a pending-rollback revision until `hold` exists."""
     state, log = tmp_path / "helm-state.json", tmp_path / "helm-argv.jsonl"
     state.write_text(json.dumps({"releases": {"prod/model-svc": standard_history()}, "faults": {},
-                                 "delays": {"rollback": delay}}))
+                                 "delays": {"rollback": {"until": str(hold)}}}))
     log.touch()
     return {"HELM_BIN": str(BIN / "helm"), "FAKE_HELM_STATE": str(state), "FAKE_HELM_LOG": str(log)}, state, log
 
@@ -154,7 +155,8 @@ def _table() -> None:
 def test_sigkill_mid_plan_halts_with_resume_and_resume_finishes_once(
         tmp_path: Path, prometheus_bin: str, mlflow_server: MlflowServer, mlflow_client: MlflowClient,
         unique_model: str) -> None:
-    env, state_file, helm_log = _helm_env(tmp_path, delay=6)
+    hold = tmp_path / "let-helm-finish"
+    env, state_file, helm_log = _helm_env(tmp_path, hold)
     steps = ["helm: {release: model-svc, namespace: prod}",
              f"mlflow_alias: {{model: {unique_model}, alias: champion, to: previous_champion}}"]
     with story(tmp_path, prometheus_bin, mlflow_server, mlflow_client, unique_model, steps, env=env) as s:
@@ -162,7 +164,7 @@ def test_sigkill_mid_plan_halts_with_resume_and_resume_finishes_once(
         incident_id = int(button(warning, "rollback_approve")["value"])
         s.click(warning["ts"], "rollback_approve", incident_id)
 
-        # Step 1 (helm) is running: the fake helm sleeps before it rolls back. Kill the bot now.
+        # Step 1 (helm) is running: the fake helm holds its rollback (pending-rollback). Kill the bot now.
         wait_until(lambda: any(st.position == 0 and st.status == "running" for st in s.store.steps(incident_id)),
                    30, "step 1 running")
         wait_until(lambda: _rollbacks(helm_log) == 1, 10, "helm rollback started")
@@ -187,10 +189,22 @@ def test_sigkill_mid_plan_halts_with_resume_and_resume_finishes_once(
         assert s.champion() == s.bad
         assert s.incident(incident_id).state == "halted"
 
-        # The orphaned helm child finishes its rollback; Resume re-plans step 1, finds it done, and goes on.
+        # Resume while the orphaned helm child still works: the release is busy, so the step halts, nothing runs.
+        s.click(warning["ts"], "rollback_retry", incident_id, user=GROUP_MEMBER)
+        busy = wait_until(lambda: (i := s.incident(incident_id)).halt_kind == "failed" and i, 30, "the busy halt")
+        assert busy.state == "halted" and busy.resume_from == 0 and "is busy" in (busy.error or "")
+        assert _rollbacks(helm_log) == 1 and s.champion() == s.bad
+        wait_until(lambda: any("Failed step 1/2 `helm`" in t and "pending-rollback" in t
+                               for t in s.thread(warning["ts"])), 10, "the busy step in the thread")
+
+        # The orphaned helm child finishes; Retry step re-plans step 1, finds it done, and goes on.
+        hold.touch()
         wait_until(lambda: json.loads(state_file.read_text())["releases"]["prod/model-svc"][-1]["description"]
                    == "Rolled back to 2", 20, "the orphaned helm rollback finished")
-        s.click(warning["ts"], "rollback_retry", incident_id, user=GROUP_MEMBER)
+        retry = wait_until(lambda: _button_or_none(s.slack.message(CHANNEL, warning["ts"]), "rollback_retry"),
+                           10, "the Retry step button")
+        assert retry["text"]["text"] == "Retry step"
+        s.click(warning["ts"], "rollback_retry", incident_id)
         recovered = s.wait_state(incident_id, "recovered", "verify_failed", timeout=90)
         assert recovered.state == "recovered"
         assert s.champion() == s.good
@@ -203,8 +217,8 @@ def test_sigkill_mid_plan_halts_with_resume_and_resume_finishes_once(
         wait_until(lambda: s.mlflow.get_model_version(s.model, s.bad).tags.get("rollback_blocked") == "true", 20,
                    "the bad version blocked")
         steps_done = [(st.position, st.status) for st in s.store.steps(incident_id)]
-        assert steps_done == [(0, "running"), (0, "done"), (1, "done")]
-    RESULTS.append(("SIGKILL mid-plan (helm)", "halted/interrupted, Resume by approver, helm noop, alias flipped",
+        assert steps_done == [(0, "running"), (0, "failed"), (0, "done"), (1, "done")]
+    RESULTS.append(("SIGKILL mid-plan (helm)", "halted/interrupted; Resume while helm busy: halted; Retry: noop",
                     recovered.state))
     _table()
 
