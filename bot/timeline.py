@@ -23,11 +23,19 @@ log = logging.getLogger(__name__)
 
 
 class Timeline:
-    def __init__(self, store: Store, slack: SlackOut, service: Callable[[str], Service | None]) -> None:
+    def __init__(self, store: Store, slack: SlackOut, service: Callable[[str], Service | None], *,
+                 update_every: float = 3.0) -> None:
         self.store = store
         self.slack = slack
         self._service = service
         self._locks: defaultdict[int, threading.Lock] = defaultdict(threading.Lock)
+        # In-place edits (warning and progress message) are limited to one chat.update per `update_every`
+        # per incident; an edit that comes sooner waits, and only the latest content of each message is sent.
+        self.update_every = update_every
+        self._edits_lock = threading.Lock()
+        self._pending: dict[tuple[int, str], tuple[str, str, list[dict[str, Any]]]] = {}
+        self._last_edit: dict[int, float] = {}
+        self._timers: dict[int, threading.Timer] = {}
 
     def record(self, incident_id: int, kind: str, text: str, data: dict[str, Any] | None = None) -> Event:
         event = self.store.add_event(incident_id, kind, text, data)
@@ -83,11 +91,38 @@ class Timeline:
         if not incident.message_ts or not incident.channel:
             return
         text, body = self.render_warning(incident)
+        self.edit(incident_id, incident.channel, incident.message_ts, text, body)
+
+    def edit(self, incident_id: int, channel: str, ts: str, text: str, body: list[dict[str, Any]]) -> None:
+        """chat.update, at most one per `update_every` per incident; a newer edit of a waiting message wins."""
+        with self._edits_lock:
+            self._pending[(incident_id, ts)] = (channel, text, body)
+        self._send_edit(incident_id)
+
+    def _send_edit(self, incident_id: int) -> None:
+        with self._edits_lock:
+            self._timers.pop(incident_id, None)
+            waiting = [key for key in self._pending if key[0] == incident_id]
+            if not waiting:
+                return
+            wait = self._last_edit.get(incident_id, float("-inf")) + self.update_every - time.monotonic()
+            if wait > 0:
+                if incident_id not in self._timers:
+                    timer = threading.Timer(wait, self._send_edit, args=(incident_id,))
+                    timer.daemon = True
+                    self._timers[incident_id] = timer
+                    timer.start()
+                return
+            key = waiting[0]
+            channel, text, body = self._pending.pop(key)
+            self._last_edit[incident_id] = time.monotonic()
         try:
-            self.slack.update(incident.channel, incident.message_ts, text, body)
+            self.slack.update(channel, key[1], text, body)
         except SlackError as exc:
-            # The stored state is right; the next transition re-renders the message again.
-            log.warning("incident %s: could not update the warning: %s", incident_id, exc)
+            # The stored state is right; the next transition or tick renders the message again.
+            log.warning("incident %s: could not update message %s: %s", incident_id, key[1], exc)
+        if len(waiting) > 1:
+            self._send_edit(incident_id)  # schedules the next waiting edit one interval later
 
     def post_in_thread(self, incident: Incident, text: str, body: list[dict[str, Any]]) -> str | None:
         if not incident.message_ts or not incident.channel:
@@ -99,13 +134,8 @@ class Timeline:
             return None
 
     def update_in_thread(self, incident: Incident, ts: str, text: str, body: list[dict[str, Any]]) -> None:
-        if not incident.channel:
-            return
-        try:
-            self.slack.update(incident.channel, ts, text, body)
-        except SlackError as exc:
-            # Progress is re-rendered from fresh readings on the next tick.
-            log.warning("incident %s: could not update progress: %s", incident.id, exc)
+        if incident.channel:
+            self.edit(incident.id, incident.channel, ts, text, body)
 
     def mention_approvers(self, service: str) -> str:
         svc = self._service(service)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from bot import blocks, evaluation
 from bot.durations import format_duration
+from bot.evaluation import CYCLE_JITTER
 from bot.policy import Service
 from bot.prom import Prometheus
 from bot.store import Incident, Store
@@ -60,12 +61,14 @@ class Verifier:
         stable_for = now - v["stable_since"] if v.get("stable_since") else 0.0
         elapsed = now - started
         verdict: str | None = None
-        if v.get("stable_since") and stable_for >= service.verify.stable_for:
+        # Ticks start a few ms early or late: a streak within a tenth of a tick of stable_for has held it, or
+        # the verdict would wait a whole extra tick (the same allowance as evaluation's CYCLE_JITTER).
+        if v.get("stable_since") and stable_for >= service.verify.stable_for - CYCLE_JITTER * service.verify.every:
             verdict = RECOVERED
         elif elapsed >= service.verify.within:
             verdict = FAILED
         done_text = {RECOVERED: ":white_check_mark: Recovered", FAILED: ":x: Verification failed"}.get(verdict or "")
-        if verdict or now - v.get("last_update", 0) >= self.update_every or v.get("last_update") == started:
+        if verdict or now - v.get("last_update", 0) >= self.update_every:
             v["last_update"] = now
             if incident.progress_ts:
                 text, body = blocks.progress(readings, elapsed=elapsed, stable_for=stable_for,

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from bot.policy import Policy, parse_policy
-from bot.prom import QueryResult
+from bot.prom import QueryResult, RangeResult
 
 
 class StubProm:
@@ -25,6 +25,14 @@ class StubProm:
             answer = self.answers.get(q, ())
             out[q] = QueryResult(q, error=answer) if isinstance(answer, str) else QueryResult(q, tuple(answer))
         return out
+
+    def query(self, query: str) -> QueryResult:
+        return self.query_many([query])[query]
+
+    def query_range(self, query: str, start: float, end: float, step: float) -> RangeResult:
+        """No history in a stub: the chart says so instead of drawing."""
+        self.sent.append(query)
+        return RangeResult(query, error="the stub Prometheus keeps no history")
 
 
 class Clock:

@@ -135,9 +135,16 @@ def test_breach_to_recovered_with_one_progress_message(tmp_path: Path, slack: Fa
     assert any("All SLOs within target" in t for t in thread)
     assert any("Recovered:" in t for t in thread)
     assert any("Summary" in t and "time to detect" in t for t in thread)
-    progress = [m for m in slack.thread(CHANNEL, done.message_ts or "") if m.get("ts") == done.progress_ts]
-    assert len(progress) == 1 and "Recovered" in progress[0]["text"], "one progress message, updated in place"
-    assert "p95-latency" in json.dumps(progress[0]["blocks"])
+
+    def progress() -> list[dict]:
+        return [m for m in slack.thread(CHANNEL, done.message_ts or "") if m.get("ts") == done.progress_ts]
+
+    # Edits are limited to one chat.update per 3 s per incident: the last one arrives within that.
+    wait_until(lambda: "Recovered" in progress()[0]["text"], 10, "the progress message to say Recovered")
+    assert len(progress()) == 1, "one progress message, updated in place"
+    updates = [c.at for c in slack.calls("chat.update")]
+    assert all(b - a >= 2.9 for a, b in zip(updates, updates[1:], strict=False)), updates
+    assert "p95-latency" in json.dumps(progress()[0]["blocks"])
     assert mlflow_client.get_model_version(unique_model, v2).tags["rollback_blocked"] == "true"
     assert bot.store.frozen("model-svc") is not None
 
@@ -186,9 +193,11 @@ def test_a_failing_step_halts_the_plan_tells_the_thread_and_stop_ends_it(
         assert "step 2/3 `always_fails`" in failure and "helm said no" in failure
         assert "Done: step 1/3 `mlflow_alias`" in failure and "Not run: step 3/3 `mlflow_alias`" in failure
         assert "<@U0APPROVER>" in failure
-        warning = slack.message(CHANNEL, halted.message_ts or "")
-        buttons = [e["text"]["text"] for b in warning["blocks"] if b["type"] == "actions" for e in b["elements"]]
-        assert buttons[:2] == ["Retry step", "Stop"]
+        def buttons() -> list[str]:
+            warning = slack.message(CHANNEL, halted.message_ts or "")
+            return [e["text"]["text"] for b in warning["blocks"] if b["type"] == "actions" for e in b["elements"]]
+
+        wait_until(lambda: buttons()[:2] == ["Retry step", "Stop"], 5, "Retry step and Stop on the warning")
         assert bot.store.active_incident("model-svc") is not None, "a halted plan is still an open incident"
 
         refused = bot.stop(halted.id, "U0STRANGER")
@@ -203,7 +212,8 @@ def test_a_failing_step_halts_the_plan_tells_the_thread_and_stop_ends_it(
     assert bot.store.frozen("model-svc") is not None
     assert str(mlflow_client.get_model_version_by_alias(unique_model, "champion").version) == v1
     assert [s.status for s in bot.store.steps(done.id)] == ["done", "failed"]
-    assert "Rollback failed" in json.dumps(slack.message(CHANNEL, done.message_ts or "")["blocks"])
+    wait_until(lambda: "Rollback failed" in json.dumps(slack.message(CHANNEL, done.message_ts or "")["blocks"]), 5,
+               "the warning to say the rollback failed")
 
 
 def test_retry_step_runs_the_failed_step_again_and_goes_on(
