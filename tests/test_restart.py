@@ -256,7 +256,8 @@ def test_sigkill_mid_verification_continues_in_the_same_progress_message(
         assert sum("Recovered: every SLO" in t for t in texts) == 1
         after = [c for c in s.slack.calls("chat.update") if c.params.get("ts") == progress_ts and c.at > restarted]
         assert after, "the restarted bot goes on updating the same progress message"
-        assert "Recovered" in s.slack.message(CHANNEL, progress_ts)["text"]
+        wait_until(lambda: "Recovered" in s.slack.message(CHANNEL, progress_ts)["text"], 15,
+                   "the progress message's last edit (edits are spaced out)")
         progress = [m["ts"] for m in s.slack.thread(CHANNEL, warning["ts"]) if "— elapsed" in m.get("text", "")]
         assert progress == [progress_ts]
     RESULTS.append(("SIGKILL mid-verification", "verification continued in the same progress message",
