@@ -22,6 +22,7 @@ import requests
 from git import Repo
 from mlflow.tracking import MlflowClient
 
+from bot import blocks
 from bot.core import RollbackBot
 from bot.policy import parse_policy
 from bot.prom import Prometheus
@@ -399,7 +400,7 @@ def test_slack_429_is_waited_out_and_5xx_is_posted_on_a_later_cycle(
     events = bot.store.events(incident.id)
     thread = _thread(slack, bot.store.incident(incident.id))
     posted = [t for t in thread if not t.startswith(":mag:") and "— elapsed" not in t]
-    assert posted == [f"`{_hms(e.at)}` {e.text}" for e in events], "every event once, in order"
+    assert posted == [blocks.event_text(e.at, e.text) for e in events], "every event once, in order"
     assert sum("Dry run requested" in t for t in thread) == 1
 
     # Nothing lost and no 429 storm: one extra call per injected 429, one per 503.
@@ -417,9 +418,6 @@ def test_slack_429_is_waited_out_and_5xx_is_posted_on_a_later_cycle(
         ("svc-a", "503 on chat.postMessage (thread event), once", "1 failed post, reposted by flush_all",
          f"{done.state}, thread complete and in order")])
 
-
-def _hms(at: float) -> str:
-    return time.strftime("%H:%M:%S", time.gmtime(at))
 
 
 # -- Slack down while the bot starts ---------------------------------------------------------------------
