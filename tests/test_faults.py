@@ -12,6 +12,7 @@ the fault injected, the calls it cost, and the state the incident ended in.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -330,30 +331,42 @@ def test_helm_nonzero_exit_halts_with_helms_stderr(tmp_path: Path, slack: FakeSl
 
 def test_git_push_rejected_forever_halts_after_bounded_retries(tmp_path: Path, slack: FakeSlackAPI,
                                                               mlflow_client: MlflowClient) -> None:
-    origin = make_origin(tmp_path)
-    origin.commit("deploy v1", {"values.yaml": "image: v1\n"})
-    bad = origin.commit("deploy v2", {"values.yaml": "image: v2\n"})
-    fired = origin.second_writer(limit=1000)  # every push of ours loses the race to another writer
-    step = f"git_revert: {{repo: '{origin.url}', commit: '{bad}', push_retries: 2}}"
-    text = _policy(_service("svc-a", "C0A", "model-a", step, "lat_a"),
-                   _service("svc-b", "C0B", "model-b", "feature_flag: {configmap: x, key: K, value: 'v'}", "lat_b"))
-    prom = StubProm({"lat_a": (0.9,)})
+    raced, declined = make_origin(tmp_path / "raced"), make_origin(tmp_path / "declined")
+    bad = {}
+    for name, origin in (("a", raced), ("b", declined)):
+        origin.commit("deploy v1", {"values.yaml": "image: v1\n"})
+        bad[name] = origin.commit("deploy v2", {"values.yaml": "image: v2\n"})
+    fired = raced.second_writer(limit=1000)  # every push of ours loses the race to another writer
+    refused = tmp_path / "declined.log"  # a policy hook that refuses every push, and counts them
+    hook = declined.bare / "hooks" / "pre-receive"
+    hook.write_text(f"#!{sys.executable}\nimport sys\nopen({str(refused)!r}, 'a').write('push\\n')\n"
+                    "print('GL-HOOK-ERR: protected branch: pushes need a merge request', file=sys.stderr)\n"
+                    "sys.exit(1)\n")
+    hook.chmod(0o755)
+    step = "git_revert: {{repo: '{0}', commit: '{1}', push_retries: 2}}"
+    text = _policy(_service("svc-a", "C0A", "model-a", step.format(raced.url, bad["a"]), "lat_a"),
+                   _service("svc-b", "C0B", "model-b", step.format(declined.url, bad["b"]), "lat_b"))
+    prom = StubProm({"lat_a": (0.9,), "lat_b": (0.9,)})
     bot = _bot(tmp_path, slack, text, prom, mlflow=mlflow_client,
                clients=Clients(mlflow=mlflow_client, workdir=str(tmp_path / "clones")))
     bot.evaluate_once()
 
     a = _approve_and_run(bot, "svc-a")
     _halted_with(slack, a, "gave up pushing the revert", "on all 3 attempts (push_retries=2)")
-    attempts = len(fired.read_text().splitlines())
-    assert attempts == 3
-    assert not any(s.startswith("Revert") for s in _subjects(origin.bare)), "nothing of ours landed"
-    prom.answers["lat_b"] = (0.1,)
-    bot.evaluate_once()  # the bot keeps evaluating the other service
-    assert bot.store.slo_state("svc-b", "latency") is not None
+    races = len(fired.read_text().splitlines())
+    assert races == 3
+
+    b = _approve_and_run(bot, "svc-b")
+    _halted_with(slack, b, "pre-receive hook declined", "protected branch")
+    pushes_b = len(refused.read_text().splitlines())
+    assert pushes_b == 1, "a refusal is not a race: not retried"
+    for origin in (raced, declined):
+        assert not any(s.startswith("Revert") for s in _subjects(origin.bare)), "nothing of ours landed"
     _table("git push rejected", [
-        ("svc-a", "every push loses to another writer (pre-receive)", f"{attempts} pushes (push_retries=2)",
+        ("svc-a", "every push loses to another writer (pre-receive)", f"{races} pushes (push_retries=2)",
          f"{a.state} (cause in thread)"),
-        ("svc-b", "none", "evaluation went on", "ok, no incident")])
+        ("svc-b", "pre-receive hook declines every push", f"{pushes_b} push (a refusal, not retried)",
+         f"{b.state} (hook's message in thread)")])
 
 
 def _subjects(bare: Path) -> list[str]:
