@@ -27,7 +27,18 @@ from bot.sandbox.signing import block_actions_body, post_signed
 from bot.sandbox.slack_api import FakeSlackAPI
 from bot.store import Incident, Store
 from tests.helm_env import BIN, standard_history
-from tests.story_env import APPROVER, CHANNEL, GROUP, GROUP_MEMBER, P95, SECRET, BotProcess, button, wait_until
+from tests.story_env import (
+    APPROVER,
+    CHANNEL,
+    GROUP,
+    GROUP_MEMBER,
+    P95,
+    SECRET,
+    TOKEN,
+    BotProcess,
+    button,
+    wait_until,
+)
 
 pytestmark = pytest.mark.story
 
@@ -128,6 +139,7 @@ def story(tmp_path: Path, prometheus_bin: str, mlflow_server: MlflowServer, mlfl
             bot.start()
             store = Store(f"sqlite:///{tmp_path / 'bot.db'}")
             yield Story(bot, store, slack, mlflow_client, model, good, bad, tmp_path)
+            assert TOKEN not in bot.log() and SECRET not in bot.log(), "no secret in the logs of any run"
         finally:
             bot.stop()
 
