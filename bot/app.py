@@ -8,7 +8,6 @@ GET /metrics (Prometheus text). Served by waitress, a production WSGI server; So
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import threading
@@ -19,8 +18,6 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from slack_bolt import App
-from slack_bolt.adapter.wsgi import SlackRequestHandler
-from slack_sdk.signature import SignatureVerifier
 
 from bot import alertmanager, metrics
 from bot.config import Settings
@@ -29,6 +26,7 @@ from bot.policy import Policy
 from bot.prom import Prometheus
 from bot.scheduler import Scheduler
 from bot.slack_out import SlackOut, make_client
+from bot.slack_route import SlackRoute
 from bot.store import Store
 from executors.registry import Clients
 from handlers import register_handlers
@@ -78,7 +76,7 @@ class Runtime:
     ready: threading.Event
 
     def wsgi(self) -> Callable[..., Iterable[bytes]]:
-        slack = SlackRequestHandler(self.bolt, path="/slack/events")
+        slack_route = SlackRoute(self.bolt, self.settings.slack_signing_secret)
         alerts = alertmanager.Route(self.bot, self.settings.alertmanager_token,
                                     self.settings.alertmanager_service_label)
 
@@ -95,42 +93,7 @@ class Runtime:
                 return alerts(environ, start_response)
             return slack_route(environ, start_response)
 
-        def slack_route(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-            # Checked with slack_sdk's SignatureVerifier (what Bolt uses) BEFORE Bolt parses anything: Bolt's
-            # adapter decodes and JSON-parses the body first, so a tampered, non-UTF-8 or cut-off body would
-            # otherwise end in a 500 instead of a 401. Bolt then verifies the same request again.
-            raw = _read_body(environ)
-            headers = {key[5:].replace("_", "-").lower(): str(value) for key, value in environ.items()
-                       if key.startswith("HTTP_")}
-            if not _signed(verifier, raw, headers):
-                start_response("401 Unauthorized", [("Content-Type", "application/json")])
-                return [b'{"error":"invalid request signature"}']
-            environ["wsgi.input"] = io.BytesIO(raw)
-            environ["CONTENT_LENGTH"] = str(len(raw))
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError:
-                start_response("400 Bad Request", [("Content-Type", "application/json")])
-                return [b'{"error":"the body is not UTF-8"}']
-            return slack(environ, start_response)
-
-        verifier = SignatureVerifier(self.settings.slack_signing_secret)
         return app
-
-
-def _read_body(environ: dict[str, Any]) -> bytes:
-    try:
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        length = 0  # a malformed Content-Length reads as an empty body, which then fails the signature
-    return environ["wsgi.input"].read(length) if length > 0 else b""
-
-
-def _signed(verifier: SignatureVerifier, raw: bytes, headers: dict[str, str]) -> bool:
-    try:
-        return verifier.is_valid(raw, headers.get("x-slack-request-timestamp"), headers.get("x-slack-signature"))
-    except ValueError:
-        return False  # a timestamp that is not a number
 
 
 def build(settings: Settings, policy: Policy, *, mlflow: Any = None) -> Runtime:

@@ -7,6 +7,7 @@ post fail.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -27,8 +28,36 @@ SECTION_LIMIT = 3000
 _STATE_ICON = {OK: ":white_check_mark:", BREACH: ":red_circle:", NODATA: ":grey_question:", ERROR: ":warning:"}
 
 
+# Slack's own markup, kept as is by `escape`: <@U..>, <#C..>, <!subteam^S..>, <https://..|label>, and entities.
+_MARKUP = re.compile(r"<(?:[@#!]|https?://|mailto:)[^<>]*>|&(?:lt|gt|amp);")
+
+
+def escape(text: str) -> str:
+    """Escape &, < and > as Slack requires ("target < 0.25" would otherwise be read as markup), leaving the
+    bot's own mentions, channel links and links alone. Escaping twice changes nothing."""
+    out, last = [], 0
+    for match in _MARKUP.finditer(text):
+        out.append(_escape_plain(text[last:match.start()]))
+        out.append(match.group())
+        last = match.end()
+    out.append(_escape_plain(text[last:]))
+    return "".join(out)
+
+
+def _escape_plain(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def clip(text: str, limit: int = SECTION_LIMIT) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    """Escaped for Slack and cut to `limit` characters (never inside an entity it made)."""
+    text = escape(text)
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    amp = cut.rfind("&")
+    if amp > limit - 7 and ";" not in cut[amp:]:
+        cut = cut[:amp]
+    return cut + "…"
 
 
 def clock(ts: float | None) -> str:
@@ -84,7 +113,8 @@ def baseline_text(incident: Incident) -> str:
         return f"baseline not resolved yet ({base['error']})"
     if base.get("version"):
         run = f", run `{base['run_id']}`" if base.get("run_id") else ""
-        return f"`{base['model']}` version {base['version']}{run} (now serving version {base.get('bad_version')})"
+        serving = "rolled back from" if incident.state not in ("open", "executing", "halted") else "now serving"
+        return f"`{base['model']}` version {base['version']}{run} ({serving} version {base.get('bad_version')})"
     steps = base.get("steps") or []
     return "; ".join(s["summary"] for s in steps) or "the policy's rollback plan"
 

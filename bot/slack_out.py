@@ -20,6 +20,7 @@ from slack_sdk.http_retry.builtin_handlers import (
 )
 
 from bot import metrics
+from bot.blocks import escape
 
 
 class SlackError(Exception):
@@ -70,7 +71,7 @@ class SlackOut:
 
     def post(self, channel: str, text: str, blocks: list[dict[str, Any]] | None = None,
              thread_ts: str | None = None) -> str:
-        params: dict[str, Any] = {"channel": channel, "text": text, "unfurl_links": False}
+        params: dict[str, Any] = {"channel": channel, "text": escape(text), "unfurl_links": False}
         if blocks is not None:
             params["blocks"] = blocks
         if thread_ts:
@@ -81,13 +82,13 @@ class SlackOut:
         return str(ts)
 
     def update(self, channel: str, ts: str, text: str, blocks: list[dict[str, Any]] | None = None) -> None:
-        params: dict[str, Any] = {"channel": channel, "ts": ts, "text": text}
+        params: dict[str, Any] = {"channel": channel, "ts": ts, "text": escape(text)}
         if blocks is not None:
             params["blocks"] = blocks
         self._call("chat.update", **params)
 
     def ephemeral(self, channel: str, user: str, text: str, blocks: list[dict[str, Any]] | None = None) -> None:
-        params: dict[str, Any] = {"channel": channel, "user": user, "text": text}
+        params: dict[str, Any] = {"channel": channel, "user": user, "text": escape(text)}
         if blocks is not None:
             params["blocks"] = blocks
         self._call("chat.postEphemeral", **params)

@@ -14,6 +14,7 @@ from slack_bolt import Ack, App
 from slack_sdk import WebClient
 
 from bot import oncall
+from bot.blocks import escape
 from bot.core import RollbackBot
 from bot.replies import Reply
 from handlers.reply import tell
@@ -146,13 +147,13 @@ def register(app: App, bot: RollbackBot) -> None:
         try:
             parsed = parse(command.get("text", ""))
         except BadCommand as exc:
-            ack(text=f"{exc}\nKnown services: {known}. Try `/rollback help`.")
+            ack(text=escape(f"{exc}\nKnown services: {known}. Try `/rollback help`."))
             return
         if parsed.verb == "help":
-            ack(text=HELP.format(known=known))
+            ack(text=escape(HELP.format(known=known)))
             return
         if parsed.service is not None and bot.service(parsed.service) is None:
-            ack(text=f"Unknown service `{parsed.service}`. Known services: {known}")
+            ack(text=escape(f"Unknown service `{parsed.service}`. Known services: {known}"))
             return
         opening = parsed.verb == "rollback" and not parsed.dry_run
         ack(text=f"Opening a rollback request for *{parsed.service}*…" if opening else "")

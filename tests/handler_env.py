@@ -9,6 +9,7 @@ here: its URL points at a closed local port, so verification after an approval o
 
 from __future__ import annotations
 
+import html
 import threading
 import time
 from pathlib import Path
@@ -122,7 +123,19 @@ class HandlerEnv:
     # -- requests Slack would send -------------------------------------------------------------------
     def command(self, text: str, *, user: str = APPROVER, channel: str = MODEL_CHANNEL) -> requests.Response:
         body = slash_command_body(text=text, user_id=user, channel_id=channel, response_url=self.slack.response_url)
+        self._answers_seen = len(self.slack.calls("response_url"))
         return self._post(body)
+
+    def answer(self, text: str, *, user: str = APPROVER, channel: str = MODEL_CHANNEL, timeout: float = 10) -> str:
+        """Send `/rollback <text>` and return the answer Slack shows: the ack body, or, for a command acked at
+        once, what the bot posted to its response_url. Slack's &lt; &gt; &amp; read as < > &."""
+        response = self.command(text, user=user, channel=channel)
+        if response.text:
+            return html.unescape(response.text)
+        call = wait_until(lambda: next((c for c in self.slack.calls("response_url")[self._answers_seen:]
+                                        if c.params.get("text")), None), f"the answer to /rollback {text}", timeout)
+        assert call.params.get("response_type", "ephemeral") == "ephemeral", call.params
+        return html.unescape(str(call.params["text"]))
 
     def click(self, warning: dict[str, Any], action_id: str, *, user: str, channel: str = MODEL_CHANNEL,
               value: str | None = None) -> requests.Response:

@@ -67,15 +67,6 @@ def env(tmp_path: Path, slack: FakeSlackAPI, mlflow_server: MlflowServer,
 
 
 # -- helpers -----------------------------------------------------------------------------------------------
-def ack_text(response: requests.Response) -> str:
-    """The text of a slash command's ack. Bolt answers a text-only ack(text=...) as a text/plain body, which
-    Slack shows ephemerally; an ack with more fields (response_type, blocks) is JSON with a "text" key."""
-    if response.headers.get("Content-Type", "").startswith("application/json"):
-        return str(response.json()["text"])
-    assert response.headers.get("Content-Type", "").startswith("text/plain"), response.headers
-    return response.text
-
-
 def assert_nothing_opened(env: HandlerEnv) -> None:
     time.sleep(SETTLE)
     assert env.store.recent_incidents() == []
@@ -85,9 +76,7 @@ def assert_nothing_opened(env: HandlerEnv) -> None:
 
 # -- /rollback ---------------------------------------------------------------------------------------------
 def test_unknown_service_is_answered_with_the_known_services(env: HandlerEnv) -> None:
-    response = env.command("payments-svc")
-
-    text = ack_text(response)
+    text = env.answer("payments-svc")
     assert "Unknown service `payments-svc`" in text
     assert f"`{MODEL_SVC}`" in text and f"`{RANKER_SVC}`" in text
     assert_nothing_opened(env)
@@ -112,7 +101,7 @@ BAD_INPUT = {
 
 def test_bad_input_is_refused_in_the_ack(env: HandlerEnv) -> None:
     for case, (text, expected) in BAD_INPUT.items():
-        answer = ack_text(env.command(text, channel=OTHER_CHANNEL))
+        answer = env.answer(text, channel=OTHER_CHANNEL)
         assert expected in answer, case
         assert "Known services:" in answer and "/rollback help" in answer, case
         assert len(answer) < 400, f"{case}: a long argument is clipped, not echoed back whole"
@@ -123,14 +112,14 @@ def test_bad_input_is_refused_in_the_ack(env: HandlerEnv) -> None:
 
 def test_help_lists_commands_and_services(env: HandlerEnv) -> None:
     for text in ("help", "", "   ", "HELP"):
-        answer = ack_text(env.command(text))
+        answer = env.answer(text)
         assert "`/rollback <service>`" in answer and "`/rollback help`" in answer, repr(text)
         assert f"Known services: `{MODEL_SVC}`, `{RANKER_SVC}`" in answer, repr(text)
     assert_nothing_opened(env)
 
 
 def test_rollback_from_another_channel_posts_the_warning_in_the_service_channel(env: HandlerEnv) -> None:
-    answer = ack_text(env.command(MODEL_SVC, user=STRANGER, channel=OTHER_CHANNEL))
+    answer = env.answer(MODEL_SVC, user=STRANGER, channel=OTHER_CHANNEL)
     assert MODEL_SVC in answer
 
     told = env.ephemeral_to(STRANGER, f"<#{MODEL_CHANNEL}>")

@@ -3,6 +3,7 @@ policy, --dry-run and --to. Real app, real MLflow, the fake Slack Web API."""
 
 from __future__ import annotations
 
+import html
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,17 +42,17 @@ def env(tmp_path: Path, mlflow_server: MlflowServer, mlflow_client: MlflowClient
 
 
 def answer(env: HandlerEnv, text: str, user: str = APPROVER, contains: str = "") -> str:
-    """The ephemeral answer to `/rollback <text>` (sent after the ack), never an earlier one."""
+    """The ephemeral answer to `/rollback <text>` (sent after the ack), never an earlier one, as Slack shows it."""
     before = len(env.slack.calls("chat.postEphemeral"))
     env.command(text, user=user, channel=OTHER_CHANNEL)
     call = wait_until(lambda: next((c for c in env.slack.calls("chat.postEphemeral")[before:]
                                     if c.params.get("user") == user and contains in c.params.get("text", "")), None),
                       f"the answer to /rollback {text}")
-    return str(call.params["text"])
+    return html.unescape(str(call.params["text"]))
 
 
 def test_help_lists_every_command_with_examples(env: HandlerEnv) -> None:
-    text = env.command("help").text
+    text = env.answer("help")
     for usage in ("`/rollback <service> --dry-run`", "`/rollback <service> --to <version|revision>`",
                   "`/rollback status [service]`", "`/rollback history <service>`", "`/rollback freeze <service>",
                   "`/rollback unfreeze <service> [--unblock <version>]`", "`/rollback policy <service>`",

@@ -20,6 +20,7 @@ and the temp dir are removed on exit, on Ctrl-C and on SIGTERM too.
 
 from __future__ import annotations
 
+import html
 import logging
 import shutil
 import signal
@@ -86,7 +87,8 @@ class Transcript:
         self.lock = threading.Lock()
 
     def line(self, at: float, who: str, text: str) -> None:
-        body = text.strip().replace("\n", "\n" + " " * 31)
+        # As a person reads it in Slack: &lt; &gt; &amp; (Slack's escaping of < > &) shown as the characters.
+        body = html.unescape(text.strip()).replace("\n", "\n" + " " * 31)
         print(f"+{at - self.start:6.1f}s  {who:<20} {body}", flush=True)
 
     def pump(self) -> None:

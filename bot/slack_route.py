@@ -1,0 +1,117 @@
+"""POST /slack/events: Slack's request URL, in front of Bolt.
+
+Called by bot.app's WSGI app. Two things happen here before Bolt sees a request:
+
+1. The signature is checked with slack_sdk's SignatureVerifier (what Bolt uses) before anything is parsed:
+   Bolt's adapter decodes and JSON-parses the body first, so a tampered, non-UTF-8 or cut-off body would end
+   in a 500 instead of a 401. Bolt then verifies the same request again.
+2. Button clicks and slash commands are acked at once with an empty 200 and handed to Bolt on a worker
+   thread. Under a burst (50 people clicking, one process, one GIL) Bolt's own ack waits behind the parsing
+   and listener work of every request before it; this keeps each ack to a signature check and a queue put.
+   A slash command's answer (what Bolt's ack(text=...) would have returned) is posted to its response_url,
+   which Slack shows ephemerally exactly like an ack body. Modal submissions stay synchronous: their ack
+   carries the validation errors Slack shows inside the modal.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import parse_qs
+
+from slack_bolt import App, BoltRequest, BoltResponse
+from slack_bolt.adapter.wsgi import SlackRequestHandler
+from slack_sdk.signature import SignatureVerifier
+from slack_sdk.webhook import WebhookClient
+
+log = logging.getLogger(__name__)
+
+WORKERS = 32
+
+
+class SlackRoute:
+    def __init__(self, bolt: App, signing_secret: str) -> None:
+        self.bolt = bolt
+        self.verifier = SignatureVerifier(signing_secret)
+        self.sync = SlackRequestHandler(bolt, path="/slack/events")
+        self.workers = ThreadPoolExecutor(WORKERS, thread_name_prefix="slack-work")
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        raw = _read_body(environ)
+        headers = {key[5:].replace("_", "-").lower(): str(value) for key, value in environ.items()
+                   if key.startswith("HTTP_")}
+        if environ.get("CONTENT_TYPE"):
+            headers["content-type"] = str(environ["CONTENT_TYPE"])
+        if not self._signed(raw, headers):
+            start_response("401 Unauthorized", [("Content-Type", "application/json")])
+            return [b'{"error":"invalid request signature"}']
+        try:
+            body = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            start_response("400 Bad Request", [("Content-Type", "application/json")])
+            return [b'{"error":"the body is not UTF-8"}']
+        kind, response_url = _kind(body)
+        if kind in ("block_actions", "command"):
+            self.workers.submit(self._dispatch, body, headers, response_url if kind == "command" else None)
+            answer = [("Content-Type", "text/plain"), ("Content-Length", "0")]
+            if "x-slack-retry-num" in headers:  # received now; the dedupe in Bolt's middleware drops the repeat
+                answer.append(("X-Slack-No-Retry", "1"))
+            start_response("200 OK", answer)
+            return [b""]
+        environ["wsgi.input"] = io.BytesIO(raw)
+        environ["CONTENT_LENGTH"] = str(len(raw))
+        return self.sync(environ, start_response)
+
+    def _signed(self, raw: bytes, headers: dict[str, str]) -> bool:
+        try:
+            return self.verifier.is_valid(raw, headers.get("x-slack-request-timestamp"),
+                                          headers.get("x-slack-signature"))
+        except ValueError:
+            return False  # a timestamp that is not a number
+
+    def _dispatch(self, body: str, headers: dict[str, str], response_url: str | None) -> None:
+        """Bolt runs the request (verification, dedupe, the listener) as if it had come in just now."""
+        try:
+            response = self.bolt.dispatch(BoltRequest(body=body, headers={k: [v] for k, v in headers.items()}))
+            if response_url and response.status == 200 and response.body:
+                _answer(response_url, response)
+        except Exception:  # noqa: BLE001 - a worker must survive any one request; the traceback is logged
+            log.exception("handling a Slack request failed")
+
+
+def _answer(response_url: str, response: BoltResponse) -> None:
+    """Post what Bolt's ack would have returned to the command's response_url (shown ephemerally)."""
+    content_type = (response.headers.get("content-type") or [""])[0]
+    message: dict[str, Any] = (json.loads(response.body) if content_type.startswith("application/json")
+                               else {"text": response.body})
+    message.setdefault("response_type", "ephemeral")
+    sent = WebhookClient(response_url, timeout=10).send_dict(message)
+    if sent.status_code != 200:
+        log.warning("the answer to a slash command was refused by its response_url: HTTP %s", sent.status_code)
+
+
+def _kind(body: str) -> tuple[str | None, str | None]:
+    """("command" | block_actions | view_submission | ..., response_url) of a form-encoded Slack request."""
+    form = parse_qs(body, keep_blank_values=True)
+    if "command" in form:
+        return "command", next(iter(form.get("response_url") or ()), None)
+    payload = next(iter(form.get("payload") or ()), None)
+    if payload is None:
+        return None, None
+    try:
+        kind = json.loads(payload).get("type")
+    except (ValueError, AttributeError):
+        return None, None  # not JSON we understand: Bolt answers it
+    return (str(kind) if kind else None), None
+
+
+def _read_body(environ: dict[str, Any]) -> bytes:
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = 0  # a malformed Content-Length reads as an empty body, which then fails the signature
+    return environ["wsgi.input"].read(length) if length > 0 else b""
