@@ -12,7 +12,6 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,11 +32,8 @@ from handlers import register_handlers
 
 log = logging.getLogger(__name__)
 
-# Slack sends a burst of requests when several people click at once. Bolt runs each listener (ack, then the
-# work after it) on its listener executor, 5 threads by default, and the HTTP thread waits for the ack: with
-# 5 threads busy with post-ack work (MLflow plans, Slack replies) the sixth click's ack waits for one to
-# finish. Threads are only started when needed (benchmarks/ack_latency.py measures the burst).
-LISTENER_THREADS = 64
+# Slack sends a burst of requests when several people click at once; each waits on an HTTP thread only for its
+# signature check (bot.slack_route acks clicks and commands itself). Threads start only when needed.
 HTTP_THREADS = 64
 
 
@@ -114,9 +110,11 @@ def build(settings: Settings, policy: Policy, *, mlflow: Any = None) -> Runtime:
     # The client carries the bot token (and SLACK_API_URL); Bolt takes the token from it. No auth.test at
     # start: with Slack down (5xx, unreachable) Bolt would raise and a restarted bot would crash-loop instead
     # of picking up its incidents; Bolt checks the token on the first request instead.
-    bolt = App(signing_secret=settings.slack_signing_secret, client=client, process_before_response=False,
-               token_verification_enabled=False,
-               listener_executor=ThreadPoolExecutor(LISTENER_THREADS, thread_name_prefix="bolt-listener"))
+    # process_before_response: Bolt runs each listener to its end on the thread that dispatched it. Clicks and
+    # commands reach Bolt on bot.slack_route's workers, already acked, so nothing waits for Bolt's own ack (and
+    # its 10 ms ack polling is gone); a modal submission's ack (with its errors) comes after a short listener.
+    bolt = App(signing_secret=settings.slack_signing_secret, client=client, process_before_response=True,
+               token_verification_enabled=False)
     register_handlers(bolt, bot)
     return Runtime(settings, bot, bolt, threading.Event())
 

@@ -30,7 +30,7 @@ from slack_sdk.webhook import WebhookClient
 
 log = logging.getLogger(__name__)
 
-WORKERS = 32
+WORKERS = 8
 
 
 class SlackRoute:
