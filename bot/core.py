@@ -30,7 +30,7 @@ from bot.replies import Reply
 from bot.runner import Runner, stored_outcome
 from bot.scheduler import Scheduler
 from bot.slack_out import SlackOut
-from bot.store import Incident, Store
+from bot.store import ACTIVE_STATES, Incident, Store
 from bot.timeline import Timeline
 from bot.verify import RECOVERED, Verifier
 from executors.registry import Clients, Registry, default_registry
@@ -83,8 +83,22 @@ class RollbackBot:
         for incident in self.store.incidents_in(("open",)):
             if incident.auto_at is not None:
                 self._schedule_auto(incident)
+        for incident in self.store.incidents_in(ACTIVE_STATES):
+            self.timeline.refresh_warning(incident.id)  # edits still waiting when the old process died
+        self._finish_unfinished()
         self.scheduler.every("evaluate", self.policy.evaluate_every, self.evaluate_once)
         self.scheduler.start()
+
+    def _finish_unfinished(self, within: float = 86_400.0) -> None:
+        """An incident that reached its verdict but whose close (freeze, checklist, summary) never ran, because
+        the process died in between, is closed now. The freeze and the version tag are idempotent."""
+        for incident in self.store.incidents_in(("recovered", "verify_failed", "failed")):
+            svc = self.service(incident.service)
+            recent = (incident.finished_at or 0) > self.clock() - within
+            if svc and recent and not any(e.kind == "summary" for e in self.store.events(incident.id)):
+                self.timeline.record(incident.id, "resumed", "Bot restarted before this incident was closed: "
+                                     "closing it now")
+                self.finish(incident, svc)
 
     def _interrupted(self, incident: Incident) -> None:
         steps = self.store.steps(incident.id)

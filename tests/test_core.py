@@ -251,3 +251,24 @@ def test_a_breach_that_outlives_its_incident_is_not_warned_again(tmp_path: Path,
     bot.evaluate_once()
     again = bot.store.active_incident("model-svc")
     assert again is not None and again.id != incident.id, "a new breach after recovery opens a new incident"
+
+
+def test_a_verdict_whose_close_never_ran_is_closed_on_restart(tmp_path: Path, slack: FakeSlackAPI,
+                                                               mlflow_client: MlflowClient, unique_model: str) -> None:
+    bot, clock, prom, incident = _breached(tmp_path, slack, mlflow_client, unique_model)
+    assert incident is not None and bot.approve(incident.id, "U0APPROVER").ok
+    bot.execute(incident.id)
+    # The process dies right after the verifier's verdict, before finish() froze and summarised it.
+    assert bot.store.transition(incident.id, ("verifying",), "recovered", recovered_at=clock())
+    assert bot.store.frozen("model-svc") is None or "in progress" in bot.store.frozen("model-svc").reason
+
+    again = _bot(tmp_path, slack, mlflow_client, _policy_text(unique_model), prom, clock)
+    again.start()
+    again.scheduler.shutdown()
+    events = [e.kind for e in again.store.events(incident.id)]
+    assert events.count("summary") == 1 and "checklist" in events and "frozen" in events
+    frozen = again.store.frozen("model-svc")
+    assert frozen is not None and frozen.reason == f"rollback incident #{incident.id}"
+    again.start()  # a second restart finds nothing left to close
+    again.scheduler.shutdown()
+    assert [e.kind for e in again.store.events(incident.id)].count("summary") == 1
