@@ -30,7 +30,7 @@ def test_warning_names_service_slo_value_target_since_and_baseline() -> None:
     text, body = blocks.warning(_incident(), approvers=["U0A", "S0B"], confirm="dialog")
     flat = json.dumps(body)
     assert "model-svc" in text and "p95-latency" in text
-    for part in ("0.412", "< 0.25", "version 4", "abc123", "version 5", "08:00:00 UTC", "<@U0A>", "<!subteam^S0B>"):
+    for part in ("0.412", "&lt; 0.25", "version 4", "abc123", "version 5", "08:00:00 UTC", "<@U0A>", "<!subteam^S0B>"):
         assert part in flat, part
     buttons = _buttons(body)
     assert buttons[blocks.APPROVE]["text"]["text"] == "Roll back" and buttons[blocks.APPROVE]["style"] == "danger"

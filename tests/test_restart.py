@@ -213,9 +213,9 @@ def test_sigkill_mid_plan_halts_with_resume_and_resume_finishes_once(
         hold.touch()
         wait_until(lambda: json.loads(state_file.read_text())["releases"]["prod/model-svc"][-1]["description"]
                    == "Rolled back to 2", 20, "the orphaned helm rollback finished")
-        retry = wait_until(lambda: _button_or_none(s.slack.message(CHANNEL, warning["ts"]), "rollback_retry"),
-                           10, "the Retry step button")
-        assert retry["text"]["text"] == "Retry step"
+        # Edits of the warning are throttled (one chat.update per 3 s per incident): wait for the redraw.
+        wait_until(lambda: (b := _button_or_none(s.slack.message(CHANNEL, warning["ts"]), "rollback_retry"))
+                   and b["text"]["text"] == "Retry step", 10, "the Retry step button")
         s.click(warning["ts"], "rollback_retry", incident_id)
         recovered = s.wait_state(incident_id, "recovered", "verify_failed", timeout=90)
         assert recovered.state == "recovered"
