@@ -121,6 +121,9 @@ class Timeline:
         except SlackError as exc:
             # The stored state is right; the next transition or tick renders the message again.
             log.warning("incident %s: could not update message %s: %s", incident_id, key[1], exc)
+        with self._edits_lock:
+            # Counted from when Slack took it: a 429 answered after Retry-After must not bunch the next edit.
+            self._last_edit[incident_id] = time.monotonic()
         if len(waiting) > 1:
             self._send_edit(incident_id)  # schedules the next waiting edit one interval later
 
