@@ -15,8 +15,10 @@ import json
 import re
 import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlsplit
+
+from bot.sandbox.http import LoopbackServer
 
 _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
 
@@ -39,7 +41,7 @@ class Seen:
     injected: str | None  # "503", "hang" or None when forwarded
 
 
-class FaultProxy:
+class FaultProxy(LoopbackServer):
     def __init__(self, upstream: str) -> None:
         parts = urlsplit(upstream)
         if parts.hostname != "127.0.0.1" or parts.port is None:
@@ -49,32 +51,15 @@ class FaultProxy:
         self._seen: list[Seen] = []
         self._lock = threading.Lock()
         self._release = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
-
-    # -- lifecycle ---------------------------------------------------------------------------------
-    def start(self) -> FaultProxy:
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), type("Handler", (_Handler,), {"proxy": self}))
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        return self
+        super().__init__()
 
     def stop(self) -> None:
-        self._release.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> FaultProxy:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+        self._release.set()  # requests held unanswered end now
+        super().stop()
 
     @property
     def url(self) -> str:
-        assert self._server is not None, "not started"
-        return f"http://127.0.0.1:{self._server.server_port}"
+        return self.base
 
     # -- faults ------------------------------------------------------------------------------------
     def fail(self, method: str, path_regex: str, *, status: int = 503, match: str | None = None,
@@ -127,15 +112,15 @@ def _unquote(text: str) -> str:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    proxy: FaultProxy  # set on the per-server subclass made in FaultProxy.start()
+    fake: FaultProxy  # set on the per-server subclass made in LoopbackServer.start()
     protocol_version = "HTTP/1.1"
 
     def _serve(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
-        rule = self.proxy._rule_for(self.command, self.path, body)
+        rule = self.fake._rule_for(self.command, self.path, body)
         if rule is not None and rule.action == "hang":
-            self.proxy._release.wait()
+            self.fake._release.wait()
             self._answer(504, b'{"error_code": "TEMPORARILY_UNAVAILABLE", "message": "released"}')
             return
         if rule is not None:
@@ -143,7 +128,7 @@ class _Handler(BaseHTTPRequestHandler):
                                   "message": f"injected {rule.status} by the test's fault proxy"}).encode()
             self._answer(rule.status, payload)
             return
-        conn = http.client.HTTPConnection("127.0.0.1", self.proxy.upstream_port, timeout=30)
+        conn = http.client.HTTPConnection("127.0.0.1", self.fake.upstream_port, timeout=30)
         try:
             headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_HEADERS}
             conn.request(self.command, self.path, body=body or None, headers=headers)
@@ -173,3 +158,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:
         return  # the tests read `seen()`; request lines on stderr would only be noise
+
+
+FaultProxy.handler = _Handler

@@ -21,9 +21,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
+
+from bot.sandbox.http import LoopbackServer
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +50,15 @@ class Call:
     at: float
 
 
-class FakeSlackAPI:
+class FakeSlackAPI(LoopbackServer):
     """In-process HTTP server speaking the Slack Web API wire format, with thread-safe readers."""
 
     def __init__(
         self, host: str = "127.0.0.1", port: int = 0, users_by_group: dict[str, list[str]] | None = None
     ) -> None:
-        self._address = (host, port)
+        super().__init__(host, port)
         self.users_by_group = {group: list(users) for group, users in (users_by_group or {}).items()}
         self._cond = threading.Condition(threading.RLock())
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
         self._last_us = self._seq = 0
         self._methods: dict[str, Callable[[Params], Params]] = {
             "auth.test": lambda p: dict(AUTH_TEST), "chat.postMessage": self._post_message,
@@ -70,38 +70,6 @@ class FakeSlackAPI:
             "response_url": self._response,
         }
         self.reset()
-
-    def start(self) -> FakeSlackAPI:
-        """Bind the port and serve from a daemon thread; returns self."""
-        if self._server is not None:
-            raise RuntimeError("FakeSlackAPI already started")
-        self._server = ThreadingHTTPServer(self._address, type("Handler", (_Handler,), {"fake": self}))
-        self._server.daemon_threads = True
-        server = self._server
-        self._thread = threading.Thread(target=lambda: server.serve_forever(poll_interval=0.05), daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and close the socket; safe to call twice."""
-        if self._server is not None and self._thread is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._thread.join(timeout=5)
-        self._server, self._thread = None, None
-
-    def __enter__(self) -> FakeSlackAPI:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    @property
-    def base(self) -> str:
-        """`http://host:port` of the running server."""
-        if self._server is None:
-            raise RuntimeError("FakeSlackAPI is not started")
-        return f"http://{self._address[0]}:{self._server.server_port}"
 
     @property
     def url(self) -> str:
@@ -364,7 +332,7 @@ class FakeSlackAPI:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    fake: FakeSlackAPI  # set on the per-server subclass made in FakeSlackAPI.start()
+    fake: FakeSlackAPI  # set on the per-server subclass made in LoopbackServer.start()
 
     def do_POST(self) -> None:
         path = urlsplit(self.path)
@@ -445,3 +413,6 @@ def _truthy(value: Any) -> bool:
 
 def _error(error: str) -> Params:
     return {"ok": False, "error": error}
+
+
+FakeSlackAPI.handler = _Handler
