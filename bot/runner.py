@@ -47,6 +47,10 @@ def stored_outcome(stored: dict[str, Any] | None) -> StepOutcome | None:
     return StepOutcome(**values)
 
 
+def _names_before(service: Service, position: int) -> tuple[str, ...]:
+    return tuple(step.executor for step in service.rollback[:position])
+
+
 def step_label(position: int, total: int, step: RollbackStep) -> str:
     return f"step {position}/{total} `{step.executor}`"
 
@@ -66,7 +70,8 @@ class Runner:
         for i, step in enumerate(service.rollback):
             pin = pins[i] if i < len(pins) else None
             try:
-                plan = self._executor(step).plan(context=StepContext(service.name, incident_id, pin))
+                context = StepContext(service.name, incident_id, pin, before=_names_before(service, i))
+                plan = self._executor(step).plan(context=context)
             except ExecutorError as exc:
                 out.append({"executor": step.executor, "error": str(exc)})
                 continue
@@ -86,7 +91,7 @@ class Runner:
                 continue
             label = step_label(i + 1, total, step)
             pin = pins[i] if i < len(pins) else None
-            context = StepContext(service.name, incident_id, pin, tuple(outcomes))
+            context = StepContext(service.name, incident_id, pin, tuple(outcomes), _names_before(service, i))
             started = time.monotonic()
             step_id: int | None = None
             try:

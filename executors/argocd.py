@@ -52,6 +52,9 @@ def _automated(app: Obj) -> Obj | None:
     return automated if isinstance(automated, dict) else {}
 
 
+REVERT_COMMIT = "<the revert commit>"
+
+
 def _earlier_revision(context: StepContext) -> tuple[str, str] | None:
     for outcome in reversed(context.earlier):
         revision = (outcome.data or {}).get("revision")
@@ -81,8 +84,12 @@ class ArgoCd:
         app = self.kube.get(self.ref)
         source = self._source(app)
         earlier = _earlier_revision(context)
+        ahead = earlier is None and "git_revert" in context.before
         if earlier is not None:
             revision, origin = earlier
+        elif ahead:
+            # Planned ahead (warning, dry run): the revert commit does not exist yet; the run syncs exactly it.
+            revision, origin = REVERT_COMMIT, "pushed by the git_revert step before this one"
         elif context.pin is not None:
             revision, origin = context.pin, "the revision pinned when the incident opened"
         else:
@@ -106,13 +113,16 @@ class ArgoCd:
         return StepPlan(
             executor=self.name, summary=f"{self.ref}: " + ", then ".join(parts), changes=tuple(changes),
             command=" && ".join(commands) or f"kubectl get application {cfg.app} -n {cfg.namespace}",
-            pin=revision if earlier is None else context.pin, noop=not changes,
+            pin=revision if earlier is None and not ahead else context.pin, noop=not changes,
             data={"app": cfg.app, "namespace": cfg.namespace, "sync_revision": revision,
                   "revision_from": origin, "synced_before": synced, "auto_sync_before": automated is not None},
         )
 
     def execute(self, *, plan: StepPlan, context: StepContext) -> StepOutcome:
         cfg, data = self.config, plan.data
+        if cfg.sync and data["sync_revision"] == REVERT_COMMIT:
+            raise ExecutorError(f"{self.ref}: the git_revert step before this one reported no revert commit, so "
+                                "there is no revision to sync; nothing was changed")
         app = self.kube.get(self.ref)
         sent = []
         if cfg.disable_auto_sync and _automated(app) is not None:

@@ -39,6 +39,7 @@ class StepContext:
     incident_id: int
     pin: str | None = None
     earlier: tuple[StepOutcome, ...] = ()  # outcomes of this run's earlier steps (e.g. git_revert's new revision)
+    before: tuple[str, ...] = ()  # executor names of the plan's earlier steps, also when planning ahead
 
 
 @dataclass(frozen=True)

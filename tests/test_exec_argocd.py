@@ -61,6 +61,23 @@ def test_disables_auto_sync_then_syncs_the_revision_git_revert_pushed(kube: Kube
     assert "revision" not in outcome.data  # an argocd outcome never feeds a later sync
 
 
+def test_planned_ahead_after_a_git_revert_step_it_names_the_revert_commit_not_the_branch(kube: KubeEnv) -> None:
+    kube.fake.seed_application("argocd", "model-svc", target_revision="main")
+    executor = _executor(kube)
+    ahead = StepContext("model-svc", 1, before=("argo_rollouts", "git_revert"))
+    plan = executor.plan(context=ahead)  # the warning / dry run: the revert does not exist yet
+    assert plan.pin is None and "revert commit" in plan.summary and "git_revert" in plan.summary
+    assert [(c.field, c.new) for c in plan.changes][-1] == ("status.sync.revision", "<the revert commit>")
+    with pytest.raises(ExecutorError, match="no revert commit"):  # never syncs the placeholder
+        executor.execute(plan=plan, context=ahead)
+    assert _writes(kube) == []
+
+    reverted = StepOutcome("git_revert", True, "reverted", data={"revision": REVERT})
+    running = StepContext("model-svc", 1, earlier=(reverted,), before=("argo_rollouts", "git_revert"))
+    executor.execute(plan=executor.plan(context=running), context=running)
+    assert _writes(kube) == [DISABLE, _sync(REVERT)]
+
+
 def test_without_an_earlier_revision_syncs_the_pinned_target_revision(kube: KubeEnv) -> None:
     kube.fake.seed_application("argocd", "model-svc", target_revision="release-1.4")
     executor = _executor(kube)
