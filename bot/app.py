@@ -24,7 +24,7 @@ from bot.core import RollbackBot
 from bot.policy import Policy
 from bot.prom import Prometheus
 from bot.scheduler import Scheduler
-from bot.slack_out import SlackOut, make_client
+from bot.slack_out import SlackError, SlackOut, make_client
 from bot.slack_route import SlackRoute
 from bot.store import Store
 from executors.registry import Clients
@@ -119,6 +119,17 @@ def build(settings: Settings, policy: Policy, *, mlflow: Any = None) -> Runtime:
     return Runtime(settings, bot, bolt, threading.Event())
 
 
+def check_token(runtime: Runtime) -> None:
+    """Say at start whether Slack accepts the bot token. Never fatal: with Slack down the bot must still come up
+    and pick up its incidents (Bolt checks the token on the first request too)."""
+    try:
+        who = runtime.bot.slack.whoami()
+    except SlackError as exc:
+        log.warning("Slack did not accept auth.test at start (%s); check SLACK_BOT_TOKEN. Serving anyway.", exc)
+        return
+    log.info("Slack accepts the bot token: %s", who)
+
+
 def serve(runtime: Runtime, host: str = "0.0.0.0", port: int = 3000) -> None:
     """Start the loops and serve until interrupted."""
     import waitress
@@ -130,6 +141,7 @@ def serve(runtime: Runtime, host: str = "0.0.0.0", port: int = 3000) -> None:
         handler = SocketModeHandler(runtime.bolt, runtime.settings.slack_app_token)
         handler.connect()
         log.info("Socket Mode connected; HTTP serves only /healthz and /metrics")
+    threading.Thread(target=check_token, args=(runtime,), name="auth-test", daemon=True).start()
     runtime.ready.set()
     log.info("rollback-bot serving on http://%s:%s", host, port)
     try:

@@ -110,5 +110,10 @@ class SlackOut:
         files = self._call("files_upload_v2", **params).get("files") or [{}]
         return str(files[0].get("id", ""))
 
+    def whoami(self) -> str:
+        """`user_id` in `team_id` per auth.test: whether Slack accepts the token."""
+        answer = self._call("auth.test")
+        return f"{answer.get('user_id', '?')} in {answer.get('team_id', '?')}"
+
     def usergroup_users(self, usergroup: str) -> list[str]:
         return [str(u) for u in self._call("usergroups.users.list", usergroup=usergroup).get("users", [])]
