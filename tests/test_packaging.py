@@ -28,7 +28,8 @@ def test_manifest_declares_command_interactivity_and_scopes() -> None:
     assert "bot_user" in manifest["features"]
     (command,) = [c for c in manifest["features"]["slash_commands"] if c["command"] == "/rollback"]
     assert command["url"].startswith("https://") and command["url"].endswith("/slack/events")
-    assert command["usage_hint"] == "[service | help]" and command["should_escape"] is False
+    assert "<service>" in command["usage_hint"] and "status" in command["usage_hint"]
+    assert command["should_escape"] is False
     settings = manifest["settings"]
     assert settings["interactivity"] == {"is_enabled": True, "request_url": command["url"]}
     assert settings["socket_mode_enabled"] is False
