@@ -38,6 +38,7 @@ from executors.registry import Clients, Registry, default_registry
 log = logging.getLogger(__name__)
 
 AUTO_ACTOR = "rollback-bot"
+SEEN_REQUESTS_KEPT = 3600.0  # seconds a Slack request's key is kept to spot its retries and replays
 
 
 class RollbackBot:
@@ -141,6 +142,7 @@ class RollbackBot:
                         f"kept as @{svc.promote.previous})") if svc.promote else ""
                 self._say(svc.channel, text)
         self.timeline.flush_all()
+        self.store.forget_requests(older_than=self.clock() - SEEN_REQUESTS_KEPT)
         metrics.EVALUATION_SECONDS.observe(time.perf_counter() - started)
         return readings
 

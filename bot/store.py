@@ -130,7 +130,7 @@ service_state = Table(
 seen_requests = Table(
     "seen_requests", metadata,
     Column("key", String(255), primary_key=True),
-    Column("at", Float, nullable=False),
+    Column("at", Float, nullable=False, index=True),
 )
 
 freezes = Table(
@@ -348,6 +348,12 @@ class Store:
             result = conn.execute(update(incidents).where(incidents.c.id == incident_id, incidents.c.state == state,
                                                           condition).values({column: value}))
         return self.incident(incident_id) if result.rowcount == 1 else None
+
+    def forget_requests(self, older_than: float) -> int:
+        """Drop request keys claimed before `older_than`: Slack stops retrying within minutes, and Bolt refuses
+        a replay whose signed timestamp is over 5 minutes old, so old keys can never match again."""
+        with self.engine.begin() as conn:
+            return int(conn.execute(seen_requests.delete().where(seen_requests.c.at < older_than)).rowcount)
 
     def claim_request(self, key: str) -> bool:
         """True the first time `key` is claimed, False for a retry or replay of the same Slack request."""

@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bot.store import Store
+from tests.stubs import Clock
 
 
 def _open(store: Store, service: str = "model-svc"):  # type: ignore[no-untyped-def]
@@ -67,3 +68,14 @@ def test_timeline_events_and_freeze_survive_reopening(tmp_path: Path) -> None:
     assert frozen is not None and frozen.blocked_version == "5"
     assert reopened.audits(incident.id)[0]["action"] == "approve"
     assert reopened.unfreeze("model-svc") and reopened.frozen("model-svc") is None
+
+
+def test_request_keys_are_claimed_once_and_forgotten_when_old(tmp_path: Path) -> None:
+    clock = Clock()
+    store = Store(f"sqlite:///{tmp_path / 'db'}", clock=clock)
+    assert store.claim_request("action:U1:rollback_approve:1.0") is True
+    assert store.claim_request("action:U1:rollback_approve:1.0") is False, "a retry or replay"
+    clock.tick(30)
+    assert store.claim_request("command:trigger-2") is True
+    assert store.forget_requests(older_than=clock() - 10) == 1
+    assert store.claim_request("command:trigger-2") is False, "recent keys are kept"
