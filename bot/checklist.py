@@ -1,5 +1,5 @@
-"""The close of an incident: the post-rollback checklist, the freeze notes of the layers rolled back, and the
-SLO chart in the thread.
+"""The close of an incident: the post-rollback checklist, the freeze notes of the layers rolled back, the SLO
+chart in the thread, and the summary with the time to detect, approve, execute and recover.
 
 Called by bot.core.RollbackBot.finish. Each checklist line is checked against the world (Prometheus, the
 stored steps, the freeze), not assumed: a line that could not be checked says so.
@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from bot import chart
+from bot.durations import format_duration
 from bot.policy import Service
 from bot.store import Incident, Step
 
@@ -74,3 +75,15 @@ def render(bot: RollbackBot, incident: Incident, svc: Service, steps: Sequence[S
     lines = [slos, _traffic_line(steps), _backlog_line(bot, svc), promotion,
              ":memo: Incident notes: reply in this thread (what changed, why it broke, follow-ups)"]
     return "*Post-rollback checklist*\n" + "\n".join(line for line in lines if line)
+
+def summary(incident: Incident) -> str:
+    def span(a: float | None, b: float | None) -> str:
+        return format_duration(b - a) if a is not None and b is not None else "—"
+
+    outcome = {"recovered": "Recovered", "verify_failed": "Not recovered", "failed": "Rollback failed"}
+    return (f"*Summary — {outcome.get(incident.state, incident.state)}* · "
+            f"time to detect {span(incident.breach_started_at, incident.warned_at)} · "
+            f"to approve {span(incident.warned_at, incident.approved_at)} · "
+            f"to execute {span(incident.approved_at, incident.executed_at)} · "
+            f"to recover {span(incident.executed_at, incident.recovered_at)} · "
+            f"alert to stable {span(incident.warned_at, incident.recovered_at)}")

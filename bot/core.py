@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bot import blocks, checklist, metrics
+from bot import blocks, checklist, metrics, recovery
 from bot.approvers import Approvers
 from bot.durations import format_duration
 from bot.evaluation import Evaluator, Reading
@@ -30,7 +30,7 @@ from bot.replies import Reply
 from bot.runner import Runner, stored_outcome
 from bot.scheduler import Scheduler
 from bot.slack_out import SlackOut
-from bot.store import ACTIVE_STATES, Incident, Store
+from bot.store import Incident, Store
 from bot.timeline import Timeline
 from bot.verify import RECOVERED, Verifier
 from executors.registry import Clients, Registry, default_registry
@@ -71,58 +71,10 @@ class RollbackBot:
 
     # -- loops -------------------------------------------------------------------------------------
     def start(self) -> None:
-        """Schedule the evaluation loop and pick up what was in flight before a restart: verification
-        continues, a plan that was running is halted with a Resume button (never blindly re-run), and an
-        automatic rollback still in its grace period is re-armed."""
-        for incident in self.store.incidents_in(("verifying",)):
-            svc = self.service(incident.service)
-            if svc:
-                self.timeline.record(incident.id, "resumed", "Bot restarted: verification continues")
-                self._schedule_verification(incident.id, svc)
-        for incident in self.store.incidents_in(("executing",)):
-            self._interrupted(incident)
-        for incident in self.store.incidents_in(("open",)):
-            if incident.auto_at is not None:
-                self._schedule_auto(incident)
-        for incident in self.store.incidents_in(ACTIVE_STATES):
-            self.timeline.refresh_warning(incident.id)  # edits still waiting when the old process died
-        self._finish_unfinished()
+        """Pick up what was in flight before a restart (bot.recovery), then schedule the evaluation loop."""
+        recovery.resume_in_flight(self)
         self.scheduler.every("evaluate", self.policy.evaluate_every, self.evaluate_once)
         self.scheduler.start()
-
-    def _finish_unfinished(self, within: float = 86_400.0) -> None:
-        """An incident that reached its verdict but whose close (freeze, checklist, summary) never ran, because
-        the process died in between, is closed now. The freeze and the version tag are idempotent."""
-        for incident in self.store.incidents_in(("recovered", "verify_failed", "failed")):
-            svc = self.service(incident.service)
-            recent = (incident.finished_at or 0) > self.clock() - within
-            if svc and recent and not any(e.kind == "summary" for e in self.store.events(incident.id)):
-                self.timeline.record(incident.id, "resumed", "Bot restarted before this incident was closed: "
-                                     "closing it now")
-                self.finish(incident, svc)
-
-    def _interrupted(self, incident: Incident) -> None:
-        steps = self.store.steps(incident.id)
-        done = {s.position for s in steps if s.status == "done"}
-        svc = self.service(incident.service)
-        total = len(svc.rollback) if svc else 0
-        resume_from = next((i for i in range(total) if i not in done), total)
-        running = [s for s in steps if s.status == "running"]
-        moved = self.store.transition(incident.id, ("executing",), "halted", resume_from=resume_from,
-                                      halt_kind="interrupted", error="the bot restarted while the plan was running")
-        if moved is None:
-            return
-        names = blocks.step_names(svc.rollback) if svc else []
-        done_text = ", ".join(names[i] for i in sorted(done) if i < len(names)) or "none"
-        was_running = (f" Step {running[-1].position + 1} (`{running[-1].executor}`) was running when it stopped: "
-                       "its effect is unknown, so Resume plans it again from what is there now."
-                       if running else "")
-        not_run = ", ".join(names[resume_from:]) or "none"
-        self.timeline.record(incident.id, "interrupted",
-                             f":warning: The bot restarted in the middle of the plan. Done: {done_text}.{was_running} "
-                             f"Not done: {not_run}. Nothing was re-run: an approver chooses *Resume* (from step "
-                             f"{resume_from + 1}) or *Stop*. {self.timeline.mention_approvers(incident.service)}")
-        self.timeline.refresh_warning(incident.id)
 
     def evaluate_once(self) -> dict[str, list[Reading]]:
         """One evaluation cycle: read every SLO, open incidents for sustained breaches, run the gate."""
@@ -203,7 +155,7 @@ class RollbackBot:
             self.timeline.record(incident.id, "auto_armed",
                                  f":robot_face: Automatic rollback at {blocks.clock(auto_at)} (in "
                                  f"{format_duration(svc.auto_rollback_grace)}) unless an approver presses *Stop*")
-            self._schedule_auto(incident)
+            self.schedule_auto(incident)
         return incident
 
     def request_rollback(self, service: str, user: str, channel: str, *, to: str | None = None) -> Reply:
@@ -397,7 +349,7 @@ class RollbackBot:
         return Reply(True, "Dry run posted in the incident thread.")
 
     # -- background work ---------------------------------------------------------------------------
-    def _schedule_auto(self, incident: Incident) -> None:
+    def schedule_auto(self, incident: Incident) -> None:
         delay = max(0.0, (incident.auto_at or 0) - self.clock())
         self.scheduler.soon(self.auto_approve, incident.id, delay=delay, job_id=f"auto-{incident.id}")
 
@@ -444,7 +396,7 @@ class RollbackBot:
                              f"{format_duration(svc.verify.stable_for)}, within {format_duration(svc.verify.within)})")
         self.timeline.refresh_warning(incident_id)
         self.verifier.start(moved, svc)
-        self._schedule_verification(incident_id, svc)
+        self.schedule_verification(incident_id, svc)
 
     def _earlier_outcomes(self, incident_id: int, start: int) -> list[Any]:
         latest: dict[int, Any] = {}
@@ -453,7 +405,7 @@ class RollbackBot:
                 latest[step.position] = stored_outcome(step.outcome)
         return [latest[p] for p in sorted(latest) if latest[p] is not None]
 
-    def _schedule_verification(self, incident_id: int, svc: Service) -> None:
+    def schedule_verification(self, incident_id: int, svc: Service) -> None:
         self.scheduler.every(f"verify-{incident_id}", svc.verify.every, self.verify_tick, incident_id)
 
     def verify_tick(self, incident_id: int) -> None:
@@ -477,23 +429,10 @@ class RollbackBot:
         self.timeline.refresh_warning(incident.id)
         checklist.post_chart(self, incident, svc)
         self.timeline.record(incident.id, "checklist", checklist.render(self, incident, svc, steps))
-        self.timeline.record(incident.id, "summary", summary(incident))
+        self.timeline.record(incident.id, "summary", checklist.summary(incident))
 
     def _say(self, channel: str, text: str) -> None:
         try:
             self.slack.post(channel, text)
         except Exception as exc:  # noqa: BLE001 - a channel note must never stop the evaluation loop
             log.warning("could not post to %s: %s", channel, exc)
-
-
-def summary(incident: Incident) -> str:
-    def span(a: float | None, b: float | None) -> str:
-        return format_duration(b - a) if a is not None and b is not None else "—"
-
-    outcome = {"recovered": "Recovered", "verify_failed": "Not recovered", "failed": "Rollback failed"}
-    return (f"*Summary — {outcome.get(incident.state, incident.state)}* · "
-            f"time to detect {span(incident.breach_started_at, incident.warned_at)} · "
-            f"to approve {span(incident.warned_at, incident.approved_at)} · "
-            f"to execute {span(incident.approved_at, incident.executed_at)} · "
-            f"to recover {span(incident.executed_at, incident.recovered_at)} · "
-            f"alert to stable {span(incident.warned_at, incident.recovered_at)}")
