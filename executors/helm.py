@@ -40,6 +40,8 @@ _TEMPORARY = re.compile(
 )
 _DURATION_PART = re.compile(r"(\d+)(h|m|s)")
 _UNIT_SECONDS = {"h": 3600, "m": 60, "s": 1}
+# helm's description of the revision a rollback creates: f"Rollback to {N}" (pkg/action/rollback.go).
+ROLLBACK_DESCRIPTION = "Rollback to"
 STDERR_LINES = 5  # how much of helm's stderr an error carries
 
 
@@ -184,9 +186,7 @@ class Helm:
         current, target = history[-1], self._target(history, context)
         old, new = current["revision"], target["revision"]
         resource = f"helm release {self._where}"
-        noop = current["status"] == "deployed" and (
-            old == new or current.get("description") == f"Rolled back to {new}"
-        )
+        noop = current["status"] == "deployed" and (old == new or rolled_back_to(current, new))
         return StepPlan(
             executor=self.name,
             summary=(
@@ -207,9 +207,7 @@ class Helm:
     def execute(self, *, plan: StepPlan, context: StepContext) -> StepOutcome:
         target, planned_from = int(plan.data["to_revision"]), int(plan.data["from_revision"])
         current = self.history()[-1]
-        if current["status"] == "deployed" and (
-            current["revision"] == target or current.get("description") == f"Rolled back to {target}"
-        ):
+        if current["status"] == "deployed" and (current["revision"] == target or rolled_back_to(current, target)):
             return StepOutcome(self.name, True, f"helm release {self._where} is already at revision {target} "
                                f"(current revision {current['revision']}: {current.get('description')})", plan.changes,
                                data=dict(plan.data, new_revision=current["revision"], noop=True))
@@ -225,8 +223,7 @@ class Helm:
         self._run(f"rolling back helm release {self._where} to revision {target}", self.command(target),
                   timeout=self.config.timeout + 60)
         after = self.history()[-1]
-        if (after["revision"] <= planned_from or after["status"] != "deployed"
-                or after.get("description") != f"Rolled back to {target}"):
+        if after["revision"] <= planned_from or after["status"] != "deployed" or not rolled_back_to(after, target):
             raise TemporaryExecutorError(
                 f"helm release {self._where} reads back revision {after['revision']} {after['status']} "
                 f"({after.get('description')!r}), expected a deployed revision rolled back to {target}"
@@ -237,6 +234,15 @@ class Helm:
             f"deployed as revision {after['revision']}",
             plan.changes, data=dict(plan.data, new_revision=after["revision"]),
         )
+
+
+def rolled_back_to(row: dict[str, Any], revision: int) -> bool:
+    """Whether a history row is helm's record of a rollback to `revision`.
+
+    helm writes the description `Rollback to N` on the new revision (pkg/action/rollback.go, helm 3 and 4; the
+    `helm history` help text's "Rolled back to N" is not what helm writes); helm 4 also prints `rollback_revision`.
+    """
+    return row.get("description") == f"{ROLLBACK_DESCRIPTION} {revision}" or row.get("rollback_revision") == revision
 
 
 def _label(row: dict[str, Any]) -> str:

@@ -78,7 +78,7 @@ def test_execute_rolls_back_and_reads_the_new_revision_back(fake: FakeHelm) -> N
     rows = fake.history(RELEASE)
     assert [(r["revision"], r["status"]) for r in rows] == [
         (1, "superseded"), (2, "superseded"), (3, "superseded"), (4, "deployed")]
-    assert rows[-1]["description"] == "Rolled back to 2" and rows[-1]["app_version"] == "1.1"
+    assert rows[-1]["description"] == "Rollback to 2" and rows[-1]["app_version"] == "1.1"
     assert fake.calls() == [HISTORY, HISTORY, ["rollback", "model-svc", "2", "-n", "prod", "--wait", "--timeout", "5m0s"],
                             HISTORY]
 
@@ -112,7 +112,7 @@ def test_integer_revision_kube_context_and_timeout_reach_helm(fake: FakeHelm) ->
     assert rollback == ["rollback", "model-svc", "1", "-n", "prod", "--kube-context", "prod-eu", "--wait",
                         "--timeout", "1m30s"]
     assert all(call[call.index("--kube-context") + 1] == "prod-eu" for call in fake.calls())
-    assert fake.history(RELEASE)[-1]["description"] == "Rolled back to 1"
+    assert fake.history(RELEASE)[-1]["description"] == "Rollback to 1"
 
 
 def test_refuses_to_roll_back_over_a_change_made_since_the_plan(fake: FakeHelm) -> None:
@@ -240,3 +240,37 @@ def test_the_fake_rejects_a_timeout_without_unit_like_helm(fake: FakeHelm) -> No
 
 def test_registered_by_name() -> None:
     assert {"helm", "git_revert"} <= set(default_registry().names())
+
+
+def test_finding14_the_fake_writes_helms_rollback_record_and_the_read_back_accepts_it(fake: FakeHelm) -> None:
+    """Real helm (pkg/action/rollback.go) appends revision current+1, deployed, `Rollback to N`, with revision N's
+    chart and app_version, and supersedes the revision that was deployed. The fake does the same, the executor's
+    read-back takes that record as success, and a later plan sees the release already rolled back."""
+    executor = _helm()
+    plan = executor.plan(context=_ctx())
+    outcome = executor.execute(plan=plan, context=_ctx(plan.pin))
+    assert outcome.ok and outcome.data["new_revision"] == 4 and "noop" not in outcome.data
+    rows = fake.history(RELEASE)
+    assert [(r["revision"], r["status"], r["description"]) for r in rows[-2:]] == [
+        (3, "superseded", "Upgrade complete"), (4, "deployed", "Rollback to 2")]
+    assert (rows[-1]["chart"], rows[-1]["app_version"]) == ("model-svc-0.2.0", "1.1")  # revision 2's chart
+    assert set(rows[-1]) == {"revision", "updated", "status", "chart", "app_version", "description"}
+    again = _helm().plan(context=_ctx(plan.pin))
+    assert again.noop and (again.data["from_revision"], again.pin) == (4, "2")
+
+
+def test_finding14_a_history_written_by_real_helm_is_read_as_rolled_back(monkeypatch: pytest.MonkeyPatch,
+                                                                          tmp_path: Path) -> None:
+    """A release rolled back by a real helm (`Rollback to 2`, or helm 4's `rollback_revision`) is already done: the
+    plan is a no-op and execute runs no second rollback."""
+    history = revisions(("superseded", "1.0", "Install complete"), ("superseded", "1.1", "Upgrade complete"),
+                        ("superseded", "1.2", "Upgrade complete"), ("deployed", "1.1", "Rollback to 2"))
+    fake = FakeHelm.install(monkeypatch, tmp_path, {RELEASE: history})
+    plan = _helm().plan(context=_ctx("2"))
+    assert plan.noop
+    outcome = _helm().execute(plan=plan, context=_ctx("2"))
+    assert outcome.ok and outcome.data["noop"] and outcome.data["new_revision"] == 4
+    assert not any(call[0] == "rollback" for call in fake.calls())
+    helm4 = dict(history[-1], description="rolled back by on-call", rollback_revision=2)
+    assert helm_module.rolled_back_to(helm4, 2) and not helm_module.rolled_back_to(helm4, 3)
+    assert not helm_module.rolled_back_to(dict(history[-1], description="Rolled back to 2"), 2)

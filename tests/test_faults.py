@@ -322,7 +322,7 @@ def test_helm_nonzero_exit_halts_with_helms_stderr(tmp_path: Path, slack: FakeSl
     b = _approve_and_run(bot, "svc-b")
     prom.answers["lat_b"] = (0.1,)
     b = _verify(bot, clock, b.id)
-    assert b.state == "recovered" and helm.history("prod/model-b")[-1]["description"] == "Rolled back to 2"
+    assert b.state == "recovered" and helm.history("prod/model-b")[-1]["description"] == "Rollback to 2"
     rollbacks = [c for c in helm.calls() if c[:1] == ["rollback"]]
     assert len(rollbacks) == 2, "a non-idempotent helm rollback is never retried by the bot"
     _table("helm non-zero exit", [

@@ -212,7 +212,7 @@ def test_sigkill_mid_plan_halts_with_resume_and_resume_finishes_once(
         # The orphaned helm child finishes; Retry step re-plans step 1, finds it done, and goes on.
         hold.touch()
         wait_until(lambda: json.loads(state_file.read_text())["releases"]["prod/model-svc"][-1]["description"]
-                   == "Rolled back to 2", 20, "the orphaned helm rollback finished")
+                   == "Rollback to 2", 20, "the orphaned helm rollback finished")
         # Edits of the warning are throttled (one chat.update per 3 s per incident): wait for the redraw.
         wait_until(lambda: (b := _button_or_none(s.slack.message(CHANNEL, warning["ts"]), "rollback_retry"))
                    and b["text"]["text"] == "Retry step", 10, "the Retry step button")

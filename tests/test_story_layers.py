@@ -242,7 +242,7 @@ def test_six_step_plan_dry_run_then_approved_in_slack_ends_recovered_and_frozen(
         assert world.helm_rollbacks() == [["rollback", NAME, "2", "-n", "prod", "--wait", "--timeout", "5m0s"]]
         last = world.helm.history(f"prod/{NAME}")[-1]
         assert (last["revision"], last["status"], last["description"], last["app_version"]) == (
-            4, "deployed", "Rolled back to 2", "1.1")
+            4, "deployed", "Rollback to 2", "1.1")
         assert world.flag() == "false"
         assert [sha for sha, _ in world.git.log()[1:]] == [sha for sha, _ in origin_before]  # one new commit
         assert revert_message.startswith('Revert "bad model config')
