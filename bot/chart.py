@@ -1,6 +1,10 @@
 """The incident chart: one PNG panel per SLO of the service, from a little before the breach to recovery, with
 the threshold and vertical markers for breach, approval, execution and recovery.
 
+The window starts at most MAX_LOOKBACK_SECONDS before the incident was opened (an Alertmanager alert may have
+started days earlier; a moment before the window is named at the panel's left edge instead of drawn), and the
+range queries' step is a whole number of seconds: Prometheus rejects a fractional step with a unit (`826.063s`).
+
 Called by bot.core when an incident finishes (`post_chart`, which also uploads the PNG into the incident's
 thread and never raises). The data comes from Prometheus range queries (bot.prom `query_range`); matplotlib
 is imported inside `render` with the Agg backend, so the bot's start-up and idle memory do not pay for it.
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +31,7 @@ from bot.store import Incident
 log = logging.getLogger(__name__)
 
 LEAD_SECONDS = 60.0  # shown before the breach at least, so the chart starts from healthy values
+MAX_LOOKBACK_SECONDS = 3600.0  # the chart starts no earlier than this before the incident was opened
 MAX_POINTS = 300  # per series; the step grows with the incident's length
 MARKERS = (("breach", "breach_started_at", "tab:red"), ("approved", "approved_at", "tab:blue"),
            ("executed", "executed_at", "tab:purple"), ("recovered", "recovered_at", "tab:green"))
@@ -36,11 +42,21 @@ class ChartError(Exception):
 
 
 def window(incident: Incident, now: float) -> tuple[float, float]:
-    """Start and end of the chart: a lead before the breach (or the warning) until recovery or the end."""
+    """Start and end of the chart: a lead before the breach (or the warning) until recovery or the end, but
+    starting no earlier than MAX_LOOKBACK_SECONDS before the incident was opened (a breach or an alert that began
+    days earlier would otherwise squeeze the incident itself into a few pixels)."""
     begin = incident.breach_started_at or incident.warned_at or incident.opened_at
     end = incident.recovered_at or incident.finished_at or now
     end = max(end, begin + 1)
-    return begin - max(LEAD_SECONDS, 0.2 * (end - begin)), end + min(30.0, 0.05 * (end - begin) + 5)
+    start = max(begin - max(LEAD_SECONDS, 0.2 * (end - begin)), incident.opened_at - MAX_LOOKBACK_SECONDS)
+    end = max(end, start + 1)
+    return start, end + min(30.0, 0.05 * (end - start) + 5)
+
+
+def step_seconds(start: float, end: float) -> int:
+    """The range queries' step: whole seconds (Prometheus parses `826s` but rejects `826.063s`), at most
+    MAX_POINTS points per series."""
+    return max(1, math.ceil((end - start) / MAX_POINTS))
 
 
 def markers(incident: Incident) -> list[tuple[str, float, str]]:
@@ -70,7 +86,7 @@ def queries(slo: Slo) -> tuple[list[tuple[str, str]], float | None]:
 
 def fetch(prom: Prometheus, service: Service, start: float, end: float) -> list[Panel]:
     """Each SLO's history over the window; ChartError naming the SLO when a query fails."""
-    step = max(1.0, (end - start) / MAX_POINTS)
+    step = step_seconds(start, end)
     panels = []
     for slo in service.slos:
         wanted, threshold = queries(slo)
@@ -107,6 +123,11 @@ def render(prom: Prometheus, incident: Incident, service: Service, *, now: float
     for ax, panel in zip(axes, data, strict=True):
         _draw(ax, panel, when)
         for label, at, colour in markers(incident):
+            if at < start:  # before the window (an alert that started long ago): named at the left edge
+                ax.annotate(f"{label} {format_duration(start - at)} earlier", xy=(0.0, 0.0),
+                            xycoords="axes fraction", xytext=(3, 3), textcoords="offset points", va="bottom",
+                            ha="left", fontsize=8, color=colour)
+                continue
             ax.axvline(when(at), color=colour, linestyle="--", linewidth=1.2)
             ax.annotate(label, xy=(when(at), 1.0), xycoords=("data", "axes fraction"), rotation=90,
                         va="top", ha="right", fontsize=8, color=colour)

@@ -19,7 +19,7 @@ from matplotlib import image
 
 from bot import chart
 from bot.policy import Service, parse_policy
-from bot.prom import Prometheus
+from bot.prom import Prometheus, RangeResult
 from bot.sandbox.model_service import ModelServiceSimulator, VersionProfile
 from bot.sandbox.servers import PrometheusServer, free_port
 from bot.sandbox.slack_api import FakeSlackAPI
@@ -263,3 +263,43 @@ def test_an_incident_without_a_thread_gets_no_chart(store: Store, service: Servi
 
     assert error is not None and "no thread" in error
     assert slack.calls() == []
+
+
+# -- finding 15: an incident whose breach began days earlier ---------------------------------------------------
+class RecordingPrometheus(Prometheus):
+    """The real client, recording the step of every range query and the error Prometheus answered, if any."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.ranges: list[tuple[float, float, float, str | None]] = []
+
+    def query_range(self, query: str, start: float, end: float, step: float) -> RangeResult:
+        result = super().query_range(query, start, end, step)
+        self.ranges.append((start, end, step, result.error))
+        return result
+
+
+def test_finding15_a_breach_two_days_old_is_charted_with_a_whole_second_step(
+    prom_stretch: tuple[str, Stretch], store: Store, service: Service, slack: FakeSlackAPI
+) -> None:
+    """An incident opened from an Alertmanager alert that started two days earlier: the range queries reach the
+    real Prometheus with a whole-second step (not `826.063s`, which it rejects), the window starts at most an hour
+    before the incident opened and ends a little after recovery, and the PNG reaches the thread."""
+    url, times = prom_stretch
+    out = SlackOut(make_client("xoxb-chart-test", slack.url))
+    incident = incident_in(store, times, breach_started_at=time.time() - 2 * 86400 - 0.123,
+                           message_ts=out.post(CHANNEL, "warning"))
+    prom = RecordingPrometheus(url)
+
+    assert chart.post_chart(prom, out, incident, service) is None
+
+    assert [error for *_, error in prom.ranges] == [None, None]  # both SLOs' range queries accepted
+    for start, end, step, _ in prom.ranges:
+        assert step == int(step) and step >= 1 and f"{step:g}s" == f"{int(step)}s"
+        assert start >= incident.opened_at - chart.MAX_LOOKBACK_SECONDS
+        assert times.end <= end <= times.end + 30
+        assert (end - start) / step <= chart.MAX_POINTS
+    [upload] = slack.uploads()
+    assert upload["content"].startswith(PNG_SIGNATURE) and png_size(upload["content"])[0] == 1000
+    [p95, _] = chart.fetch(prom, service, *chart.window(incident, time.time()))
+    assert any(s.points for _, result in p95.lines for s in result.series), "the incident's own data is drawn"
