@@ -5,8 +5,10 @@ Built by bot.runner from a policy step `git_revert: {repo, branch, commit}` with
 branch head) or `{match: <regex on the message>}` (the newest matching commit). The commit is resolved to a full
 sha when the incident opens and pinned, so a later push to the branch does not change what gets reverted. Works
 in a clone under Clients.workdir (fetched again on every call) or in a temporary one. A push rejected because
-someone else pushed meanwhile is retried on top of their work up to `push_retries` times. GitPython runs git
-with argument lists, never a shell; its errors become ExecutorError in _git_errors() only.
+someone else pushed meanwhile is retried on top of their work up to `push_retries` times. The clone, every fetch
+and every push are killed after `network_timeout` seconds. GitPython runs git with argument lists, never a shell;
+its errors become ExecutorError in _git_errors() only (a clone killed by that timeout is told apart in
+_fresh_clone).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import re
 import shlex
+import shutil
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -77,7 +80,7 @@ class GitRevertConfig(BaseModel):
     branch: str = "main"
     commit: str | CommitMatch
     push_retries: int = Field(default=3, ge=0, le=20)
-    network_timeout: int = Field(default=120, ge=1, description="seconds a fetch or push may take")
+    network_timeout: int = Field(default=120, ge=1, description="seconds a clone, fetch or push may take")
     author_email: str = "rollback-bot@localhost"
 
     @field_validator("repo")
@@ -209,11 +212,38 @@ class GitRevert:
             yield self._fresh_clone(path) if not path.exists() else self._fetched(path)
 
     def _fresh_clone(self, path: Path) -> Repo:
-        cfg = self.config
-        with _git_errors(f"cloning {self._shown} (branch {cfg.branch})"):
-            from git import Repo
+        """Clone the branch into `path`, killed after network_timeout like a fetch or push.
 
-            repo = Repo.clone_from(cfg.repo, path, branch=cfg.branch, env=_NO_PROMPT)
+        Not Repo.clone_from: it runs git as a process and waits for it without a deadline, whatever
+        kill_after_timeout says (GitPython 3.2). Git().clone(..., kill_after_timeout=N) runs git under GitPython's
+        watchdog instead, after the protocol check clone_from makes (no `ext::` remote helpers).
+        """
+        cfg = self.config
+        what = f"cloning {self._shown} (branch {cfg.branch})"
+        try:
+            with _git_errors(what):
+                from git import Git, Repo
+                from git.exc import GitCommandError
+
+                url = Git.polish_url(cfg.repo, expand_vars=False)
+                Git.check_unsafe_protocols(url)
+                runner = Git()
+                runner.update_environment(**_NO_PROMPT)
+                try:
+                    runner.clone("--branch", cfg.branch, "--", url, str(path), kill_after_timeout=cfg.network_timeout)
+                except GitCommandError as exc:
+                    # The watchdog killed git (SIGKILL, status -9): a stalled server, not git's own error.
+                    if "did not complete in" not in str(exc.stderr):
+                        raise
+                    raise TemporaryExecutorError(
+                        f"{what}: the clone took longer than {cfg.network_timeout}s (network_timeout) and was "
+                        "stopped; nothing was changed"
+                    ) from exc
+                repo = Repo(path)
+        except ExecutorError:
+            # A killed or failed clone leaves a partial directory that a later call would take for a clone.
+            shutil.rmtree(path, ignore_errors=True)
+            raise
         repo.git.update_environment(**_NO_PROMPT)
         self._identity(repo)
         return repo

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import inspect
 import os
+import socket
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -340,6 +344,49 @@ def test_a_push_that_hangs_is_killed_after_network_timeout(origin: Origin, seede
     assert again.ok and authors.count("rollback-bot") == 1 and again.data["revision"] == origin.head()
 
 
+@pytest.fixture
+def stalled_server() -> Iterator[int]:
+    """A TCP server on 127.0.0.1 that accepts connections and never answers (a git daemon that hangs)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return  # the listener was closed: the test is over
+            accepted.append(conn)
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield int(listener.getsockname()[1])
+    listener.close()
+    thread.join(timeout=5)
+    for conn in accepted:
+        conn.close()
+
+
+@pytest.mark.parametrize("workdir", [False, True], ids=["temporary-clone", "workdir-clone"])
+def test_finding6_a_clone_that_stalls_is_killed_after_network_timeout(stalled_server: int, tmp_path: Path,
+                                                                      workdir: bool) -> None:
+    """`git clone` from a server that never answers: network_timeout covers the clone too, so the step's plan
+    fails within seconds saying the clone took too long (before the fix it hung for ever), and no partial clone
+    is left in the workdir for the next call to mistake for a repository."""
+    work = tmp_path / "work"
+    executor = GitRevert(GitRevertConfig(repo=f"git://127.0.0.1:{stalled_server}/deploy.git", commit="last",
+                                         network_timeout=2), str(work) if workdir else None)
+    started = time.monotonic()
+    with pytest.raises(TemporaryExecutorError) as caught:
+        executor.plan(context=_ctx())
+    took = time.monotonic() - started
+    assert 1.5 < took < 15, f"the clone was stopped after {took:.1f}s"
+    assert str(caught.value) == (
+        f"cloning git://127.0.0.1:{stalled_server}/deploy.git (branch main): the clone took longer than 2s "
+        "(network_timeout) and was stopped; nothing was changed")
+    assert not work.exists() or list(work.iterdir()) == []
+
+
 def test_a_missing_repository_or_branch_is_a_clear_error(origin: Origin, seeded: dict[str, str],
                                                          tmp_path: Path) -> None:
     with pytest.raises(ExecutorError, match="cloning .*nowhere.git"):
@@ -472,7 +519,7 @@ services:
     assert result.ok, result.error
     revert = Repo(origin.bare).commit("main")
     assert f"This reverts commit {seeded['bump']}." in revert.message and f"incident #{incident.id}" in revert.message
-    assert fake.history("prod/model-svc")[-1]["description"] == "Rolled back to 2"
+    assert fake.history("prod/model-svc")[-1]["description"] == "Rollback to 2"
     (git_step, helm_step) = [step.outcome for step in store.steps(incident.id)]
     assert git_step["data"]["revision"] == revert.hexsha and git_step["data"]["reverted"] == [seeded["bump"]]
     assert helm_step["data"]["new_revision"] == 5 and "revision" not in helm_step["data"]
