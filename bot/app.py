@@ -2,8 +2,8 @@
 
 Called by bot.cli (`serve`, `demo`) and by tests. Routes: POST /slack/events (Bolt, which verifies Slack's
 signature), POST /alertmanager (Alertmanager's webhook, bot.alertmanager), GET /healthz (200 once ready),
-GET /metrics (Prometheus text). Served by waitress, a production WSGI server; Socket Mode instead of
-/slack/events when SLACK_APP_TOKEN is set.
+GET /metrics (Prometheus text). Served by waitress, a production WSGI server, with bodies capped at
+bot.bodies.MAX_BODY (413 past it); Socket Mode instead of /slack/events (then a 404) when SLACK_APP_TOKEN is set.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from slack_bolt import App
 
-from bot import alertmanager, metrics
+from bot import alertmanager, metrics, redact
+from bot.bodies import MAX_BODY
 from bot.config import Settings
 from bot.core import RollbackBot
 from bot.policy import Policy
@@ -36,18 +37,35 @@ log = logging.getLogger(__name__)
 # signature check (bot.slack_route acks clicks and commands itself). Threads start only when needed.
 HTTP_THREADS = 64
 
+# How `serve` runs waitress (tests serve with the same settings through `http_server`). Waitress reads each
+# request body whole before calling the app; its defaults accept 1 GiB and spool anything past 512 KiB to a
+# temp file, both open to anyone who can reach the port. Here a Content-Length over MAX_BODY is answered 413
+# by waitress without reading the body (it refuses a length >= max_request_body_size, so MAX_BODY itself
+# passes), and a chunked body is cut off with a 413 once it passes MAX_BODY. inbuf_overflow stays above
+# anything accepted, plus the 8 KiB read in which waitress notices a chunked body is over: nothing goes to disk.
+WAITRESS_OPTIONS: dict[str, Any] = {
+    "threads": HTTP_THREADS, "ident": "rollback-bot",
+    "max_request_body_size": MAX_BODY + 1,
+    "inbuf_overflow": 2 * MAX_BODY,
+}
+
 
 class RedactSecrets(logging.Filter):
-    """Replaces any configured token or secret in a log record with ***, whoever logged it."""
+    """Replaces any configured token or secret, and the credentials of any URL (bot.redact: userinfo, token-like
+    query parameters), in a log record with ***, whoever logged it. Besides the secrets it is given it uses
+    bot.redact's process-wide ones, which build() adds (the passwords in PROMETHEUS_URL, MLFLOW_TRACKING_URI,
+    DATABASE_URL and the policy's git URLs)."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
         super().__init__()
         self.secrets = [s for s in secrets if s]
+        self._redactor = redact.Redactor(self.secrets)
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if any(s in message for s in self.secrets):
-            record.msg, record.args = self._redact(message), None
+        redacted = self._redact(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
         # A traceback repeats the exception's message (a Slack URL, an echoed token): format it here, redacted;
         # the handler's formatter then prints this exc_text instead of formatting the exception again.
         if record.exc_info and not record.exc_text:
@@ -59,9 +77,7 @@ class RedactSecrets(logging.Filter):
         return True
 
     def _redact(self, text: str) -> str:
-        for s in self.secrets:
-            text = text.replace(s, "***")
-        return text
+        return redact.redact(self._redactor(text))
 
 
 @dataclass
@@ -72,7 +88,10 @@ class Runtime:
     ready: threading.Event
 
     def wsgi(self) -> Callable[..., Iterable[bytes]]:
-        slack_route = SlackRoute(self.bolt, self.settings.slack_signing_secret)
+        # Socket Mode (SLACK_APP_TOKEN) receives Slack's requests over its WebSocket: HTTP then has no Slack
+        # route at all, so /slack/events is a 404 like any other unknown path.
+        slack_route = None if self.settings.slack_app_token else SlackRoute(self.bolt,
+                                                                             self.settings.slack_signing_secret)
         alerts = alertmanager.Route(self.bot, self.settings.alertmanager_token,
                                     self.settings.alertmanager_service_label)
 
@@ -87,6 +106,9 @@ class Runtime:
                 return [generate_latest(metrics.REGISTRY)]
             if path == "/alertmanager":
                 return alerts(environ, start_response)
+            if slack_route is None:
+                start_response("404 Not Found", [("Content-Type", "text/plain")])
+                return [b"not found: Socket Mode is on, Slack's requests come over its WebSocket\n"]
             return slack_route(environ, start_response)
 
         return app
@@ -103,6 +125,7 @@ def build(settings: Settings, policy: Policy, *, mlflow: Any = None) -> Runtime:
         from mlflow import MlflowClient
 
         mlflow = MlflowClient(tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri)
+    redact.configure(settings, policy)  # the secrets Slack messages, logs and audit rows must never carry
     client = make_client(settings.slack_bot_token, settings.slack_api_url)
     bot = RollbackBot(policy=policy, store=Store(settings.database_url), prom=Prometheus(settings.prometheus_url),
                       slack=SlackOut(client), mlflow=mlflow, scheduler=Scheduler(),
@@ -130,22 +153,27 @@ def check_token(runtime: Runtime) -> None:
     log.info("Slack accepts the bot token: %s", who)
 
 
-def serve(runtime: Runtime, host: str = "0.0.0.0", port: int = 3000) -> None:
-    """Start the loops and serve until interrupted."""
+def http_server(app: Callable[..., Iterable[bytes]], host: str, port: int, **overrides: Any) -> Any:
+    """The waitress server `serve` runs for `app` (WAITRESS_OPTIONS), not yet running; port 0 picks a free one.
+    Tests pass `overrides` (fewer threads) and keep the body limits."""
     import waitress
 
+    return waitress.create_server(app, host=host, port=port, **{**WAITRESS_OPTIONS, **overrides})
+
+
+def serve(runtime: Runtime, host: str = "0.0.0.0", port: int = 3000) -> None:
+    """Start the loops and serve until interrupted."""
     runtime.bot.start()
     if runtime.settings.slack_app_token:
         from slack_bolt.adapter.socket_mode import SocketModeHandler
 
         handler = SocketModeHandler(runtime.bolt, runtime.settings.slack_app_token)
         handler.connect()
-        log.info("Socket Mode connected; HTTP serves only /healthz and /metrics")
+        log.info("Socket Mode connected; HTTP serves only /healthz, /metrics and /alertmanager")
     threading.Thread(target=check_token, args=(runtime,), name="auth-test", daemon=True).start()
     runtime.ready.set()
     log.info("rollback-bot serving on http://%s:%s", host, port)
     try:
-        waitress.serve(runtime.wsgi(), host=host, port=port, threads=HTTP_THREADS, ident="rollback-bot",
-                       _quiet=True)
+        http_server(runtime.wsgi(), host, port).run()
     finally:
         runtime.bot.scheduler.shutdown()
