@@ -4,7 +4,9 @@ modals, file uploads (files_upload_v2) and user-group lookups.
 Called by bot.timeline, bot.core and bot.approvers with a slack_sdk WebClient whose base_url comes from
 SLACK_API_URL (tests and the demo point it at bot.sandbox.slack_api). 429s are retried after Retry-After by
 slack_sdk's handler, 5xx only for idempotent calls; Slack calls are counted by method for /metrics. Errors
-become SlackError, which the callers record in the incident's timeline instead of losing.
+become SlackError, which the callers record in the incident's timeline instead of losing. Every string of every
+call (texts, blocks, views) and of every SlackError goes through bot.redact first: no URL credentials or
+configured secrets reach Slack.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from slack_sdk.http_retry.builtin_handlers import (
     ServerErrorRetryHandler,
 )
 
-from bot import metrics
+from bot import metrics, redact
 from bot.blocks import escape
 
 
@@ -54,6 +56,8 @@ class SlackOut:
     def _call(self, method: str, **params: Any) -> dict[str, Any]:
         metrics.SLACK_CALLS.labels(method=method).inc()
         client = self.retrying if method in IDEMPOTENT else self.client
+        # The one way out to Slack: every text, Block Kit and modal string leaves without credentials.
+        params = redact.REDACTOR.deep(params)
         try:
             response = getattr(client, method.replace(".", "_"))(**params)
         except SlackApiError as exc:
@@ -65,9 +69,10 @@ class SlackOut:
         return dict(response.data) if isinstance(response.data, dict) else {}
 
     def _redact(self, text: str) -> str:
-        """An error's text without the bot token: callers put it in threads, refusals and the audit log."""
+        """An error's text without the bot token or any credential (bot.redact): callers put it in threads,
+        refusals and the audit log."""
         token = self.client.token
-        return text.replace(token, "***") if token else text
+        return redact.redact(text.replace(token, "***") if token else text)
 
     def post(self, channel: str, text: str, blocks: list[dict[str, Any]] | None = None,
              thread_ts: str | None = None) -> str:

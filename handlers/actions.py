@@ -15,6 +15,7 @@ from slack_sdk import WebClient
 
 from bot import blocks
 from bot.core import RollbackBot
+from bot.redact import redact
 from bot.replies import Reply
 from handlers.reply import tell
 
@@ -50,7 +51,7 @@ def register(app: App, bot: RollbackBot) -> None:
                 tell(client, channel, user, f"Incident #{incident_id}: {blocks.status_line(incident)}")
                 return
             client.views_open(trigger_id=body["trigger_id"], view=blocks.confirm_modal(
-                incident_id=incident_id, service=svc.name, baseline=blocks.baseline_text(incident)))
+                incident_id=incident_id, service=svc.name, baseline=redact(blocks.baseline_text(incident))))
             return
         reply = bot.approve(incident_id, user)
         if not reply.ok:
