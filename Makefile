@@ -9,8 +9,9 @@ STAMP := $(VENV)/.setup-done
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 # The sandbox page's port: `make demo DEMO_PORT=8081` when 8080 is taken.
 DEMO_PORT ?= 8080
-# Debian packages the demo and tests run for real: Prometheus, Alertmanager, and Chromium for the browser test.
-APT_PACKAGES := prometheus prometheus-alertmanager chromium chromium-driver
+# Debian packages the demo and tests run for real: Prometheus, Alertmanager, PostgreSQL (the store's tests), and
+# Chromium for the browser test.
+APT_PACKAGES := prometheus prometheus-alertmanager chromium chromium-driver postgresql
 
 .PHONY: demo demo-headless test bench setup clean
 
@@ -23,7 +24,7 @@ demo-headless: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/pytest -q
 
-# The six benchmarks of README's "Benchmarks" (about 6 minutes); prints the table.
+# The eight benchmarks of README's "Benchmarks" (about 8 minutes); prints the table.
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/run_all.py
 

@@ -9,6 +9,7 @@ still going on. Any breaching pair is a breach. No traffic (no series, or 0/0) i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -67,7 +68,9 @@ def budget(burn: BurnRate) -> float:
 
 
 def rate_text(rate: float) -> str:
-    """`14.9x`, `21x`, `0.5x`, `1000x`."""
+    """`14.9x`, `21x`, `0.5x`, `1000x`; `+Infx` for errors with no requests counted in the window (x/0)."""
+    if math.isinf(rate):
+        return "+Infx" if rate > 0 else "-Infx"
     return f"{rate:.0f}x" if rate >= 100 else f"{rate:.3g}x"
 
 

@@ -5,6 +5,11 @@ Called every `evaluate_every` by bot.core (which opens incidents for sustained b
 promotion gate) and every `verify.every` by bot.verify (which only needs `read`). One bad query never
 breaks a cycle: that SLO is reported as erroring and the rest go on.
 
+A reading's value is a finite number or None. NaN is no data (as in bot.prom). An infinite value (`errors/0`
+when nothing was served, `-1/0`) still counts against the threshold: +Inf breaches `above:` and -Inf breaches
+`below:`. PostgreSQL's json (an incident's detail) refuses Infinity, so such a reading has value None and says
+"+Inf" / "-Inf" in its `detail`, the words the warning shows; its stored SLO state has no value either.
+
 Identical query texts are sent once per cycle. An SLO with `by: <label>` reads one series of a grouped
 query (the one whose label equals `match`, default the service's name), so hundreds of services sharing
 one query text cost one Prometheus query per cycle. The store is read once and written once per cycle.
@@ -13,6 +18,7 @@ one query text cost one Prometheus query per cycle. The store is read once and w
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -52,14 +58,24 @@ class Reading:
 
 def judge(slo: Slo, result: QueryResult, values: tuple[float, ...] | None = None) -> tuple[str, float | None]:
     """Status and value of one SLO from its query result (or from `values`, this service's series of a
-    grouped result). Several series: the worst one counts."""
+    grouped result). Several series: the worst one counts; NaN ones are no data. The value may be infinite
+    (see `finite`)."""
     if result.error is not None:
         return ERROR, None
-    values = result.values if values is None else values
+    values = tuple(v for v in (result.values if values is None else values) if not math.isnan(v))
     if not values:
         return NODATA, None
     value = max(values) if slo.above is not None else min(values)
     return (BREACH if slo.breached(value) else OK), value
+
+
+def finite(reading: Reading) -> Reading:
+    """The reading with a finite value or None: +Inf / -Inf (judged already) become None with those words in
+    `detail`, so the warning reads "+Inf" and the store never receives an infinite number."""
+    if reading.value is None or math.isfinite(reading.value):
+        return reading
+    words = "NaN" if math.isnan(reading.value) else ("+Inf" if reading.value > 0 else "-Inf")
+    return replace(reading, value=None, detail=reading.detail or words)
 
 
 class _Groups:
@@ -92,7 +108,7 @@ def read(prom: Prometheus, services: Iterable[Service]) -> dict[str, list[Readin
             status, value = judge(slo, result, values)
             if result.error:
                 log.warning("%s/%s: query failed: %s", svc.name, slo.name, result.error)
-            readings.append(Reading(svc.name, slo.name, status, value, slo.target_text(), result.error))
+            readings.append(finite(Reading(svc.name, slo.name, status, value, slo.target_text(), result.error)))
         out[svc.name] = readings
     return out
 
@@ -105,7 +121,8 @@ def _burn_reading(svc: Service, name: str, burn_rate: BurnRate, results: dict[st
     verdict = burn.judge(burn_rate, results)
     if verdict.error:
         log.warning("%s/%s: query failed: %s", svc.name, name, verdict.error)
-    return Reading(svc.name, name, verdict.status, verdict.value, verdict.target, verdict.error, detail=verdict.text)
+    return finite(Reading(svc.name, name, verdict.status, verdict.value, verdict.target, verdict.error,
+                          detail=verdict.text))
 
 
 class Evaluator:
@@ -124,7 +141,7 @@ class Evaluator:
         out: dict[str, list[Reading]] = {}
         for name, readings in fresh.items():
             svc = policy.services[name]
-            tracked = [self._track(slo, r, previous.get((name, slo.name)), now, changed,
+            tracked = [self._track(slo, r, previous.get(self.store.slo_key(name, slo.name)), now, changed,
                                    CYCLE_JITTER * policy.evaluate_every)
                        for slo, r in zip(svc.slos, readings, strict=True)]
             out[name] = tracked

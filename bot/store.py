@@ -4,11 +4,19 @@ Everything the bot knows lives here (SQLAlchemy Core; SQLite by default, any SQL
 restart loses nothing and several processes agree. Called by bot.incidents, bot.evaluation, bot.verify,
 bot.gate and the CLI. State changes that must happen once are conditional UPDATEs (`transition`), and "one
 open incident per service" is a UNIQUE column, so both hold across threads and processes.
+
+Tested on SQLite and PostgreSQL 15. What the store writes fits both (`_guard_columns`): text from outside
+(alert names, user IDs, reasons) is cut to its String(n) column's length instead of making PostgreSQL refuse
+the row, NUL characters and lone surrogates are dropped from all text, and a JSON value's non-finite floats
+(+Inf from a query like `x/0`) are written as null, since PostgreSQL's json refuses NaN and Infinity. Text
+and JSON values are stored without credentials (bot.redact): an MLflow or git error that echoes a URL's
+password leaves no trace of it in the timeline, the audit log or an incident's baseline.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
@@ -23,6 +31,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    TypeDecorator,
     bindparam,
     create_engine,
     event,
@@ -30,12 +39,17 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.exc import IntegrityError
+
+from bot.redact import REDACTOR, redact
 
 # halted: a step failed or the bot restarted mid-plan; it waits for an approver to retry/resume or stop.
 ACTIVE_STATES = ("open", "executing", "halted", "verifying")
 FINAL_STATES = ("recovered", "verify_failed", "failed", "dismissed")
+
+# An incident's trigger: an SLO's name or an Alertmanager alertname (bot.alertmanager shortens it to this).
+TRIGGER_LENGTH = 128
 
 metadata = MetaData()
 
@@ -47,7 +61,7 @@ incidents = Table(
     # service" a database fact (NULLs never collide in SQLite or PostgreSQL).
     Column("active_service", String(128), unique=True, nullable=True),
     Column("state", String(32), nullable=False),
-    Column("trigger", String(128), nullable=False),
+    Column("trigger", String(TRIGGER_LENGTH), nullable=False),
     Column("detail", JSON, nullable=False, default=dict),
     Column("baseline", JSON, nullable=False, default=dict),
     Column("breach_started_at", Float, nullable=True),
@@ -57,6 +71,9 @@ incidents = Table(
     Column("message_ts", String(32), nullable=True),
     Column("progress_ts", String(32), nullable=True),
     Column("requested_by", String(32), nullable=True),
+    # With two_person: the first approver's confirmation (an approver's own /rollback, or the first click);
+    # the plan runs on a different approver's (bot.authorization).
+    Column("first_approver", String(32), nullable=True),
     Column("approved_by", String(32), nullable=True),
     Column("approved_at", Float, nullable=True),
     Column("executed_at", Float, nullable=True),
@@ -69,6 +86,8 @@ incidents = Table(
     Column("halt_kind", String(16), nullable=True),
     # auto_rollback: when the plan runs by itself unless an approver presses Stop (NULL = not automatic).
     Column("auto_at", Float, nullable=True),
+    # What opened the incident: detection | alertmanager | request. Only the first two may arm auto_at.
+    Column("armed_by", String(16), nullable=True),
     # Verification progress (started_at, stable_since, last_update), kept so a restart can continue it.
     Column("verification", JSON, nullable=False, default=dict),
 )
@@ -157,6 +176,85 @@ alerts = Table(
 )
 
 
+# -- what every write fits into (SQLite accepts anything; PostgreSQL refuses what does not fit) ------------
+def fit(text: str, length: int | None = None) -> str:
+    """`text` as the store writes it into a column of `length` characters (None: unbounded): NUL characters
+    dropped and lone surrogates replaced (PostgreSQL and UTF-8 refuse them), and, when still too long, cut to
+    `length` ending in "…" so a reader sees it was shortened. bot.alertmanager shortens alert names with it."""
+    if not text.isascii():
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    text = text.replace("\x00", "")
+    if length is not None and len(text) > length:
+        return text[: length - 1] + "…"
+    return text
+
+
+def finite_json(value: Any) -> Any:
+    """`value` (a JSON value) with every non-finite float (NaN, +Inf, -Inf) replaced by None and its text
+    cleaned like `fit`: PostgreSQL's json refuses NaN and Infinity, and Python writes them unquoted."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, str):
+        return fit(value)
+    if isinstance(value, dict):
+        return {fit(k) if isinstance(k, str) else k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_json(v) for v in value]
+    return value
+
+
+class _FittedString(TypeDecorator[str]):
+    """A String(n) column's type as written: each value bound to it (insert, update, or compared in a WHERE,
+    so a lookup finds what was stored) goes through `fit`. The DDL stays VARCHAR(n)."""
+
+    impl = String
+    cache_ok = True
+
+    def __init__(self, length: int | None = None) -> None:
+        super().__init__(length)
+        self.length = length
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        return fit(value, self.length) if isinstance(value, str) else value
+
+
+class _FittedText(_FittedString):
+    """A Text column's type as written: no length to fit, the same clean text, and no credentials (event texts,
+    errors and reasons carry what executors and libraries said, URLs included; bot.redact)."""
+
+    impl = Text
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        return redact(fit(value)) if isinstance(value, str) else value
+
+
+class _FiniteJSON(TypeDecorator[Any]):
+    """A JSON column's type as written: the value goes through `finite_json`, and its strings through bot.redact."""
+
+    impl = JSON
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        return REDACTOR.deep(finite_json(value))
+
+
+def _guard_columns(meta: MetaData) -> None:
+    """Give every String(n), Text and JSON column of the store's tables its fitted type, in this one place, so
+    no write path (and no column added later) can hand PostgreSQL a value it refuses."""
+    for table in meta.tables.values():
+        for column in table.columns:
+            kind = column.type
+            if isinstance(kind, JSON):
+                column.type = _FiniteJSON()
+            elif isinstance(kind, Text):
+                column.type = _FittedText()
+            elif isinstance(kind, String):
+                column.type = _FittedString(kind.length)
+
+
+_guard_columns(metadata)  # after the last Table (tests/test_store_edges.py checks that every column is guarded)
+
+
 @dataclass(frozen=True)
 class Incident:
     id: int
@@ -173,6 +271,7 @@ class Incident:
     message_ts: str | None
     progress_ts: str | None
     requested_by: str | None
+    first_approver: str | None
     approved_by: str | None
     approved_at: float | None
     executed_at: float | None
@@ -183,6 +282,7 @@ class Incident:
     resume_from: int | None
     halt_kind: str | None
     auto_at: float | None
+    armed_by: str | None
 
     @property
     def active(self) -> bool:
@@ -266,7 +366,8 @@ class Store:
     # -- incidents ---------------------------------------------------------------------------------
     def open_incident(self, *, service: str, trigger: str, detail: dict[str, Any], baseline: dict[str, Any],
                       breach_started_at: float | None, channel: str,
-                      requested_by: str | None = None, auto_at: float | None = None) -> Incident | None:
+                      requested_by: str | None = None, auto_at: float | None = None,
+                      armed_by: str | None = None, first_approver: str | None = None) -> Incident | None:
         """Create an incident, or return None when the service already has an active one."""
         now = self.clock()
         try:
@@ -274,7 +375,8 @@ class Store:
                 result = conn.execute(insert(incidents).values(
                     service=service, active_service=service, state="open", trigger=trigger,
                     detail=detail, baseline=baseline, breach_started_at=breach_started_at,
-                    opened_at=now, channel=channel, requested_by=requested_by, auto_at=auto_at))
+                    opened_at=now, channel=channel, requested_by=requested_by, auto_at=auto_at,
+                    armed_by=armed_by, first_approver=first_approver))
                 new_id = _pk(result)
         except IntegrityError:
             # The UNIQUE active_service column refused a second active incident for this service.
@@ -302,10 +404,12 @@ class Store:
                                 .order_by(incidents.c.id)).all()
         return [_row(Incident, r) for r in rows]
 
-    def last_finished_at(self, service: str) -> float | None:
-        """When the service's most recent incident ended (None if it never had one that ended)."""
+    def last_warned_finished_at(self, service: str) -> float | None:
+        """When the service's most recent incident about a breach (detected or alerted, not a person's
+        request) ended; None if it never had one that ended."""
         with self.engine.connect() as conn:
             row = conn.execute(select(incidents.c.finished_at).where(incidents.c.service == service,
+                                                                     incidents.c.trigger != "manual",
                                                                      incidents.c.finished_at.is_not(None))
                                .order_by(incidents.c.finished_at.desc()).limit(1)).first()
         return row[0] if row else None
@@ -318,21 +422,23 @@ class Store:
             return [_row(Incident, r) for r in conn.execute(query).all()]
 
     def transition(self, incident_id: int, from_states: tuple[str, ...], to_state: str, *,
-                   requested_by_other_than: str | None = None, auto: bool | None = None,
+                   first_approver_other_than: str | None = None, auto: bool | None = None,
                    **values: Any) -> Incident | None:
         """Move an incident to `to_state` only if it is in one of `from_states`; None if it was not.
 
         This conditional UPDATE is what makes an approval, a dismissal or a verdict happen once, however
-        many clicks, retries or processes race for it. `requested_by_other_than` adds the two-person rule
-        (someone else must have requested it); `auto` requires the automatic run to be (still) armed or not.
+        many clicks, retries or processes race for it. `first_approver_other_than` adds the two-person rule
+        (another approver must have given the first approval); `auto` requires the automatic run to be (still)
+        armed or not.
         """
         values["state"] = to_state
         if to_state in FINAL_STATES:
             values["active_service"] = None
             values.setdefault("finished_at", self.clock())
         conditions = [incidents.c.id == incident_id, incidents.c.state.in_(from_states)]
-        if requested_by_other_than is not None:
-            conditions += [incidents.c.requested_by.is_not(None), incidents.c.requested_by != requested_by_other_than]
+        if first_approver_other_than is not None:
+            conditions += [incidents.c.first_approver.is_not(None),
+                           incidents.c.first_approver != first_approver_other_than]
         if auto is not None:
             conditions.append(incidents.c.auto_at.is_not(None) if auto else incidents.c.auto_at.is_(None))
         with self.engine.begin() as conn:
@@ -446,14 +552,23 @@ class Store:
                 conn.execute(insert(slo_state).values(**values))
 
     def slo_states(self) -> dict[tuple[str, str], SloState]:
-        """Every stored SLO state by (service, slo): one read for a whole evaluation cycle."""
+        """Every stored SLO state by (service, slo) as stored (see `slo_key`): one read for a whole cycle."""
         with self.engine.connect() as conn:
             rows = conn.execute(select(slo_state)).all()
         return {(row.service, row.slo): _row(SloState, row) for row in rows}
 
+    @staticmethod
+    def slo_key(service: str, slo: str) -> tuple[str, str]:
+        """The key `slo_states` has for this SLO: its names as their columns store them (a name longer than
+        its column is stored shortened, and must be looked up shortened too)."""
+        return (fit(service, getattr(slo_state.c.service.type, "length", None)),
+                fit(slo, getattr(slo_state.c.slo.type, "length", None)))
+
     def put_slo_states(self, states: Iterable[SloState]) -> None:
         """Insert or update many SLO states in one transaction (bot.evaluation, once per cycle)."""
         rows = [{f.name: getattr(state, f.name) for f in fields(SloState)} for state in states]
+        for row in rows:  # compared with the stored keys below, so as stored
+            row["service"], row["slo"] = self.slo_key(row["service"], row["slo"])
         if not rows:
             return
         columns = ("status", "value", "breach_since", "updated_at")

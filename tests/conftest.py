@@ -1,8 +1,11 @@
-"""Shared pytest fixtures for the real-server tests: the Prometheus binary, one MLflow server per session.
+"""Shared pytest fixtures for the real-server tests: the Prometheus binary, one MLflow server per session,
+one PostgreSQL server per session.
 
-The launchers themselves live in bot.sandbox.servers (the local demo uses them too); this file only scopes
-them. The MLflow server takes ~6 s to start, so the whole session shares one; tests isolate themselves with
-`unique_model` instead of sharing registered-model state.
+The launchers themselves live in bot.sandbox.servers (the local demo uses them too) and tests/pg_env.py;
+this file only scopes them. The MLflow server takes ~6 s to start, so the whole session shares one; tests
+isolate themselves with `unique_model` instead of sharing registered-model state. Likewise PostgreSQL (~1 s
+to start) runs once per session and each test that needs a clean slate gets its own database
+(`fresh_postgres_url`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from bot.sandbox.servers import MlflowServer, prometheus_binary
+from tests import pg_env
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +49,26 @@ def mlflow_client(mlflow_server: MlflowServer) -> MlflowClient:
 def unique_model() -> str:
     """A registered-model name no other test uses on the shared server."""
     return f"recommender-{uuid4().hex[:6]}"
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A real PostgreSQL server (Debian's package, our own initdb on a free 127.0.0.1 port) for the session:
+    the SQLAlchemy URL of a database on it. Skips locally when the binaries are missing; fails on CI, which
+    installs them (Makefile's APT_PACKAGES)."""
+    bindir = pg_env.find_bindir()
+    if bindir is None:
+        reason = f"PostgreSQL binaries (initdb, pg_ctl) not found under {pg_env.BIN_GLOB} (apt-get install postgresql)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; CI is expected to install them")
+        pytest.skip(reason)
+    with pg_env.PostgresServer(bindir) as server:
+        yield server.url
+
+
+@pytest.fixture
+def fresh_postgres_url(postgres_url: str) -> Iterator[str]:
+    """A database of its own for one test (CREATE DATABASE with a unique name), dropped afterwards."""
+    url = pg_env.create_database(postgres_url)
+    yield url
+    pg_env.drop_database(url)

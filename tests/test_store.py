@@ -1,13 +1,49 @@
 """The store's guarantees: one active incident per service, transitions that happen once, freezes that
-survive a reopen of the database (a restart)."""
+survive a reopen of the database (a restart).
+
+Every test runs twice: on SQLite (the default) and on a real PostgreSQL server (tests/pg_env.py, a fresh
+database per test), the two databases the README promises.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 from bot.store import Store
 from tests.stubs import Clock
+
+MakeStore = Callable[..., Store]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The database URL of this run: a SQLite file, or a fresh database on the session's PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'db.sqlite'}"
+    return str(request.getfixturevalue("fresh_postgres_url"))
+
+
+@pytest.fixture
+def make_store(url: str) -> Iterator[MakeStore]:
+    """Store(url, ...) for this run's database; every store made is closed (its pool disposed) afterwards."""
+    made: list[Store] = []
+
+    def make(**kwargs: object) -> Store:
+        made.append(Store(url, **kwargs))  # type: ignore[arg-type]
+        return made[-1]
+
+    yield make
+    for store in made:
+        store.engine.dispose()
+
+
+@pytest.fixture
+def store(make_store: MakeStore) -> Store:
+    return make_store()
 
 
 def _open(store: Store, service: str = "model-svc"):  # type: ignore[no-untyped-def]
@@ -15,8 +51,7 @@ def _open(store: Store, service: str = "model-svc"):  # type: ignore[no-untyped-
                                breach_started_at=1.0, channel="C0MODELSVC")
 
 
-def test_one_active_incident_per_service(tmp_path: Path) -> None:
-    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+def test_one_active_incident_per_service(store: Store) -> None:
     first = _open(store)
     assert first is not None and first.state == "open" and first.active
     assert _open(store) is None
@@ -26,8 +61,7 @@ def test_one_active_incident_per_service(tmp_path: Path) -> None:
     assert again is not None and again.id != first.id
 
 
-def test_transition_happens_once_under_concurrency(tmp_path: Path) -> None:
-    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+def test_transition_happens_once_under_concurrency(store: Store) -> None:
     incident = _open(store)
     assert incident is not None
     with ThreadPoolExecutor(10) as pool:
@@ -38,8 +72,7 @@ def test_transition_happens_once_under_concurrency(tmp_path: Path) -> None:
     assert store.incident(incident.id).approved_by == winners[0].approved_by
 
 
-def test_final_state_frees_the_service_and_stamps_finished(tmp_path: Path) -> None:
-    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+def test_final_state_frees_the_service_and_stamps_finished(store: Store) -> None:
     incident = _open(store)
     assert incident is not None
     store.transition(incident.id, ("open",), "executing")
@@ -49,9 +82,8 @@ def test_final_state_frees_the_service_and_stamps_finished(tmp_path: Path) -> No
     assert store.active_incident("model-svc") is None
 
 
-def test_timeline_events_and_freeze_survive_reopening(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    store = Store(url)
+def test_timeline_events_and_freeze_survive_reopening(make_store: MakeStore) -> None:
+    store = make_store()
     incident = _open(store)
     assert incident is not None
     first = store.add_event(incident.id, "detected", "Detected")
@@ -61,7 +93,7 @@ def test_timeline_events_and_freeze_survive_reopening(tmp_path: Path) -> None:
                  blocked_version="5")
     store.audit(actor="U1", action="approve", result="ok", incident_id=incident.id)
 
-    reopened = Store(url)
+    reopened = make_store()
     assert [e.kind for e in reopened.events(incident.id)] == ["detected", "warned"]
     assert [e.kind for e in reopened.unposted_events()] == ["warned"]
     frozen = reopened.frozen("model-svc")
@@ -70,9 +102,9 @@ def test_timeline_events_and_freeze_survive_reopening(tmp_path: Path) -> None:
     assert reopened.unfreeze("model-svc") and reopened.frozen("model-svc") is None
 
 
-def test_request_keys_are_claimed_once_and_forgotten_when_old(tmp_path: Path) -> None:
+def test_request_keys_are_claimed_once_and_forgotten_when_old(make_store: MakeStore) -> None:
     clock = Clock()
-    store = Store(f"sqlite:///{tmp_path / 'db'}", clock=clock)
+    store = make_store(clock=clock)
     assert store.claim_request("action:U1:rollback_approve:1.0") is True
     assert store.claim_request("action:U1:rollback_approve:1.0") is False, "a retry or replay"
     clock.tick(30)
