@@ -20,14 +20,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 from bot import blocks, metrics
+from bot.bodies import MAX_BODY, TOO_LARGE, BadLength, TooLarge, read_body
 from bot.core import RollbackBot
 from bot.evaluation import BREACH, Reading
+from bot.store import TRIGGER_LENGTH, fit
 
 log = logging.getLogger(__name__)
 
-MAX_BODY = 1 << 20  # Alertmanager's largest group notifications are far smaller; more is not a webhook
 FIRING, RESOLVED = "firing", "resolved"
 _VALUE_KEYS = ("value", "current_value")
 _TARGET_KEYS = ("target", "threshold")
@@ -49,7 +51,9 @@ class Alert:
 
     @property
     def name(self) -> str:
-        return self.labels.get("alertname", "unnamed alert")
+        """The alertname, shortened to what an incident's trigger holds (it becomes the trigger): a 10 KB
+        alertname still opens its incident, named by its first 127 characters and "…"."""
+        return fit(self.labels.get("alertname", "unnamed alert"), TRIGGER_LENGTH)
 
 
 @dataclass(frozen=True)
@@ -189,7 +193,7 @@ class Intake:
         if active is not None:
             self.bot.timeline.record(active.id, "alert", line)
             return "recorded_in_incident", active.id
-        incident = self.bot.open_incident(svc, reading(alert, service))
+        incident = self.bot.open_incident(svc, reading(alert, service), source="alertmanager")
         if incident.trigger != alert.name or incident.breach_started_at != epoch(alert.starts_at):
             # Another opener (the bot's own evaluation, another alert) won the race: same thread, one line.
             self.bot.timeline.record(incident.id, "alert", line)
@@ -211,7 +215,7 @@ class Intake:
         if incident_id is None:
             return {"result": "resolved_without_incident"}
         self.bot.timeline.record(int(incident_id), "alert_resolved",
-                                 f"Alertmanager: {alert.name} resolved at {blocks.clock(ended)}")
+                                 f"Alertmanager: {blocks.inert(alert.name)} resolved at {blocks.clock(ended)}")
         return {"result": "resolved", "incident_id": int(incident_id)}
 
 
@@ -229,9 +233,16 @@ def firing_text(alert: Alert) -> str:
     summary = alert.annotations.get("summary") or alert.annotations.get("description") or ""
     value = _number(alert.annotations, alert.labels, keys=_VALUE_KEYS)
     shown = f" (value {value:.4g})" if value is not None else ""
-    link = f" <{alert.generator_url}|source>" if alert.generator_url.startswith(("http://", "https://")) else ""
-    return (f"Alertmanager: {alert.name} firing since {blocks.clock(epoch(alert.starts_at))}{shown}"
-            + (f": {summary}" if summary else "") + link)
+    link = f" <{_link_target(alert.generator_url)}|source>" if alert.generator_url.startswith(("http://", "https://")) \
+        else ""
+    return (f"Alertmanager: {blocks.inert(alert.name)} firing since {blocks.clock(epoch(alert.starts_at))}{shown}"
+            + (f": {blocks.inert(summary)}" if summary else "") + link)
+
+
+def _link_target(url: str) -> str:
+    """A URL from outside as the target of a link the bot writes: the characters that would end the link or
+    start its label (< > | and spaces) are percent-encoded, so the label stays the bot's own."""
+    return quote(url, safe=":/?#[]@!$&'()*+,;=%-._~")
 
 
 def _number(*sources: dict[str, str], keys: Iterable[str]) -> float | None:
@@ -272,13 +283,15 @@ class Route:
             return answer("401 Unauthorized", {"ok": False, "error": "missing or wrong bearer token"},
                           [("WWW-Authenticate", 'Bearer realm="alertmanager"')])
         try:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            length = -1  # a Content-Length that is not a number is a bad request like any other
-        if not 0 < length <= MAX_BODY:
+            raw = read_body(environ)
+        except TooLarge as exc:  # refused before more than MAX_BODY is read (with a Content-Length, before any)
+            return answer(TOO_LARGE, {"ok": False, "error": str(exc)})
+        except BadLength:  # a Content-Length that is not a number is a bad request like any other
+            raw = b""
+        if not raw:
             return answer("400 Bad Request", {"ok": False, "error": f"body must be 1 to {MAX_BODY} bytes of JSON"})
         try:
-            hook = parse(environ["wsgi.input"].read(length))
+            hook = parse(raw)
         except BadWebhook as exc:  # answered, not raised: Alertmanager logs the 400 and does not retry it
             log.info("alertmanager: bad webhook: %s", exc)
             return answer("400 Bad Request", {"ok": False, "error": str(exc)})

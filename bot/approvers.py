@@ -11,6 +11,8 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
+from bot.blocks import inert
+
 
 class Approvers:
     def __init__(self, list_group: Callable[[str], list[str]], ttl: float = 60.0) -> None:
@@ -40,7 +42,7 @@ class Approvers:
                 if user in self._members(group):
                     return True, f"member of <!subteam^{group}>"
             except Exception as exc:  # noqa: BLE001 - any lookup failure means "not proven a member": fail closed
-                problems.append(f"could not read <!subteam^{group}>: {exc}")
+                problems.append(f"could not read <!subteam^{group}>: {inert(str(exc))}")
         reason = "you are not an approver for this service"
         if problems:
             reason += " (" + "; ".join(problems) + ")"

@@ -18,8 +18,6 @@ from bot.store import Incident
 
 APPROVE, DRY_RUN, DISMISS = "rollback_approve", "rollback_dry_run", "rollback_dismiss"
 RETRY, STOP = "rollback_retry", "rollback_stop"
-# Executors whose target `/rollback <service> --to <version|revision>` may name.
-TARGETABLE = ("mlflow_alias", "helm", "argo_rollouts")
 CONFIRM_VIEW = "rollback_confirm"
 CONFIRM_BLOCK, CONFIRM_INPUT = "confirm_service", "typed_service"
 
@@ -42,6 +40,13 @@ def escape(text: str) -> str:
         last = match.end()
     out.append(_escape_plain(text[last:]))
     return "".join(out)
+
+
+def inert(text: object) -> str:
+    """Text that came from outside (alerts, git, MLflow, helm, Kubernetes, people's free text) made inert:
+    every &, < and > escaped, so `<!channel>`, `<@U…>` and `<https://…|label>` in it show as typed instead of
+    mentioning or linking. Only mentions the bot writes itself (the approvers it names) stay live."""
+    return _escape_plain(str(text))
 
 
 def _escape_plain(text: str) -> str:
@@ -110,13 +115,14 @@ def confirm_dialog(service: str, baseline: str) -> dict[str, Any]:
 def baseline_text(incident: Incident) -> str:
     base = incident.baseline
     if base.get("error"):
-        return f"baseline not resolved yet ({base['error']})"
+        return f"baseline not resolved yet ({inert(base['error'])})"
     if base.get("version"):
-        run = f", run `{base['run_id']}`" if base.get("run_id") else ""
+        run = f", run `{inert(base['run_id'])}`" if base.get("run_id") else ""
         serving = "rolled back from" if incident.state not in ("open", "executing", "halted") else "now serving"
-        return f"`{base['model']}` version {base['version']}{run} ({serving} version {base.get('bad_version')})"
+        return (f"`{inert(base['model'])}` version {inert(base['version'])}{run} ({serving} version "
+                f"{inert(base.get('bad_version'))})")
     steps = base.get("steps") or []
-    return "; ".join(s["summary"] for s in steps) or "the policy's rollback plan"
+    return "; ".join(inert(s["summary"]) for s in steps) or "the policy's rollback plan"
 
 
 def trigger_text(incident: Incident) -> str:
@@ -126,7 +132,7 @@ def trigger_text(incident: Incident) -> str:
     value = d.get("value")
     fallback = "firing" if d.get("status") == "breach" else "no data"
     shown = d.get("words") or (f"{value:.4g}" if isinstance(value, (int, float)) else fallback)
-    return f"*{incident.trigger}* is {shown}, target {d.get('target', '?')}"
+    return f"*{inert(incident.trigger)}* is {inert(shown)}, target {inert(d.get('target', '?'))}"
 
 
 def status_line(incident: Incident) -> str:
@@ -134,6 +140,8 @@ def status_line(incident: Incident) -> str:
     who = mention(incident.approved_by) if incident.approved_by else "someone"
     if s == "open" and incident.auto_at:
         return f":robot_face: Rolling back automatically at {clock(incident.auto_at)} unless an approver presses *Stop*"
+    if s == "open" and incident.first_approver:
+        return f":hourglass: Approved by {mention(incident.first_approver)} — waiting for a second approver"
     if s == "open" and incident.requested_by:
         return f":hourglass: Requested by {mention(incident.requested_by)} — waiting for an approver"
     if s == "open":
@@ -151,9 +159,9 @@ def status_line(incident: Incident) -> str:
         return (f":warning: Interrupted by a bot restart before step {(incident.resume_from or 0) + 1} — "
                 "*Resume* or *Stop*")
     if s == "halted":
-        return f":x: Stopped at a failing step: {incident.error or 'unknown error'} — *Retry step* or *Stop*"
+        return f":x: Stopped at a failing step: {inert(incident.error or 'unknown error')} — *Retry step* or *Stop*"
     if s == "failed":
-        return f":x: Rollback failed: {incident.error or 'unknown error'}"
+        return f":x: Rollback failed: {inert(incident.error or 'unknown error')}"
     if s == "dismissed":
         return f":no_entry_sign: Dismissed by {who}"
     return s
@@ -205,7 +213,8 @@ def step_names(steps: Sequence[Any]) -> list[str]:
 def progress(readings: Iterable[Reading], *, elapsed: float, stable_for: float, need_stable: float,
              within: float, done: str | None = None) -> tuple[str, list[dict[str, Any]]]:
     """The single verification message, updated in place each tick."""
-    lines = [f"{_STATE_ICON.get(r.status, '')} *{r.slo}*: {value_text(r)} (target {r.target})" for r in readings]
+    lines = [f"{_STATE_ICON.get(r.status, '')} *{inert(r.slo)}*: {inert(value_text(r))} (target {inert(r.target)})"
+             for r in readings]
     head = done or ":mag: Verifying"
     summary = (f"{head} — elapsed {format_duration(elapsed)} of {format_duration(within)}, "
                f"stable for {format_duration(stable_for)} of {format_duration(need_stable)}")
@@ -217,12 +226,12 @@ def plan_text(title: str, steps: Sequence[dict[str, Any]]) -> str:
     lines = [title]
     for i, step in enumerate(steps, 1):
         if step.get("error"):
-            lines.append(f"{i}. `{step['executor']}` — could not plan: {step['error']}")
+            lines.append(f"{i}. `{step['executor']}` — could not plan: {inert(step['error'])}")
             continue
-        changes = "; ".join(f"{c['resource']} {c['field']}: {c['old']} → {c['new']}" for c in step["changes"])
+        changes = "; ".join(inert(f"{c['resource']} {c['field']}: {c['old']} → {c['new']}") for c in step["changes"])
         noop = " _(already in place: nothing to do)_" if step.get("noop") else ""
-        lines.append(f"{i}. `{step['executor']}` — {step['summary']}{noop}\n      {changes}\n"
-                     f"      ```{step['command']}```")
+        lines.append(f"{i}. `{step['executor']}` — {inert(step['summary'])}{noop}\n      {changes}\n"
+                     f"      ```{inert(step['command'])}```")
     return "\n".join(lines)
 
 

@@ -31,7 +31,7 @@ def _aliases(bot: RollbackBot, svc: Service) -> str:
         current = bot.gate.registry.by_alias(svc.model, to)
         before = bot.gate.registry.by_alias(svc.model, previous)
     except RegistryError as exc:
-        return f"registry unavailable ({exc})"
+        return f"registry unavailable ({blocks.inert(str(exc))})"
     shown = f"@{to} v{current.version}" if current else f"@{to} not set"
     if current and current.blocked:
         shown += " (rollback_blocked!)"
@@ -50,8 +50,8 @@ def status(bot: RollbackBot, service: str | None) -> Reply:
         parts.append(f"incident #{active.id}: {blocks.status_line(active)}" if active else "no open incident")
         if frozen:
             parts.append(f":ice_cube: frozen since {blocks.clock(frozen.frozen_at)} by {blocks.mention(frozen.actor)}"
-                         f" ({frozen.reason})" if frozen.actor.startswith(("U", "W"))
-                         else f":ice_cube: frozen since {blocks.clock(frozen.frozen_at)} ({frozen.reason})")
+                         f" ({blocks.inert(frozen.reason)})" if frozen.actor.startswith(("U", "W"))
+                         else f":ice_cube: frozen since {blocks.clock(frozen.frozen_at)} ({blocks.inert(frozen.reason)})")
         lines.append(" · ".join(parts))
     return Reply(True, "*Rollback status*\n" + "\n".join(lines))
 
@@ -82,7 +82,8 @@ def freeze(bot: RollbackBot, service: str, user: str, reason: str) -> Reply:
     why = reason or "frozen by hand"
     bot.store.freeze(service=service, reason=why, actor=user)
     bot.store.audit(actor=user, action="freeze", result="ok", detail={"service": service, "reason": why})
-    bot._say(svc.channel, f":ice_cube: {blocks.mention(user)} froze auto-promotion for *{service}*: {why}")
+    bot._say(svc.channel, f":ice_cube: {blocks.mention(user)} froze auto-promotion for *{service}*: "
+                          f"{blocks.inert(why)}")
     return Reply(True, f"Froze auto-promotion for *{service}*.")
 
 
@@ -100,7 +101,7 @@ def unfreeze(bot: RollbackBot, service: str, user: str, unblock: str | None) -> 
             bot.gate.registry.unblock(svc.model, unblock)
         except RegistryError as exc:
             return Reply(False, f"{'Unfroze' if lifted else 'Was not frozen'}; could not unblock "
-                                 f"`{svc.model}` v{unblock}: {exc}")
+                                 f"`{svc.model}` v{unblock}: {blocks.inert(str(exc))}")
         note = f"; `{svc.model}` version {unblock} is no longer rollback_blocked"
     bot.store.audit(actor=user, action="unfreeze", result="ok", detail={"service": service, "unblock": unblock})
     if not lifted and not unblock:

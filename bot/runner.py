@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from bot import metrics
+from bot.blocks import inert
 from bot.durations import format_duration
 from bot.policy import RollbackStep, Service
 from bot.store import Store
@@ -75,6 +76,9 @@ class Runner:
             except ExecutorError as exc:
                 out.append({"executor": step.executor, "error": str(exc)})
                 continue
+            except Exception as exc:  # noqa: BLE001 - a bug or an odd value in planning is that step's error
+                out.append({"executor": step.executor, "error": f"unexpected {type(exc).__name__}: {exc}"})
+                continue
             out.append(plan_dict(plan))
         return out
 
@@ -98,7 +102,7 @@ class Runner:
                 executor = self._executor(step)
                 plan = executor.plan(context=context)
                 step_id = self.store.start_step(incident_id, i, step.executor, plan_dict(plan))
-                record("step_started", f"Started {label}: {plan.summary}", {"position": i})
+                record("step_started", f"Started {label}: {inert(plan.summary)}", {"position": i})
                 outcome = executor.execute(plan=plan, context=context)
                 error = None if outcome.ok else (outcome.error or "the executor reported failure")
             except ExecutorError as exc:
@@ -117,12 +121,12 @@ class Runner:
                              incident_id=incident_id, detail=stored)
             if error is not None:
                 metrics.EXECUTOR_FAILURES.labels(executor=step.executor).inc()
-                record("step_failed", f"Failed {label} after {format_duration(took)}: {error}",
+                record("step_failed", f"Failed {label} after {format_duration(took)}: {inert(error)}",
                        {"position": i, "error": error})
                 not_run = tuple(step_label(j + 1, total, s) for j, s in enumerate(steps) if j > i)
                 return RunOutcome(False, tuple(done), not_run, label, error, position=i)
             assert outcome is not None
-            record("step_done", f"Done {label} in {format_duration(took)}: {outcome.summary}",
+            record("step_done", f"Done {label} in {format_duration(took)}: {inert(outcome.summary)}",
                    {"position": i, "seconds": took})
             done.append(label)
             outcomes.append(outcome)

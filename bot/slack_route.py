@@ -10,7 +10,8 @@ Called by bot.app's WSGI app. Two things happen here before Bolt sees a request:
    and listener work of every request before it; this keeps each ack to a signature check and a queue put.
    A slash command's answer (what Bolt's ack(text=...) would have returned) is posted to its response_url,
    which Slack shows ephemerally exactly like an ack body. Modal submissions stay synchronous: their ack
-   carries the validation errors Slack shows inside the modal.
+   carries the validation errors Slack shows inside the modal. Approvers' decisions (Roll back, Stop, Retry
+   step / Resume, Dismiss) run on workers of their own, so they never wait behind dry runs or lookups.
 """
 
 from __future__ import annotations
@@ -28,9 +29,16 @@ from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.webhook import WebhookClient
 
+from bot import blocks
+from bot.bodies import TOO_LARGE, BadLength, TooLarge, read_body
+from bot.redact import redact
+
 log = logging.getLogger(__name__)
 
 WORKERS = 8
+DECISION_WORKERS = 4
+# Buttons that decide (Roll back, Stop, Retry step / Resume, Dismiss): served on their own workers.
+DECISIONS = frozenset({blocks.APPROVE, blocks.STOP, blocks.RETRY, blocks.DISMISS})
 
 
 class SlackRoute:
@@ -39,9 +47,16 @@ class SlackRoute:
         self.verifier = SignatureVerifier(signing_secret)
         self.sync = SlackRequestHandler(bolt, path="/slack/events")
         self.workers = ThreadPoolExecutor(WORKERS, thread_name_prefix="slack-work")
+        # Approvers' decisions have a lane of their own: they never wait behind dry runs, commands and lookups
+        # (anyone may press Dry run, and a plan reads git, helm, Kubernetes and MLflow).
+        self.decisions = ThreadPoolExecutor(DECISION_WORKERS, thread_name_prefix="slack-decide")
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        raw = _read_body(environ)
+        try:
+            raw = _read_body(environ)
+        except TooLarge as exc:  # answered without keeping (or, with a Content-Length, reading) the body
+            start_response(TOO_LARGE, [("Content-Type", "application/json")])
+            return [json.dumps({"error": str(exc)}).encode()]
         headers = {key[5:].replace("_", "-").lower(): str(value) for key, value in environ.items()
                    if key.startswith("HTTP_")}
         if environ.get("CONTENT_TYPE"):
@@ -54,9 +69,10 @@ class SlackRoute:
         except UnicodeDecodeError:
             start_response("400 Bad Request", [("Content-Type", "application/json")])
             return [b'{"error":"the body is not UTF-8"}']
-        kind, response_url = _kind(body)
+        kind, response_url, action_id = _kind(body)
         if kind in ("block_actions", "command"):
-            self.workers.submit(self._dispatch, body, headers, response_url if kind == "command" else None)
+            lane = self.decisions if action_id in DECISIONS else self.workers
+            lane.submit(self._dispatch, body, headers, response_url if kind == "command" else None)
             answer = [("Content-Type", "text/plain"), ("Content-Length", "0")]
             if "x-slack-retry-num" in headers:  # received now; the dedupe in Bolt's middleware drops the repeat
                 answer.append(("X-Slack-No-Retry", "1"))
@@ -89,29 +105,35 @@ def _answer(response_url: str, response: BoltResponse) -> None:
     message: dict[str, Any] = (json.loads(response.body) if content_type.startswith("application/json")
                                else {"text": response.body})
     message.setdefault("response_type", "ephemeral")
+    if isinstance(message.get("text"), str):
+        message["text"] = redact(message["text"])
     sent = WebhookClient(response_url, timeout=10).send_dict(message)
     if sent.status_code != 200:
         log.warning("the answer to a slash command was refused by its response_url: HTTP %s", sent.status_code)
 
 
-def _kind(body: str) -> tuple[str | None, str | None]:
-    """("command" | block_actions | view_submission | ..., response_url) of a form-encoded Slack request."""
+def _kind(body: str) -> tuple[str | None, str | None, str | None]:
+    """("command" | block_actions | view_submission | ..., response_url, clicked action_id) of a form-encoded
+    Slack request."""
     form = parse_qs(body, keep_blank_values=True)
     if "command" in form:
-        return "command", next(iter(form.get("response_url") or ()), None)
+        return "command", next(iter(form.get("response_url") or ()), None), None
     payload = next(iter(form.get("payload") or ()), None)
     if payload is None:
-        return None, None
+        return None, None, None
     try:
-        kind = json.loads(payload).get("type")
-    except (ValueError, AttributeError):
-        return None, None  # not JSON we understand: Bolt answers it
-    return (str(kind) if kind else None), None
+        data = json.loads(payload)
+        kind = data.get("type")
+        actions = data.get("actions") or [{}]
+        action_id = actions[0].get("action_id") if isinstance(actions[0], dict) else None
+    except (ValueError, AttributeError, TypeError, IndexError):
+        return None, None, None  # not JSON we understand: Bolt answers it
+    return (str(kind) if kind else None), None, (str(action_id) if action_id else None)
 
 
 def _read_body(environ: dict[str, Any]) -> bytes:
+    """The body, at most bot.bodies.MAX_BODY bytes (TooLarge past it, before anything is verified or parsed)."""
     try:
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        length = 0  # a malformed Content-Length reads as an empty body, which then fails the signature
-    return environ["wsgi.input"].read(length) if length > 0 else b""
+        return read_body(environ)
+    except BadLength:
+        return b""  # a malformed Content-Length reads as an empty body, which then fails the signature

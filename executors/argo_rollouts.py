@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from executors.base import Change, ExecutorError, StepContext, StepOutcome, StepPlan
 from executors.kube import JSON_PATCH, MERGE_PATCH, Kube, NotFoundError, Obj, Ref, Seconds, match_labels_selector
-from executors.registry import Clients, ExecutorSpec
+from executors.registry import Clients, ExecutorSpec, Target
 
 HASH_LABEL = "rollouts-pod-template-hash"
 REVISION = "rollout.argoproj.io/revision"
@@ -343,4 +343,6 @@ def _build(config: ArgoRolloutsConfig, clients: Clients) -> ArgoRollouts:
     return ArgoRollouts(config, Kube(clients.kube))
 
 
-SPEC = ExecutorSpec(name=ArgoRollouts.name, config=ArgoRolloutsConfig, build=_build)
+SPEC = ExecutorSpec(name=ArgoRollouts.name, config=ArgoRolloutsConfig, build=_build,
+                    target=Target(r"[0-9]{1,9}|[a-z0-9]{5,16}", "a Rollout revision number, e.g. `3`, or a "
+                                  "ReplicaSet's pod-template-hash"))

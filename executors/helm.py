@@ -26,7 +26,7 @@ from executors.base import (
     StepPlan,
     TemporaryExecutorError,
 )
-from executors.registry import Clients, ExecutorSpec
+from executors.registry import Clients, ExecutorSpec, Target
 
 # Statuses of a revision that once ran successfully, so a rollback target (helm's `helm history` STATUS column).
 GOOD_STATUSES = ("deployed", "superseded")
@@ -253,4 +253,5 @@ def _build(config: HelmConfig, clients: Clients) -> Helm:
     return Helm(config, clients.helm)
 
 
-SPEC = ExecutorSpec(name=Helm.name, config=HelmConfig, build=_build)
+SPEC = ExecutorSpec(name=Helm.name, config=HelmConfig, build=_build,
+                    target=Target(r"[0-9]{1,9}", "a helm revision number, e.g. `4`"))

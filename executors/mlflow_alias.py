@@ -22,7 +22,9 @@ from executors.base import (
     StepPlan,
     TemporaryExecutorError,
 )
-from executors.registry import Clients, ExecutorSpec
+from executors.registry import Clients, ExecutorSpec, Target
+
+BLOCK_TAG = "rollback_blocked"  # the tag the freeze puts on a bad version (bot.model_registry writes it)
 
 
 class MlflowAliasConfig(BaseModel):
@@ -73,6 +75,10 @@ class MlflowAlias:
         else:
             target = _version_by_alias(self.client, cfg.model, cfg.to)
         old, new = str(current.version), str(target.version)
+        if str((getattr(target, "tags", None) or {}).get(BLOCK_TAG, "")).lower() == "true":
+            # The version was rolled back from before: it is never a way back (unblocked only by hand).
+            raise ExecutorError(f"{cfg.model} version {new} is tagged {BLOCK_TAG}=true (a version rolled back "
+                                f"from before); it is not a way back until someone unblocks it")
         resource = f"models:/{cfg.model}@{cfg.alias}"
         return StepPlan(
             executor=self.name,
@@ -117,4 +123,5 @@ def _build(config: MlflowAliasConfig, clients: Clients) -> MlflowAlias:
     return MlflowAlias(config, clients.mlflow)
 
 
-SPEC = ExecutorSpec(name=MlflowAlias.name, config=MlflowAliasConfig, build=_build)
+SPEC = ExecutorSpec(name=MlflowAlias.name, config=MlflowAliasConfig, build=_build,
+                    target=Target(r"[0-9]{1,9}", "an MLflow model version number, e.g. `3`"))

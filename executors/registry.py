@@ -7,6 +7,7 @@ their own Registry instead of the default one.
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -27,10 +28,23 @@ class Clients:
 
 
 @dataclass(frozen=True)
+class Target:
+    """What `/rollback <service> --to <value>` may name for a targetable executor: a full-match regex for the
+    value's kind and the words that say what it accepts (shown when a value is refused)."""
+
+    pattern: str
+    accepts: str
+
+    def admits(self, value: str) -> bool:
+        return re.fullmatch(self.pattern, value) is not None
+
+
+@dataclass(frozen=True)
 class ExecutorSpec:
     name: str
     config: type[BaseModel]
     build: Callable[[Any, Clients], Executor]
+    target: Target | None = None  # set when the step can be pinned to a named version or revision
 
 
 class Registry:
@@ -49,6 +63,10 @@ class Registry:
 
     def names(self) -> list[str]:
         return sorted(self._specs)
+
+    def targetable(self) -> list[str]:
+        """Names of the executors `--to` can pin, in registration order."""
+        return [name for name, spec in self._specs.items() if spec.target is not None]
 
     def __contains__(self, name: object) -> bool:
         return name in self._specs

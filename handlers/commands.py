@@ -6,6 +6,7 @@ ack, ephemerally, and nothing runs. Everything else is acked at once and answere
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -14,10 +15,12 @@ from slack_bolt import Ack, App
 from slack_sdk import WebClient
 
 from bot import oncall
-from bot.blocks import escape
+from bot.blocks import escape, inert
 from bot.core import RollbackBot
 from bot.replies import Reply
 from handlers.reply import tell
+
+log = logging.getLogger(__name__)
 
 SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -58,8 +61,9 @@ class BadCommand(ValueError):
 
 
 def _echo(text: str) -> str:
+    """What the person typed, shown back inert (a `<!channel>` in it mentions nobody) and short."""
     shown = text if len(text) <= MAX_ECHO else text[:MAX_ECHO] + "…"
-    return shown.replace("`", "'")
+    return inert(shown.replace("`", "'"))
 
 
 def _service(word: str) -> str:
@@ -157,5 +161,10 @@ def register(app: App, bot: RollbackBot) -> None:
             return
         opening = parsed.verb == "rollback" and not parsed.dry_run
         ack(text=f"Opening a rollback request for *{parsed.service}*…" if opening else "")
-        reply = run(bot, parsed, command["user_id"], command["channel_id"])
+        try:
+            reply = run(bot, parsed, command["user_id"], command["channel_id"])
+        except Exception as exc:  # noqa: BLE001 - whatever went wrong, the person who typed it gets an answer
+            log.exception("/rollback %s failed", parsed.verb)
+            reply = Reply(False, f"`/rollback {parsed.verb}` failed: {inert(type(exc).__name__)}: {inert(str(exc))}. "
+                                 "Nothing was changed.")
         tell(client, command.get("channel_id"), command["user_id"], reply.text)

@@ -5,12 +5,14 @@ The launchers themselves live in bot.sandbox.servers (the local demo uses them t
 this file only scopes them. The MLflow server takes ~6 s to start, so the whole session shares one; tests
 isolate themselves with `unique_model` instead of sharing registered-model state. Likewise PostgreSQL (~1 s
 to start) runs once per session and each test that needs a clean slate gets its own database
-(`fresh_postgres_url`).
+(`fresh_postgres_url`). `stalled_server` is a loopback TCP server that never answers (a hung git server).
 """
 
 from __future__ import annotations
 
 import os
+import socket
+import threading
 from collections.abc import Iterator
 from uuid import uuid4
 
@@ -72,3 +74,26 @@ def fresh_postgres_url(postgres_url: str) -> Iterator[str]:
     url = pg_env.create_database(postgres_url)
     yield url
     pg_env.drop_database(url)
+
+
+@pytest.fixture
+def stalled_server() -> Iterator[int]:
+    """A TCP server on 127.0.0.1 that accepts connections and never answers (a git daemon that hangs)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return  # the listener was closed: the test is over
+            accepted.append(conn)
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield int(listener.getsockname()[1])
+    listener.close()
+    thread.join(timeout=5)
+    for conn in accepted:
+        conn.close()

@@ -87,7 +87,7 @@ class HandlerEnv:
     """One runtime served over HTTP; `start()` / `stop()` bracket a test."""
 
     def __init__(self, workdir: Path, slack: FakeSlackAPI, mlflow: MlflowClient, models: dict[str, str], *,
-                 mlflow_url: str, extra: dict[str, str] | None = None) -> None:
+                 mlflow_url: str, extra: dict[str, str] | None = None, policy: str | None = None) -> None:
         self.slack = slack
         self.mlflow = mlflow
         self.models = models
@@ -95,7 +95,8 @@ class HandlerEnv:
             slack_bot_token=TOKEN, slack_signing_secret=SECRET, slack_api_url=slack.url,
             prometheus_url=f"http://127.0.0.1:{free_port()}",  # nothing listens: no Prometheus in these tests
             mlflow_tracking_uri=mlflow_url, database_url=f"sqlite:///{workdir / 'bot.db'}")
-        self.runtime: Runtime = build(self.settings, parse_policy(policy_yaml(models, extra)), mlflow=mlflow)
+        text = policy if policy is not None else policy_yaml(models, extra)
+        self.runtime: Runtime = build(self.settings, parse_policy(text), mlflow=mlflow)
         self.store = self.runtime.bot.store
         self._server: Any = None
         self._thread: threading.Thread | None = None
@@ -113,11 +114,7 @@ class HandlerEnv:
     def stop(self) -> None:
         self.runtime.bot.scheduler.shutdown()
         if self._server is not None and self._thread is not None:
-            # Closed from inside waitress's loop thread, which then has nothing left to serve and returns
-            # at once instead of after its 1 s select() timeout.
-            self._server.trigger.pull_trigger(self._server.close)
-            self._thread.join(timeout=5)
-            self._server.task_dispatcher.shutdown()
+            close_waitress(self._server, self._thread)
         self.store.engine.dispose()
 
     # -- requests Slack would send -------------------------------------------------------------------
@@ -185,6 +182,22 @@ class HandlerEnv:
 
     def channel_posts(self) -> list[Call]:
         return self.slack.calls("chat.postMessage")
+
+
+def close_waitress(server: Any, thread: threading.Thread) -> None:
+    """Stop a waitress server started with create_server() and run on `thread`.
+
+    Closed from inside waitress's loop thread, which then has nothing left to serve and returns at once instead
+    of after its 1 s select() timeout. The close is queued and the wake-up written under the trigger's lock:
+    pull_trigger(server.close) queues it first and writes after, so a loop woken meanwhile by a worker's own
+    wake-up can run the close (and close the pipe) before that write, which then fails with EBADF (seen 1 run
+    in 10) or hits a reused descriptor."""
+    trigger = server.trigger
+    with trigger.lock:
+        trigger.thunks.append(server.close)
+        trigger.pull_trigger()
+    thread.join(timeout=5)
+    server.task_dispatcher.shutdown()
 
 
 def button(message: dict[str, Any], action_id: str) -> dict[str, Any]:

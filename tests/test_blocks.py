@@ -16,9 +16,9 @@ def _incident(**changes: object) -> Incident:
         detail={"value": 0.412, "target": "< 0.25"}, baseline={"model": "recommender", "version": "4",
                                                                  "run_id": "abc123", "bad_version": "5"},
         breach_started_at=1_800_000_000.0, opened_at=1_800_000_030.0, warned_at=None, channel="C0MODELSVC",
-        message_ts=None, progress_ts=None, requested_by=None, approved_by=None, approved_at=None,
+        message_ts=None, progress_ts=None, requested_by=None, first_approver=None, approved_by=None, approved_at=None,
         executed_at=None, recovered_at=None, finished_at=None, error=None, verification={}, resume_from=None,
-        halt_kind=None, auto_at=None)
+        halt_kind=None, auto_at=None, armed_by=None)
     return replace(base, **changes)  # type: ignore[arg-type]
 
 

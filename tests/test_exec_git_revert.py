@@ -7,12 +7,9 @@ from __future__ import annotations
 
 import inspect
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -342,29 +339,6 @@ def test_a_push_that_hangs_is_killed_after_network_timeout(origin: Origin, seede
     _, again = _run(executor, pin)  # whether or not the killed push landed, there is exactly one revert
     authors = [c.author.name for c in Repo(origin.bare).iter_commits("main")]
     assert again.ok and authors.count("rollback-bot") == 1 and again.data["revision"] == origin.head()
-
-
-@pytest.fixture
-def stalled_server() -> Iterator[int]:
-    """A TCP server on 127.0.0.1 that accepts connections and never answers (a git daemon that hangs)."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    accepted: list[socket.socket] = []
-
-    def accept() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return  # the listener was closed: the test is over
-            accepted.append(conn)
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield int(listener.getsockname()[1])
-    listener.close()
-    thread.join(timeout=5)
-    for conn in accepted:
-        conn.close()
 
 
 @pytest.mark.parametrize("workdir", [False, True], ids=["temporary-clone", "workdir-clone"])

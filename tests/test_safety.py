@@ -159,14 +159,14 @@ def test_two_person_rule_on_a_detected_breach_first_click_requests_second_approv
     opened = env.runtime.bot.open_incident(svc, None)  # as a detected breach would: nobody requested it yet
     warning = env.slack.message(MODEL_CHANNEL, opened.message_ts or "")
     env.click(warning, "rollback_approve", user=GROUP_MEMBER)
-    wait_until(lambda: env.store.incident(opened.id).requested_by == GROUP_MEMBER, "the request")
+    wait_until(lambda: env.store.incident(opened.id).first_approver == GROUP_MEMBER, "the first approval")
     assert env.store.incident(opened.id).state == "open" and env.champion() == BAD_VERSION
     env.click(warning, "rollback_approve", user=GROUP_MEMBER)
     env.ephemeral_to(GROUP_MEMBER, "two-person rule")
     env.click(warning, "rollback_approve", user=APPROVER)
     wait_until(lambda: env.champion() == GOOD_VERSION, "the rollback")
     texts = env.thread_texts(opened)
-    assert any("Rollback requested by <@U0ONCALL1>" in t and "another approver" in t for t in texts)
+    assert any("Approved by <@U0ONCALL1> — waiting for a second approver" in t for t in texts)
 
 
 @pytest.fixture
