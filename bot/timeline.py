@@ -36,6 +36,7 @@ class Timeline:
         self._pending: dict[tuple[int, str], tuple[str, str, list[dict[str, Any]]]] = {}
         self._last_edit: dict[int, float] = {}
         self._timers: dict[int, threading.Timer] = {}
+        self._in_flight: set[int] = set()  # incidents with a chat.update being sent (retries included)
 
     def record(self, incident_id: int, kind: str, text: str, data: dict[str, Any] | None = None) -> Event:
         event = self.store.add_event(incident_id, kind, text, data)
@@ -103,8 +104,8 @@ class Timeline:
         with self._edits_lock:
             self._timers.pop(incident_id, None)
             waiting = [key for key in self._pending if key[0] == incident_id]
-            if not waiting:
-                return
+            if not waiting or incident_id in self._in_flight:
+                return  # nothing to send, or an edit is still being sent (its end schedules the next one)
             wait = self._last_edit.get(incident_id, float("-inf")) + self.update_every - time.monotonic()
             if wait > 0:
                 if incident_id not in self._timers:
@@ -116,15 +117,20 @@ class Timeline:
             key = waiting[0]
             channel, text, body = self._pending.pop(key)
             self._last_edit[incident_id] = time.monotonic()
+            self._in_flight.add(incident_id)
         try:
             self.slack.update(channel, key[1], text, body)
         except SlackError as exc:
             # The stored state is right; the next transition or tick renders the message again.
             log.warning("incident %s: could not update message %s: %s", incident_id, key[1], exc)
-        with self._edits_lock:
-            # Counted from when Slack took it: a 429 answered after Retry-After must not bunch the next edit.
-            self._last_edit[incident_id] = time.monotonic()
-        if len(waiting) > 1:
+        finally:
+            with self._edits_lock:
+                # Counted from when Slack took it: an edit retried after a 429's Retry-After (seconds inside this
+                # call) must not let the next edit go out alongside it, nor bunch the one after.
+                self._last_edit[incident_id] = time.monotonic()
+                self._in_flight.discard(incident_id)
+                more = any(k[0] == incident_id for k in self._pending)
+        if more:
             self._send_edit(incident_id)  # schedules the next waiting edit one interval later
 
     def post_in_thread(self, incident: Incident, text: str, body: list[dict[str, Any]]) -> str | None:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -53,3 +55,23 @@ def test_slack_errors_name_the_method_and_the_error(slack: FakeSlackAPI, out: Sl
     slack.fail_next("chat.postMessage", error="channel_not_found")
     with pytest.raises(SlackError, match="chat.postMessage: channel_not_found"):
         out.post(CHANNEL, "x")
+
+
+def test_an_edit_being_retried_holds_the_next_edit_of_its_incident(slack: FakeSlackAPI, out: SlackOut) -> None:
+    """bot.timeline's limiter: while one chat.update is still being sent (slack_sdk waits out a 429's Retry-After
+    inside the call), the incident's next edit waits for it, then for `update_every`: two accepted edits
+    never land together (benchmark 5 saw two 0.16 s apart)."""
+    from bot.timeline import Timeline
+
+    timeline = Timeline(None, out, lambda _: None, update_every=0.5)  # type: ignore[arg-type]  # edits only
+    ts = out.post(CHANNEL, "warning")
+    slack.fail_next("chat.update", status=429, retry_after=2, times=1)
+    threading.Thread(target=timeline.edit, args=(1, CHANNEL, ts, "first edit", [])).start()
+    time.sleep(0.8)  # past update_every since the first edit started, while it still waits out Retry-After
+    timeline.edit(1, CHANNEL, ts, "second edit", [])
+    deadline = time.monotonic() + 10
+    while slack.message(CHANNEL, ts)["text"] != "second edit" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    updates = slack.calls("chat.update")
+    assert [c.params["text"] for c in updates] == ["first edit", "first edit", "second edit"]
+    assert updates[2].at - updates[1].at >= 0.45, "the second edit went out while the first was still being sent"
