@@ -90,8 +90,8 @@ class Runtime:
     def wsgi(self) -> Callable[..., Iterable[bytes]]:
         # Socket Mode (SLACK_APP_TOKEN) receives Slack's requests over its WebSocket: HTTP then has no Slack
         # route at all, so /slack/events is a 404 like any other unknown path.
-        slack_route = None if self.settings.slack_app_token else SlackRoute(self.bolt,
-                                                                             self.settings.slack_signing_secret)
+        slack_route = None if self.settings.slack_app_token else SlackRoute(
+            self.bolt, self.settings.slack_signing_secret, self.bot.slack)
         alerts = alertmanager.Route(self.bot, self.settings.alertmanager_token,
                                     self.settings.alertmanager_service_label)
 

@@ -1,7 +1,8 @@
 """Everything the bot says in Slack goes through here: posts, thread replies, in-place updates, ephemerals,
-modals, file uploads (files_upload_v2) and user-group lookups.
+modals, file uploads (files_upload_v2), user-group lookups and a slash command's answer to its response_url.
 
-Called by bot.timeline, bot.core and bot.approvers with a slack_sdk WebClient whose base_url comes from
+Called by bot.timeline, bot.core, bot.approvers, bot.slack_route (response_url answers) and handlers/ (ephemeral
+replies, the typed-confirm modal) with a slack_sdk WebClient whose base_url comes from
 SLACK_API_URL (tests and the demo point it at bot.sandbox.slack_api). 429s are retried after Retry-After by
 slack_sdk's handler, 5xx only for idempotent calls; Slack calls are counted by method for /metrics. Errors
 become SlackError, which the callers record in the incident's timeline instead of losing. Every string of every
@@ -20,6 +21,7 @@ from slack_sdk.http_retry.builtin_handlers import (
     RateLimitErrorRetryHandler,
     ServerErrorRetryHandler,
 )
+from slack_sdk.webhook import WebhookClient
 
 from bot import metrics, redact
 from bot.blocks import escape
@@ -97,6 +99,21 @@ class SlackOut:
         if blocks is not None:
             params["blocks"] = blocks
         self._call("chat.postEphemeral", **params)
+
+    def respond(self, response_url: str, message: dict[str, Any]) -> None:
+        """Post a message to a command's response_url (what an ack body would have shown), redacted and escaped
+        like every other outbound text; SlackError when Slack refuses it or cannot be reached."""
+        metrics.SLACK_CALLS.labels(method="response_url").inc()
+        message = redact.REDACTOR.deep(message)
+        if isinstance(message.get("text"), str):
+            message["text"] = escape(message["text"])
+        try:
+            sent = WebhookClient(response_url, timeout=10).send_dict(message)
+        except (SlackClientError, OSError) as exc:
+            # Transport failure (connection refused, timeout): the caller logs it; the command already ran.
+            raise SlackError(self._redact(f"response_url: {type(exc).__name__}: {exc}")) from exc
+        if sent.status_code != 200:
+            raise SlackError(f"response_url: HTTP {sent.status_code} {self._redact(str(sent.body))[:200]}")
 
     def open_view(self, trigger_id: str, view: dict[str, Any]) -> None:
         self._call("views.open", trigger_id=trigger_id, view=view)

@@ -27,11 +27,10 @@ from urllib.parse import parse_qs
 from slack_bolt import App, BoltRequest, BoltResponse
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_sdk.signature import SignatureVerifier
-from slack_sdk.webhook import WebhookClient
 
 from bot import blocks
 from bot.bodies import TOO_LARGE, BadLength, TooLarge, read_body
-from bot.redact import redact
+from bot.slack_out import SlackError, SlackOut
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +43,9 @@ DECISIONS = frozenset({blocks.APPROVE, blocks.STOP, blocks.RETRY, blocks.DISMISS
 
 
 class SlackRoute:
-    def __init__(self, bolt: App, signing_secret: str) -> None:
+    def __init__(self, bolt: App, signing_secret: str, slack: SlackOut) -> None:
         self.bolt = bolt
+        self.slack = slack
         self.verifier = SignatureVerifier(signing_secret)
         self.sync = SlackRequestHandler(bolt, path="/slack/events")
         self.workers = ThreadPoolExecutor(WORKERS, thread_name_prefix="slack-work")
@@ -96,22 +96,21 @@ class SlackRoute:
         try:
             response = self.bolt.dispatch(BoltRequest(body=body, headers={k: [v] for k, v in headers.items()}))
             if response_url and response.status == 200 and response.body:
-                _answer(response_url, response)
+                _answer(self.slack, response_url, response)
         except Exception:  # noqa: BLE001 - a worker must survive any one request; the traceback is logged
             log.exception("handling a Slack request failed")
 
 
-def _answer(response_url: str, response: BoltResponse) -> None:
+def _answer(slack: SlackOut, response_url: str, response: BoltResponse) -> None:
     """Post what Bolt's ack would have returned to the command's response_url (shown ephemerally)."""
     content_type = (response.headers.get("content-type") or [""])[0]
     message: dict[str, Any] = (json.loads(response.body) if content_type.startswith("application/json")
                                else {"text": response.body})
     message.setdefault("response_type", "ephemeral")
-    if isinstance(message.get("text"), str):
-        message["text"] = redact(message["text"])
-    sent = WebhookClient(response_url, timeout=10).send_dict(message)
-    if sent.status_code != 200:
-        log.warning("the answer to a slash command was refused by its response_url: HTTP %s", sent.status_code)
+    try:
+        slack.respond(response_url, message)
+    except SlackError as exc:  # the command ran (or was refused and audited); only its answer is lost
+        log.warning("the answer to a slash command did not reach its response_url: %s", exc)
 
 
 def _kind(body: str) -> tuple[str | None, str | None, str | None]:

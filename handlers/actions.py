@@ -11,12 +11,11 @@ from collections.abc import Callable
 from typing import Any
 
 from slack_bolt import Ack, App
-from slack_sdk import WebClient
 
 from bot import blocks
 from bot.core import RollbackBot
-from bot.redact import redact
 from bot.replies import Reply
+from bot.slack_out import SlackOut
 from handlers.reply import tell
 
 UNKNOWN = "This button does not belong to a known incident."
@@ -35,41 +34,41 @@ def _where(body: dict[str, Any]) -> str | None:
 
 def register(app: App, bot: RollbackBot) -> None:
     @app.action(blocks.APPROVE)
-    def approve(ack: Ack, body: dict[str, Any], client: WebClient) -> None:
+    def approve(ack: Ack, body: dict[str, Any]) -> None:
         ack()
         user, channel, incident_id = body["user"]["id"], _where(body), _incident_id(body)
         if incident_id is None:
-            tell(client, channel, user, UNKNOWN)
+            tell(bot.slack, channel, user, UNKNOWN)
             return
         svc = bot.service_of(incident_id)
         if svc is not None and svc.confirm == "typed":
             incident, refusal = bot.authorize(incident_id, user)
             if refusal or incident is None:
-                tell(client, channel, user, refusal.text if refusal else "Not allowed.")
+                tell(bot.slack, channel, user, refusal.text if refusal else "Not allowed.")
                 return
             if incident.state != "open":  # an old copy of the message: nothing left to confirm
-                tell(client, channel, user, f"Incident #{incident_id}: {blocks.status_line(incident)}")
+                tell(bot.slack, channel, user, f"Incident #{incident_id}: {blocks.status_line(incident)}")
                 return
-            client.views_open(trigger_id=body["trigger_id"], view=blocks.confirm_modal(
-                incident_id=incident_id, service=svc.name, baseline=redact(blocks.baseline_text(incident))))
+            bot.slack.open_view(body["trigger_id"], blocks.confirm_modal(
+                incident_id=incident_id, service=svc.name, baseline=blocks.baseline_text(incident)))
             return
         reply = bot.approve(incident_id, user)
         if not reply.ok:
-            tell(client, channel, user, reply.text)
+            tell(bot.slack, channel, user, reply.text)
 
     for action_id, act in ((blocks.DRY_RUN, bot.dry_run), (blocks.DISMISS, bot.dismiss),
                            (blocks.RETRY, bot.retry), (blocks.STOP, bot.stop)):
-        app.action(action_id)(_delegate(act))
+        app.action(action_id)(_delegate(act, bot.slack))
 
 
-def _delegate(act: Callable[[int, str], Reply]) -> Callable[..., None]:
+def _delegate(act: Callable[[int, str], Reply], slack: SlackOut) -> Callable[..., None]:
     """A listener for a button whose value is the incident id: ack, act, and tell the clicker if refused."""
 
-    def listener(ack: Ack, body: dict[str, Any], client: WebClient) -> None:
+    def listener(ack: Ack, body: dict[str, Any]) -> None:
         ack()
         user, channel, incident_id = body["user"]["id"], _where(body), _incident_id(body)
         reply = act(incident_id, user) if incident_id is not None else Reply(False, UNKNOWN)
         if not reply.ok:
-            tell(client, channel, user, reply.text)
+            tell(slack, channel, user, reply.text)
 
     return listener

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from slack_bolt import Ack, App
-from slack_sdk import WebClient
 
 from bot import oncall
 from bot.blocks import escape, inert
@@ -146,7 +145,7 @@ def run(bot: RollbackBot, command: Command, user: str, channel: str) -> Reply:
 
 def register(app: App, bot: RollbackBot) -> None:
     @app.command("/rollback")
-    def rollback(ack: Ack, command: dict[str, Any], client: WebClient) -> None:
+    def rollback(ack: Ack, command: dict[str, Any]) -> None:
         known = bot.known_services()
         try:
             parsed = parse(command.get("text", ""))
@@ -167,4 +166,4 @@ def register(app: App, bot: RollbackBot) -> None:
             log.exception("/rollback %s failed", parsed.verb)
             reply = Reply(False, f"`/rollback {parsed.verb}` failed: {inert(type(exc).__name__)}: {inert(str(exc))}. "
                                  "Nothing was changed.")
-        tell(client, command.get("channel_id"), command["user_id"], reply.text)
+        tell(bot.slack, command.get("channel_id"), command["user_id"], reply.text)

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 from slack_bolt import Ack, App
-from slack_sdk import WebClient
 
 from bot import blocks
 from bot.core import RollbackBot
@@ -18,7 +17,7 @@ from handlers.reply import tell
 
 def register(app: App, bot: RollbackBot) -> None:
     @app.view(blocks.CONFIRM_VIEW)
-    def confirm(ack: Ack, body: dict[str, Any], view: dict[str, Any], client: WebClient) -> None:
+    def confirm(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
         user = body["user"]["id"]
         try:
             incident_id = int(view.get("private_metadata", ""))
@@ -36,4 +35,4 @@ def register(app: App, bot: RollbackBot) -> None:
         reply = bot.approve(incident_id, user)
         if not reply.ok:
             incident = bot.store.find_incident(incident_id)
-            tell(client, incident.channel if incident else None, user, reply.text)
+            tell(bot.slack, incident.channel if incident else None, user, reply.text)
