@@ -1,4 +1,4 @@
-"""The `rollback-bot` command: serve, check-policy, rules, demo.
+"""The `rollback-bot` command: serve, check-policy, rules, migrate, demo.
 
 Entry point declared in pyproject.toml. Exit codes: 0 ok, 1 runtime failure, 2 bad input (policy or
 environment), with a message that names what is wrong.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from bot.config import ConfigError, Settings
@@ -67,7 +68,57 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, handlers=[handler],
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
-    serve(build(settings, policy), host=args.host, port=args.port)
+    from bot.migrations import SchemaError
+
+    try:
+        runtime = build(settings, policy)
+    except SchemaError as exc:  # PostgreSQL behind the bot's schema: the message names `rollback-bot migrate`
+        print(f"refusing to start: {exc}", file=sys.stderr)
+        return 2
+    serve(runtime, host=args.host, port=args.port)
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from alembic.util import CommandError
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+    from bot import migrations
+    from bot.redact import redact_urls, url_secrets
+
+    # The same default as Settings.from_env, without requiring the Slack variables this command does not use.
+    url = os.environ.get("DATABASE_URL") or "sqlite:///" + os.path.join(os.getcwd(), "rollback-bot.db")
+    try:
+        shown = make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:  # SQLAlchemy's message repeats the whole URL, password included: say it without it
+        print("DATABASE_URL is not a SQLAlchemy URL (e.g. postgresql+psycopg://user@host:5432/db)", file=sys.stderr)
+        return 2
+
+    def scrub(text: str) -> str:
+        for secret in url_secrets(url):
+            text = text.replace(secret, "***")
+        return redact_urls(text)
+
+    try:
+        engine = migrations.engine_for(url)
+        try:
+            before = migrations.describe(engine)
+            done = migrations.upgrade(engine)
+        finally:
+            engine.dispose()
+    except (SQLAlchemyError, CommandError, ImportError) as exc:
+        # Unreachable server, refused login, a revision this bot does not know, a missing driver: one line
+        # naming the database (without its password) instead of a traceback.
+        print(f"{shown}: cannot migrate: {scrub(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)}",
+              file=sys.stderr)
+        return 1
+    print(f"database: {shown}")
+    if done.before == done.after:
+        print(f"already at head: {done.after}")
+        return 0
+    print(f"revision before: {before}" + (f", stamped {done.stamped}" if done.stamped else ""))
+    print(f"revision after: {done.after} (head)")
     return 0
 
 
@@ -95,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--policy", required=True, help="policy YAML file")
     p.add_argument("--out", help="rules file to write (default: standard output)")
     p.set_defaults(func=_rules)
+
+    p = sub.add_parser("migrate", help="bring DATABASE_URL's schema to the newest revision (Alembic); serve does it "
+                                       "by itself on SQLite, PostgreSQL needs this first")
+    p.set_defaults(func=_migrate)
 
     p = sub.add_parser("demo", help="the sandbox: a Slack-like chat page on 127.0.0.1 where the real bot rolls back "
                                     "a degraded model; no Slack workspace needed")

@@ -40,8 +40,9 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Dialect, Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
+from bot import migrations
 from bot.redact import REDACTOR, redact
 
 # halted: a step failed or the bot restarted mid-plan; it waits for an approver to retry/resume or stop.
@@ -361,7 +362,18 @@ class Store:
         self.engine: Engine = create_engine(url, **kwargs)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        metadata.create_all(self.engine)
+        # The schema comes from the Alembic revisions (bot.migrations), which match `metadata`. SQLite (the
+        # default, and every test) is brought to head here; any other database is migrated only by
+        # `rollback-bot migrate`, and a store on one that is behind refuses to start, naming that command.
+        if self.engine.dialect.name == "sqlite":
+            migrations.upgrade(self.engine)
+        else:
+            try:
+                migrations.require_current(self.engine)
+            except (migrations.SchemaError, DBAPIError):
+                # Not usable, or not reachable: close the pooled connection now rather than at garbage collection.
+                self.engine.dispose()
+                raise
 
     # -- incidents ---------------------------------------------------------------------------------
     def open_incident(self, *, service: str, trigger: str, detail: dict[str, Any], baseline: dict[str, Any],

@@ -5,7 +5,8 @@ The launchers themselves live in bot.sandbox.servers (the local demo uses them t
 this file only scopes them. The MLflow server takes ~6 s to start, so the whole session shares one; tests
 isolate themselves with `unique_model` instead of sharing registered-model state. Likewise PostgreSQL (~1 s
 to start) runs once per session and each test that needs a clean slate gets its own database
-(`fresh_postgres_url`). `stalled_server` is a loopback TCP server that never answers (a hung git server).
+(`fresh_postgres_url`, brought to the newest schema with bot.migrations.upgrade: a Store on PostgreSQL
+migrates nothing by itself). `stalled_server` is a loopback TCP server that never answers (a hung git server).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from uuid import uuid4
 import pytest
 from mlflow.tracking import MlflowClient
 
+from bot import migrations
 from bot.sandbox.servers import MlflowServer, prometheus_binary
 from tests import pg_env
 
@@ -56,7 +58,8 @@ def unique_model() -> str:
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A real PostgreSQL server (Debian's package, our own initdb on a free 127.0.0.1 port) for the session:
-    the SQLAlchemy URL of a database on it. Skips locally when the binaries are missing; fails on CI, which
+    the SQLAlchemy URL of a database on it (left empty: no test builds a Store on it; `fresh_postgres_url`'s
+    databases are the migrated ones). Skips locally when the binaries are missing; fails on CI, which
     installs them (Makefile's APT_PACKAGES)."""
     bindir = pg_env.find_bindir()
     if bindir is None:
@@ -70,8 +73,15 @@ def postgres_url() -> Iterator[str]:
 
 @pytest.fixture
 def fresh_postgres_url(postgres_url: str) -> Iterator[str]:
-    """A database of its own for one test (CREATE DATABASE with a unique name), dropped afterwards."""
+    """A database of its own for one test (CREATE DATABASE with a unique name) at the newest schema (what
+    `rollback-bot migrate` does: a Store on PostgreSQL creates no tables), dropped afterwards."""
     url = pg_env.create_database(postgres_url)
+    try:
+        migrations.upgrade(url)
+    except BaseException:
+        # A failed migration (or an interrupt) must not leave the database behind on the session's server.
+        pg_env.drop_database(url)
+        raise
     yield url
     pg_env.drop_database(url)
 
