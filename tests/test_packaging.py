@@ -1,10 +1,9 @@
-"""What ships around the code: the Slack app manifest, the console script, the example policy, and the
-import layers (handlers -> bot -> executors; executors never see Slack).
+"""What ships around the code: the Slack app manifest, the console script and the example policy. The import
+layers are import-linter contracts (pyproject.toml), checked in tests/test_lint.py.
 """
 
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
 import tomllib
@@ -57,36 +56,3 @@ def test_typo_in_policy_names_line_and_field(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert f"{bad}:{index + 1}: services.model-svc.verify.stabel_for: unknown field" in result.stderr
     assert "did you mean 'stable_for'" in result.stderr
-
-
-def _imports(path: Path) -> set[str]:
-    """Absolute names of every module `path` imports (relative imports resolved against its package)."""
-    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1]) if node.level else ""
-            module = ".".join(p for p in (base, node.module or "") if p)
-            names.add(module)
-            names.update(f"{module}.{alias.name}" for alias in node.names)
-    return names
-
-
-def _violations(layer: str, forbidden: tuple[str, ...], allowed: tuple[str, ...] = ()) -> list[str]:
-    found = []
-    for path in sorted((ROOT / layer).rglob("*.py")):
-        rel = path.relative_to(ROOT).as_posix()
-        if rel in allowed:
-            continue
-        bad = sorted(n for n in _imports(path) if any(n == f or n.startswith(f + ".") for f in forbidden))
-        found += [f"{rel} imports {name}" for name in bad]
-    return found
-
-
-def test_import_layers() -> None:
-    assert _violations("executors", ("slack_bolt", "slack_sdk", "handlers", "bot")) == []
-    assert _violations("bot", ("handlers",), allowed=("bot/app.py",)) == []  # the app factory wires handlers
-    assert _violations("handlers", ("executors",)) == []
-    assert "handlers" in _imports(ROOT / "bot" / "app.py")  # the check sees real imports
