@@ -205,9 +205,14 @@ def _buttons(incident: Incident, confirm: str) -> list[dict[str, Any]]:
     return []
 
 
+def step_label(position: int, total: int, executor: str) -> str:
+    """`step 2/5 `helm``: how the thread names a plan's step (position counts from 1)."""
+    return f"step {position}/{total} `{executor}`"
+
+
 def step_names(steps: Sequence[Any]) -> list[str]:
-    """`step 2/5 `helm`` for each policy step, as the runner labels them."""
-    return [f"step {i}/{len(steps)} `{s.executor}`" for i, s in enumerate(steps, 1)]
+    """step_label of each policy step, in order."""
+    return [step_label(i, len(steps), s.executor) for i, s in enumerate(steps, 1)]
 
 
 def progress(readings: Iterable[Reading], *, elapsed: float, stable_for: float, need_stable: float,

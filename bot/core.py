@@ -49,6 +49,16 @@ OPENERS = 8
 OPEN_WAIT = 2.0  # seconds an evaluation cycle waits for the incidents it opens (planned on their own threads)
 
 
+
+def auto_job(incident_id: int) -> str:
+    """The scheduler job that runs an automatic rollback when its grace period ends."""
+    return f"auto-{incident_id}"
+
+
+def verify_job(incident_id: int) -> str:
+    """The scheduler job that ticks an incident's verification."""
+    return f"verify-{incident_id}"
+
 class RollbackBot:
     def __init__(self, *, policy: Policy, store: Store, prom: Prometheus, slack: SlackOut, mlflow: Any,
                  scheduler: Scheduler, registry: Registry | None = None, clients: Clients | None = None,
@@ -355,7 +365,7 @@ class RollbackBot:
                                       first_approver_other_than=user if svc.two_person else None)
         if moved is None:
             return self._past_approval(incident_id, user)
-        self.scheduler.cancel(f"auto-{incident_id}")
+        self.scheduler.cancel(auto_job(incident_id))
         self.store.audit(actor=user, action="approve", result="ok", incident_id=incident_id)
         second = f" (second approval; first by {blocks.mention(moved.first_approver)})" if svc.two_person and \
             moved.first_approver else ""
@@ -394,7 +404,7 @@ class RollbackBot:
         if moved is None:
             return Reply(False, f"Incident #{incident_id} can no longer be dismissed: "
                                 f"{blocks.status_line(self.store.incident(incident_id))}")
-        self.scheduler.cancel(f"auto-{incident_id}")
+        self.scheduler.cancel(auto_job(incident_id))
         self.store.audit(actor=user, action="dismiss", result="ok", incident_id=incident_id)
         self.timeline.record(incident_id, "dismissed", f"Dismissed by {blocks.mention(user)}; nothing was changed")
         self.timeline.refresh_warning(incident_id)
@@ -409,7 +419,7 @@ class RollbackBot:
         if incident.state == "open":
             if self.store.set_if(incident_id, "open", "auto_at", incident.auto_at, None) is None:
                 return Reply(False, f"Incident #{incident_id} has no automatic rollback to stop.")
-            self.scheduler.cancel(f"auto-{incident_id}")
+            self.scheduler.cancel(auto_job(incident_id))
             self.store.audit(actor=user, action="stop_auto", result="ok", incident_id=incident_id)
             self.timeline.record(incident_id, "auto_stopped", f"Automatic rollback stopped by {blocks.mention(user)}; "
                                  "an approver decides with the buttons")
@@ -465,7 +475,7 @@ class RollbackBot:
     # -- background work ---------------------------------------------------------------------------
     def schedule_auto(self, incident: Incident) -> None:
         delay = max(0.0, (incident.auto_at or 0) - self.clock())
-        self.scheduler.soon(self.auto_approve, incident.id, delay=delay, job_id=f"auto-{incident.id}")
+        self.scheduler.soon(self.auto_approve, incident.id, delay=delay, job_id=auto_job(incident.id))
 
     def _run_soon(self, incident_id: int) -> None:
         """Hand an incident just moved to `executing` to a scheduler thread; if that fails, halt it at once so
@@ -569,17 +579,17 @@ class RollbackBot:
         return [latest[p] for p in sorted(latest) if latest[p] is not None]
 
     def schedule_verification(self, incident_id: int, svc: Service) -> None:
-        self.scheduler.every(f"verify-{incident_id}", svc.verify.every, self.verify_tick, incident_id)
+        self.scheduler.every(verify_job(incident_id), svc.verify.every, self.verify_tick, incident_id)
 
     def verify_tick(self, incident_id: int) -> None:
         incident = self.store.incident(incident_id)
         svc = self.service(incident.service)
         if svc is None or incident.state != "verifying":
-            self.scheduler.cancel(f"verify-{incident_id}")
+            self.scheduler.cancel(verify_job(incident_id))
             return
         verdict = self.verifier.tick(incident_id, svc)
         if verdict:
-            self.scheduler.cancel(f"verify-{incident_id}")
+            self.scheduler.cancel(verify_job(incident_id))
             self.finish(self.store.incident(incident_id), svc)
 
     def finish(self, incident: Incident, svc: Service) -> None:

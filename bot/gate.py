@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bot import metrics
+from bot.authorization import AUTO_ACTOR
 from bot.durations import format_duration
 from bot.model_registry import ModelRegistry, RegistryError
 from bot.policy import Service
@@ -45,7 +46,7 @@ class Gate:
                 self.registry.block(service.model, bad, incident.id)
             except RegistryError as exc:
                 problems.append(str(exc))
-        self.store.freeze(service=service.name, reason=f"rollback incident #{incident.id}", actor="rollback-bot",
+        self.store.freeze(service=service.name, reason=f"rollback incident #{incident.id}", actor=AUTO_ACTOR,
                           incident_id=incident.id, blocked_version=bad)
         line = "Auto-promotion disabled for this service (frozen)"
         if bad:
@@ -89,7 +90,7 @@ class Gate:
         except RegistryError as exc:
             return Decision(False, f"promotion failed: {exc}")
         self.store.set_healthy_since(service.name, None)
-        self.store.audit(actor="rollback-bot", action="promote", result="ok",
+        self.store.audit(actor=AUTO_ACTOR, action="promote", result="ok",
                          detail={"service": service.name, "model": service.model, "version": candidate.version,
                                  "previous": previous})
         metrics.PROMOTIONS.labels(service=service.name, result="promoted").inc()

@@ -13,7 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from bot import metrics
+from bot import blocks, metrics
+from bot.authorization import AUTO_ACTOR
 from bot.blocks import inert
 from bot.durations import format_duration
 from bot.policy import RollbackStep, Service
@@ -53,7 +54,7 @@ def _names_before(service: Service, position: int) -> tuple[str, ...]:
 
 
 def step_label(position: int, total: int, step: RollbackStep) -> str:
-    return f"step {position}/{total} `{step.executor}`"
+    return blocks.step_label(position, total, step.executor)
 
 
 class Runner:
@@ -117,7 +118,7 @@ class Runner:
             stored = asdict(outcome) if outcome else {"executor": step.executor, "ok": False, "error": error}
             stored["seconds"] = round(took, 3)
             self.store.finish_step(step_id, error is None, stored)
-            self.store.audit(actor="rollback-bot", action=f"execute:{step.executor}", result=result,
+            self.store.audit(actor=AUTO_ACTOR, action=f"execute:{step.executor}", result=result,
                              incident_id=incident_id, detail=stored)
             if error is not None:
                 metrics.EXECUTOR_FAILURES.labels(executor=step.executor).inc()

@@ -188,8 +188,9 @@ def test_a_failing_step_halts_the_plan_tells_the_thread_and_stop_ends_it(
                                    "always_fails: {message: 'helm said no'}")
     try:
         assert halted.error and "helm said no" in halted.error and halted.resume_from == 1
-        thread = [m["text"] for m in slack.thread(CHANNEL, halted.message_ts or "")]
-        failure = next(t for t in thread if "Rollback stopped at" in t)
+        # The state moves first, then the thread is told: wait for the line rather than race it.
+        failure = wait_until(lambda: next((m["text"] for m in slack.thread(CHANNEL, halted.message_ts or "")
+                                           if "Rollback stopped at" in m["text"]), None), 5, "the failure line")
         assert "step 2/3 `always_fails`" in failure and "helm said no" in failure
         assert "Done: step 1/3 `mlflow_alias`" in failure and "Not run: step 3/3 `mlflow_alias`" in failure
         assert "<@U0APPROVER>" in failure
