@@ -36,6 +36,21 @@ FAST = VersionProfile(latency_seconds=0.05, error_rate=0.0, auc=0.9)
 SLOW = VersionProfile(latency_seconds=0.45, error_rate=0.02, auc=0.7)
 
 
+# One service, the README's grouped AUC SLO and the alias flip: for benchmarks that measure `serve` itself.
+ONE_SERVICE_POLICY = """
+evaluate_every: 15s
+services:
+  model-svc:
+    channel: C0BENCHSVC
+    approvers: [U0APPROVER]
+    model: recommender
+    slos:
+      - {name: auc, query: 'min by (service) (model_auc)', by: service, below: 0.8}
+    rollback:
+      - mlflow_alias: {model: recommender}
+"""
+
+
 @dataclass(frozen=True)
 class Row:
     """One line of the README table: what was measured, the figure, the target, and whether it is met."""

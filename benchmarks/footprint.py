@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import requests
+from _common import ONE_SERVICE_POLICY as POLICY
 from _common import ROOT, Row, median, need_prometheus, report
 
 from bot.sandbox.servers import PrometheusServer, free_port
@@ -64,18 +65,6 @@ print(json.dumps({"bytes": size, "files": files, "dists": len(seen),
                   "missing": sorted(k for k, v in seen.items() if v is None)}))
 """
 
-POLICY = """
-evaluate_every: 15s
-services:
-  model-svc:
-    channel: C0BENCHSVC
-    approvers: [U0APPROVER]
-    model: recommender
-    slos:
-      - {name: auc, query: 'min by (service) (model_auc)', by: service, below: 0.8}
-    rollback:
-      - mlflow_alias: {model: recommender}
-"""
 
 
 def runtime_venv() -> tuple[Path | None, str]:

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from _common import ONE_SERVICE_POLICY as POLICY
 from _common import Row, report
 
 from bot.sandbox.servers import free_port
@@ -33,18 +34,6 @@ TIMEOUT = 10.0  # seconds for any one socket operation
 DEADLINE = 120.0  # seconds for one whole upload, however slow
 TARGET_MIB = 20.0
 AM_TOKEN = "bench-am-token-0123456789"
-POLICY = """
-evaluate_every: 15s
-services:
-  model-svc:
-    channel: C0BENCHSVC
-    approvers: [U0APPROVER]
-    model: recommender
-    slos:
-      - {name: auc, query: 'min by (service) (model_auc)', by: service, below: 0.8}
-    rollback:
-      - mlflow_alias: {model: recommender}
-"""
 
 
 @dataclass(frozen=True)
