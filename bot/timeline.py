@@ -28,7 +28,9 @@ class Timeline:
         self.store = store
         self.slack = slack
         self._service = service
-        self._locks: defaultdict[int, threading.Lock] = defaultdict(threading.Lock)
+        # Per incident: its warning is posted once and its events in order (re-entrant: posting the warning
+        # records an event, which flushes).
+        self._locks: defaultdict[int, threading.RLock] = defaultdict(threading.RLock)
         # In-place edits (warning and progress message) are limited to one chat.update per `update_every`
         # per incident; an edit that comes sooner waits, and only the latest content of each message is sent.
         self.update_every = update_every
@@ -74,17 +76,23 @@ class Timeline:
         return blocks.warning(incident, approvers=approvers, confirm=confirm)
 
     def post_warning(self, incident: Incident) -> Incident:
+        """Post the incident's warning once: under the incident's lock, so the opener (still waiting out a 429,
+        say) and the evaluation cycle's flush_all never both post it."""
         if not incident.channel:
             return incident
-        text, body = self.render_warning(incident)
-        try:
-            ts = self.slack.post(incident.channel, text, body)
-        except SlackError as exc:
-            # The incident stays stored without a message; flush_all posts the warning on a later cycle.
-            log.warning("incident %s: could not post the warning: %s", incident.id, exc)
-            return incident
-        incident = self.store.update_incident(incident.id, message_ts=ts, warned_at=time.time())
-        self.record(incident.id, "warned", f"Warning posted to <#{incident.channel}>")
+        with self._locks[incident.id]:
+            incident = self.store.incident(incident.id)
+            if incident.message_ts or not incident.channel:
+                return incident  # posted meanwhile by the other of the two
+            text, body = self.render_warning(incident)
+            try:
+                ts = self.slack.post(incident.channel, text, body)
+            except SlackError as exc:
+                # The incident stays stored without a message; flush_all posts the warning on a later cycle.
+                log.warning("incident %s: could not post the warning: %s", incident.id, exc)
+                return incident
+            incident = self.store.update_incident(incident.id, message_ts=ts, warned_at=time.time())
+            self.record(incident.id, "warned", f"Warning posted to <#{incident.channel}>")
         return incident
 
     def refresh_warning(self, incident_id: int) -> None:

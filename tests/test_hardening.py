@@ -242,3 +242,18 @@ services:
         assert len(env.slack.messages(MODEL_CHANNEL)) == 1
     finally:
         env.stop()
+
+
+def test_a_warning_still_being_posted_is_not_posted_again_by_the_cycle(env: HandlerEnv) -> None:
+    """The opener thread waits out a 429 longer than the cycle waits for it (OPEN_WAIT); the cycle's flush_all
+    then finds the incident without a message yet and must not post a second warning."""
+    bot = env.runtime.bot
+    bot.evaluator.prom = StubProm({'min(model_auc{service="model-svc"})': (0.5,)})  # type: ignore[assignment]
+    env.slack.fail_next("chat.postMessage", status=429, retry_after=3)
+    started = time.monotonic()
+    bot.evaluate_once()
+    incident = wait_until(lambda: (i := env.store.active_incident(MODEL_SVC)) and i.message_ts and i, "the warning")
+    time.sleep(max(0.0, started + 4.5 - time.monotonic()))  # past the 429's Retry-After: the opener's post is done
+    warnings = [m for m in env.slack.messages(MODEL_CHANNEL) if "Roll back" in json.dumps(m.get("blocks") or [])]
+    assert [m["ts"] for m in warnings] == [incident.message_ts], "one warning per incident"
+    assert [e.kind for e in env.store.events(incident.id)].count("warned") == 1
