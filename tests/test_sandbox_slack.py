@@ -259,8 +259,11 @@ def test_chat_page_plays_slack_for_command_click_and_typed_confirm_modal(
     with page:
         post = _poster(page.url)
         assert post("command", {"text": "/rollback ranker-svc"}).json() == {"ok": True}
+        # The command's answer reaches its response_url when the listener ends, just after the warning is posted.
         state = handler_env.wait_until(lambda: (s := _state(page.url))["messages"] and any(
-            _buttons(m) for m in s["messages"]) and s, "the warning on the page")
+            _buttons(m) for m in s["messages"]) and any(
+            "Opening a rollback request" in m["text"] for m in s["messages"] if m.get("ephemeral")) and s,
+            "the warning and the command's answer on the page")
         acks = [m["text"] for m in state["messages"] if m.get("ephemeral")]
         assert any("Opening a rollback request for *ranker-svc*" in t for t in acks)  # via response_url, ephemeral
         assert state["status"] == [["auto-promotion", "on", ""]] and state["me"]["id"] == handler_env.APPROVER
