@@ -25,10 +25,10 @@ if str(ROOT) not in sys.path:
 
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from bot.sandbox.model_service import ModelServiceSimulator, VersionProfile, alias_reader, seed_registry  # noqa: E402
-from bot.sandbox.servers import MlflowServer, PrometheusServer, prometheus_binary  # noqa: E402
-from bot.sandbox.signing import block_actions_body, post_signed  # noqa: E402
-from bot.sandbox.slack_api import FakeSlackAPI  # noqa: E402
+from sandbox.model_service import ModelServiceSimulator, VersionProfile, alias_reader, seed_registry  # noqa: E402
+from sandbox.servers import MlflowServer, PrometheusServer, prometheus_binary  # noqa: E402
+from sandbox.signing import block_actions_body, post_signed  # noqa: E402
+from sandbox.slack_api import FakeSlackAPI  # noqa: E402
 from tests.story_env import APPROVER, SECRET, BotProcess, button, wait_until  # noqa: E402
 
 LATENCY_QUERY = "histogram_quantile(0.95, sum by (le, service) (rate(model_request_latency_seconds_bucket[5s])))"

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from _common import Row, Stage, ms, percentile, report
 
-from bot.sandbox.signing import block_actions_body, signed_headers, slash_command_body
+from sandbox.signing import block_actions_body, signed_headers, slash_command_body
 from tests.story_env import APPROVER, SECRET, STRANGER, button
 
 CONCURRENCY = 50

@@ -22,10 +22,10 @@ from pathlib import Path
 from _common import Row, median, ms, report
 from mlflow.tracking import MlflowClient
 
-from bot.sandbox.model_service import seed_registry
-from bot.sandbox.servers import MlflowServer, free_port
-from bot.sandbox.signing import block_actions_body, post_signed, slash_command_body
-from bot.sandbox.slack_api import FakeSlackAPI
+from sandbox.model_service import seed_registry
+from sandbox.servers import MlflowServer, free_port
+from sandbox.signing import block_actions_body, post_signed, slash_command_body
+from sandbox.slack_api import FakeSlackAPI
 from tests.helm_env import BIN, FakeHelm, standard_history
 from tests.story_env import APPROVER, SECRET, BotProcess, wait_until
 

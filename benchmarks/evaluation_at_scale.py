@@ -1,12 +1,12 @@
 """Benchmark 4, evaluation at scale: 1,000 services x 2 SLOs against a real Prometheus.
 
 A child process (synthetic_exporter.py) exposes the model-service series of 1,000 services; a real Prometheus
-scrapes it every second. The real bot.evaluation.Evaluator (with a SQLite store, as `serve` uses) then runs
+scrapes it every second. The real bot.slo.evaluation.Evaluator (with a SQLite store, as `serve` uses) then runs
 evaluation cycles for two policies over the same services in the same run:
   grouped: every service's SLOs share two query texts with `by: service` (what the README recommends);
   naive:   one query text per SLO per service (`{service="svc-0001"}` in each query).
 Per cycle it counts the Prometheus queries sent and the bot process's CPU time (time.process_time, all
-threads, so the query threads count too). It also runs the whole cycle `serve` runs (RollbackBot.evaluate_once:
+threads, so the query threads count too). It also runs the whole cycle `serve` runs (IncidentService.evaluate_once:
 evaluation, the SLO metrics, the promotion gate of every service; `for` and `healthy_for` are 1 h, so no
 incident or promotion happens). Targets: <= 5 queries and <= 1 s of CPU per cycle.
 """
@@ -23,14 +23,14 @@ from _common import ROOT, Row, median, ms, need_prometheus, report
 from mlflow.tracking import MlflowClient
 from synthetic_exporter import service_name
 
-from bot.core import RollbackBot
-from bot.evaluation import BREACH, Evaluator, Reading
-from bot.policy import Policy, parse_policy
-from bot.prom import Prometheus
-from bot.sandbox.servers import PrometheusServer, free_port
-from bot.scheduler import Scheduler
-from bot.slack_out import SlackOut, make_client
-from bot.store import Store
+from bot.incidents.service import IncidentService
+from bot.infra.prom import Prometheus
+from bot.infra.scheduler import Scheduler
+from bot.infra.store import Store
+from bot.slack.slack_out import SlackOut, make_client
+from bot.slo.evaluation import BREACH, Evaluator, Reading
+from bot.slo.policy import Policy, parse_policy
+from sandbox.servers import PrometheusServer, free_port
 
 SERVICES = 1000
 SLOW_EVERY = 10
@@ -104,7 +104,7 @@ def main() -> None:
                     conn.exec_driver_sql("UPDATE slo_state SET value = value + 1")
             rewritten = cycles(grouped, prom, grouped_policy, 3, before=change_every_state)
 
-            bot = RollbackBot(policy=grouped_policy, store=Store(f"sqlite:///{tmp}/serve.db"), prom=prom,
+            bot = IncidentService(policy=grouped_policy, store=Store(f"sqlite:///{tmp}/serve.db"), prom=prom,
                               slack=SlackOut(make_client("xoxb-bench-0000", "http://127.0.0.1:9/api/")),
                               mlflow=MlflowClient(tracking_uri="http://127.0.0.1:9"), scheduler=Scheduler())
             full: list[tuple[int, float]] = []

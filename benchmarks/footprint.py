@@ -25,8 +25,8 @@ import requests
 from _common import ONE_SERVICE_POLICY as POLICY
 from _common import ROOT, Row, median, need_prometheus, report
 
-from bot.sandbox.servers import PrometheusServer, free_port
-from bot.sandbox.slack_api import FakeSlackAPI
+from sandbox.servers import PrometheusServer, free_port
+from sandbox.slack_api import FakeSlackAPI
 
 RUNTIME_VENV = ROOT / "build" / "bench-runtime-venv"
 RUNS = 3

@@ -24,8 +24,8 @@ from pathlib import Path
 from _common import ONE_SERVICE_POLICY as POLICY
 from _common import Row, report
 
-from bot.sandbox.servers import free_port
-from bot.sandbox.slack_api import FakeSlackAPI
+from sandbox.servers import free_port
+from sandbox.slack_api import FakeSlackAPI
 from tests.story_env import BotProcess
 
 HUGE = 300 << 20  # 314572800 bytes, the audit's 300 MiB

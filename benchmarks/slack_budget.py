@@ -15,7 +15,7 @@ from collections import Counter
 
 from _common import Row, Stage, report
 
-from bot.sandbox.slack_api import Call
+from sandbox.slack_api import Call
 
 RETRY_AFTER = 1
 UPDATE_WINDOW = 3.0

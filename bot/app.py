@@ -1,9 +1,9 @@
 """The app factory: builds the Bolt app and the domain, wires handlers, and serves HTTP.
 
 Called by bot.cli (`serve`, `demo`) and by tests. Routes: POST /slack/events (Bolt, which verifies Slack's
-signature), POST /alertmanager (Alertmanager's webhook, bot.alertmanager), GET /healthz (200 once ready),
+signature), POST /alertmanager (Alertmanager's webhook, handlers.alertmanager), GET /healthz (200 once ready),
 GET /metrics (Prometheus text). Served by waitress, a production WSGI server, with bodies capped at
-bot.bodies.MAX_BODY (413 past it); Socket Mode instead of /slack/events (then a 404) when SLACK_APP_TOKEN is set.
+handlers.bodies.MAX_BODY (413 past it); Socket Mode instead of /slack/events (then a 404) when SLACK_APP_TOKEN is set.
 """
 
 from __future__ import annotations
@@ -18,23 +18,23 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from slack_bolt import App
 
-from bot import alertmanager, metrics, redact
-from bot.bodies import MAX_BODY
-from bot.config import Settings
-from bot.core import RollbackBot
-from bot.policy import Policy
-from bot.prom import Prometheus
-from bot.scheduler import Scheduler
-from bot.slack_out import SlackError, SlackOut, make_client
-from bot.slack_route import SlackRoute
-from bot.store import Store
+from bot.incidents.service import IncidentService
+from bot.infra import metrics, redact
+from bot.infra.config import Settings
+from bot.infra.prom import Prometheus
+from bot.infra.scheduler import Scheduler
+from bot.infra.store import Store
+from bot.slack.slack_out import SlackError, SlackOut, make_client
+from bot.slo.policy import Policy
 from executors.registry import Clients
-from handlers import register_handlers
+from handlers import alertmanager, register_handlers
+from handlers.bodies import MAX_BODY
+from handlers.slack_http import SlackRoute
 
 log = logging.getLogger(__name__)
 
 # Slack sends a burst of requests when several people click at once; each waits on an HTTP thread only for its
-# signature check (bot.slack_route acks clicks and commands itself). Threads start only when needed.
+# signature check (handlers.slack_http acks clicks and commands itself). Threads start only when needed.
 HTTP_THREADS = 64
 
 # How `serve` runs waitress (tests serve with the same settings through `http_server`). Waitress reads each
@@ -51,9 +51,9 @@ WAITRESS_OPTIONS: dict[str, Any] = {
 
 
 class RedactSecrets(logging.Filter):
-    """Replaces any configured token or secret, and the credentials of any URL (bot.redact: userinfo, token-like
+    """Replaces any configured token or secret, and the credentials of any URL (bot.infra.redact: userinfo, token-like
     query parameters), in a log record with ***, whoever logged it. Besides the secrets it is given it uses
-    bot.redact's process-wide ones, which build() adds (the passwords in PROMETHEUS_URL, MLFLOW_TRACKING_URI,
+    bot.infra.redact's process-wide ones, which build() adds (the passwords in PROMETHEUS_URL, MLFLOW_TRACKING_URI,
     DATABASE_URL and the policy's git URLs)."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
@@ -83,7 +83,7 @@ class RedactSecrets(logging.Filter):
 @dataclass
 class Runtime:
     settings: Settings
-    bot: RollbackBot
+    bot: IncidentService
     bolt: App
     ready: threading.Event
 
@@ -127,14 +127,14 @@ def build(settings: Settings, policy: Policy, *, mlflow: Any = None) -> Runtime:
         mlflow = MlflowClient(tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri)
     redact.configure(settings, policy)  # the secrets Slack messages, logs and audit rows must never carry
     client = make_client(settings.slack_bot_token, settings.slack_api_url)
-    bot = RollbackBot(policy=policy, store=Store(settings.database_url), prom=Prometheus(settings.prometheus_url),
+    bot = IncidentService(policy=policy, store=Store(settings.database_url), prom=Prometheus(settings.prometheus_url),
                       slack=SlackOut(client), mlflow=mlflow, scheduler=Scheduler(),
                       clients=Clients(mlflow=mlflow, helm=settings.helm_bin, workdir=settings.git_workdir))
     # The client carries the bot token (and SLACK_API_URL); Bolt takes the token from it. No auth.test at
     # start: with Slack down (5xx, unreachable) Bolt would raise and a restarted bot would crash-loop instead
     # of picking up its incidents; Bolt checks the token on the first request instead.
     # process_before_response: Bolt runs each listener to its end on the thread that dispatched it. Clicks and
-    # commands reach Bolt on bot.slack_route's workers, already acked, so nothing waits for Bolt's own ack (and
+    # commands reach Bolt on handlers.slack_http's workers, already acked, so nothing waits for Bolt's own ack (and
     # its 10 ms ack polling is gone); a modal submission's ack (with its errors) comes after a short listener.
     bolt = App(signing_secret=settings.slack_signing_secret, client=client, process_before_response=True,
                token_verification_enabled=False)

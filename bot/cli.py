@@ -11,8 +11,8 @@ import logging
 import os
 import sys
 
-from bot.config import ConfigError, Settings
-from bot.policy import PolicyError, load_policy
+from bot.infra.config import ConfigError, Settings
+from bot.slo.policy import PolicyError, load_policy
 
 
 def _check_policy(args: argparse.Namespace) -> int:
@@ -30,7 +30,7 @@ def _check_policy(args: argparse.Namespace) -> int:
 
 
 def _rules(args: argparse.Namespace) -> int:
-    from bot import rules
+    from bot.slo import rules
 
     try:
         policy = load_policy(args.policy)
@@ -68,7 +68,7 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, handlers=[handler],
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
-    from bot.migrations import SchemaError
+    from bot.infra.migrations import SchemaError
 
     try:
         runtime = build(settings, policy)
@@ -84,8 +84,8 @@ def _migrate(args: argparse.Namespace) -> int:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-    from bot import migrations
-    from bot.redact import redact_urls, url_secrets
+    from bot.infra import migrations
+    from bot.infra.redact import redact_urls, url_secrets
 
     # The same default as Settings.from_env, without requiring the Slack variables this command does not use.
     url = os.environ.get("DATABASE_URL") or "sqlite:///" + os.path.join(os.getcwd(), "rollback-bot.db")
@@ -123,7 +123,7 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from bot.sandbox.demo import run_demo
+    from sandbox.demo import run_demo
 
     return run_demo(headless=args.headless, port=args.port)
 

@@ -1,6 +1,6 @@
 """Argo Rollouts rollback: abort the canary and (for `undo`, the default) put the known-good pod template back.
 
-Built by bot.runner from a policy step `argo_rollouts: {rollout, namespace, action: undo|abort, to_revision}`.
+Built by bot.incidents.runner from a policy step `argo_rollouts: {rollout, namespace, action: undo|abort, to_revision}`.
 It sends exactly what the `kubectl argo rollouts` plugin sends:
 
 - abort: merge patch `{"status":{"abort":true}}` on `rollouts/<name>/status` (the main resource on 404);

@@ -1,6 +1,6 @@
 """Argo CD rollback: turn auto-sync off and sync the Application to the known-good (or reverted) revision.
 
-Built by bot.runner from a policy step `argocd: {app, namespace, sync, disable_auto_sync}`. Both go through
+Built by bot.incidents.runner from a policy step `argocd: {app, namespace, sync, disable_auto_sync}`. Both go through
 the Kubernetes API on the Application resource, as `kubectl patch` would send them:
 
 - disable_auto_sync: merge patch `{"spec":{"syncPolicy":{"automated":null}}}`, so Argo CD cannot re-apply

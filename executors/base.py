@@ -1,6 +1,6 @@
 """The one small Protocol every rollback action implements, and the frozen values that cross layers.
 
-Called by bot.runner (which builds executors from policy steps through executors.registry) and by nothing
+Called by bot.incidents.runner (which builds executors from policy steps through executors.registry) and by nothing
 else. An executor never imports Slack: it describes (plan) and does (execute) one change, and reports what
 it did in a StepOutcome. Library errors (MLflow, Kubernetes, helm, git) are mapped into ExecutorError in
 one place per executor module.

@@ -1,6 +1,6 @@
 """Feature-flag rollback: set one ConfigMap key (e.g. FEATURE_ENABLE_NEW=false) and restart the workload.
 
-Built by bot.runner from a policy step
+Built by bot.incidents.runner from a policy step
 `feature_flag: {configmap, namespace, key, value, restart: deployment/<name>}`. It sends what a human would
 with kubectl: a merge patch `{"data":{KEY:VALUE}}` on the ConfigMap, then, like `kubectl rollout restart`,
 a strategic merge patch setting the pod-template annotation `kubectl.kubernetes.io/restartedAt` on the

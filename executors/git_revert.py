@@ -1,7 +1,7 @@
 """GitOps rollback: `git revert` a commit on a branch of a config repository and push it, so the deploy tool
 (e.g. an argocd step after this one) rolls the service back.
 
-Built by bot.runner from a policy step `git_revert: {repo, branch, commit}` with `commit` a sha, `last` (the
+Built by bot.incidents.runner from a policy step `git_revert: {repo, branch, commit}` with `commit` a sha, `last` (the
 branch head) or `{match: <regex on the message>}` (the newest matching commit). The commit is resolved to a full
 sha when the incident opens and pinned, so a later push to the branch does not change what gets reverted. Works
 in a clone under Clients.workdir (fetched again on every call) or in a temporary one. A push rejected because

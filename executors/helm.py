@@ -1,6 +1,6 @@
 """Helm release rollback: `helm rollback RELEASE REV -n NS --wait --timeout ...` back to a known-good revision.
 
-Built by bot.runner from a policy step `helm: {release, namespace, revision}` (`revision: previous` or a revision
+Built by bot.incidents.runner from a policy step `helm: {release, namespace, revision}` (`revision: previous` or a revision
 number). `previous` is resolved from `helm history` when the incident opens and pinned, so the rollback goes to
 exactly the revision number the warning showed. helm runs as a subprocess with an argument list, never through a
 shell; the executable is Clients.helm. Process failures become ExecutorError in _helm_errors() only.

@@ -1,7 +1,7 @@
 """MLflow model-registry alias flip: point `alias` (champion) back at the version behind `to`
 (previous_champion).
 
-Built by bot.runner from a policy step `mlflow_alias: {model, alias, to}`. The target version is resolved
+Built by bot.incidents.runner from a policy step `mlflow_alias: {model, alias, to}`. The target version is resolved
 when the incident opens and pinned, so the flip goes exactly where the warning said even if someone moves
 `previous_champion` meanwhile. MLflow errors become ExecutorError in _mlflow_errors() only.
 """
@@ -24,7 +24,7 @@ from executors.base import (
 )
 from executors.registry import Clients, ExecutorSpec, Target
 
-BLOCK_TAG = "rollback_blocked"  # the tag the freeze puts on a bad version (bot.model_registry writes it)
+BLOCK_TAG = "rollback_blocked"  # the tag the freeze puts on a bad version (bot.infra.model_registry writes it)
 
 
 class MlflowAliasConfig(BaseModel):

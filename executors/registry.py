@@ -1,6 +1,6 @@
 """Executors by stable string name: the names are written in policy files and stored with every step.
 
-bot.policy validates `rollback:` steps against a registry, bot.runner builds executors from it. Tests pass
+bot.slo.policy validates `rollback:` steps against a registry, bot.incidents.runner builds executors from it. Tests pass
 their own Registry instead of the default one.
 """
 

@@ -1,5 +1,5 @@
 """Buttons on the warning: Roll back, Dry run, Dismiss; Retry step / Resume and Stop on a halted plan or an
-automatic rollback. Ack first, then delegate to bot.core.
+automatic rollback. Ack first, then delegate to bot.incidents.service.
 
 With `confirm: dialog` Slack has already shown the Block Kit confirm before the click arrives; with
 `confirm: typed` the click opens a modal (handlers.views takes its submission). Refusals are ephemeral.
@@ -12,10 +12,10 @@ from typing import Any
 
 from slack_bolt import Ack, App
 
-from bot import blocks
-from bot.core import RollbackBot
-from bot.replies import Reply
-from bot.slack_out import SlackOut
+from bot.incidents.replies import Reply
+from bot.incidents.service import IncidentService
+from bot.slack import blocks
+from bot.slack.slack_out import SlackOut
 from handlers.reply import tell
 
 UNKNOWN = "This button does not belong to a known incident."
@@ -32,7 +32,7 @@ def _where(body: dict[str, Any]) -> str | None:
     return (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
 
 
-def register(app: App, bot: RollbackBot) -> None:
+def register(app: App, bot: IncidentService) -> None:
     @app.action(blocks.APPROVE)
     def approve(ack: Ack, body: dict[str, Any]) -> None:
         ack()

@@ -1,4 +1,4 @@
-"""`/rollback` — parsed and answered here, carried out by bot.core and bot.oncall.
+"""`/rollback` — parsed and answered here, carried out by bot.incidents.service and bot.incidents.oncall.
 
 Bad input (unknown subcommand or service, extra words, odd characters, a missing value) is answered in the
 ack, ephemerally, and nothing runs. Everything else is acked at once and answered ephemerally after.
@@ -13,10 +13,10 @@ from typing import Any
 
 from slack_bolt import Ack, App
 
-from bot import oncall
-from bot.blocks import escape, inert
-from bot.core import RollbackBot
-from bot.replies import Reply
+from bot.incidents import oncall
+from bot.incidents.replies import Reply
+from bot.incidents.service import IncidentService
+from bot.slack.blocks import escape, inert
 from handlers.reply import tell
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ def parse(text: str) -> Command:
     return Command("rollback", service, version=version, dry_run=dry_run)
 
 
-def run(bot: RollbackBot, command: Command, user: str, channel: str) -> Reply:
+def run(bot: IncidentService, command: Command, user: str, channel: str) -> Reply:
     """Carry out a parsed command whose service (if any) is known."""
     service = command.service or ""
     if command.verb == "status":
@@ -143,7 +143,7 @@ def run(bot: RollbackBot, command: Command, user: str, channel: str) -> Reply:
     return bot.request_rollback(service, user, channel, to=command.version)
 
 
-def register(app: App, bot: RollbackBot) -> None:
+def register(app: App, bot: IncidentService) -> None:
     @app.command("/rollback")
     def rollback(ack: Ack, command: dict[str, Any]) -> None:
         known = bot.known_services()

@@ -14,7 +14,7 @@ from typing import Any
 
 from slack_bolt import App, BoltRequest, BoltResponse
 
-from bot.store import Store
+from bot.infra.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -1,11 +1,11 @@
-"""Ephemeral answers to the person who acted. Used by the listeners after their ack, through bot.slack_out's
+"""Ephemeral answers to the person who acted. Used by the listeners after their ack, through bot.slack.slack_out's
 SlackOut like every other outbound Slack call (metrics, retry policy, redaction and escaping in one place)."""
 
 from __future__ import annotations
 
 import logging
 
-from bot.slack_out import SlackError, SlackOut
+from bot.slack.slack_out import SlackError, SlackOut
 
 log = logging.getLogger(__name__)
 

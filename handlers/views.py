@@ -1,7 +1,7 @@
 """The typed-confirmation modal (`confirm: typed`): the approver must type the service name.
 
 A wrong name is answered inside the modal (response_action=errors) and nothing runs; the right one
-approves through bot.core exactly like a dialog-confirmed click.
+approves through bot.incidents.service exactly like a dialog-confirmed click.
 """
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from typing import Any
 
 from slack_bolt import Ack, App
 
-from bot import blocks
-from bot.core import RollbackBot
+from bot.incidents.service import IncidentService
+from bot.slack import blocks
 from handlers.reply import tell
 
 
-def register(app: App, bot: RollbackBot) -> None:
+def register(app: App, bot: IncidentService) -> None:
     @app.view(blocks.CONFIRM_VIEW)
     def confirm(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
         user = body["user"]["id"]

@@ -1,11 +1,11 @@
 """Shared pytest fixtures for the real-server tests: the Prometheus binary, one MLflow server per session,
 one PostgreSQL server per session.
 
-The launchers themselves live in bot.sandbox.servers (the local demo uses them too) and tests/pg_env.py;
+The launchers themselves live in sandbox.servers (the local demo uses them too) and tests/pg_env.py;
 this file only scopes them. The MLflow server takes ~6 s to start, so the whole session shares one; tests
 isolate themselves with `unique_model` instead of sharing registered-model state. Likewise PostgreSQL (~1 s
 to start) runs once per session and each test that needs a clean slate gets its own database
-(`fresh_postgres_url`, brought to the newest schema with bot.migrations.upgrade: a Store on PostgreSQL
+(`fresh_postgres_url`, brought to the newest schema with bot.infra.migrations.upgrade: a Store on PostgreSQL
 migrates nothing by itself). `stalled_server` is a loopback TCP server that never answers (a hung git server).
 """
 
@@ -20,8 +20,8 @@ from uuid import uuid4
 import pytest
 from mlflow.tracking import MlflowClient
 
-from bot import migrations
-from bot.sandbox.servers import MlflowServer, prometheus_binary
+from bot.infra import migrations
+from sandbox.servers import MlflowServer, prometheus_binary
 from tests import pg_env
 
 

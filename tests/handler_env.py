@@ -20,13 +20,13 @@ import waitress
 from mlflow.tracking import MlflowClient
 
 from bot.app import Runtime, build
-from bot.config import Settings
-from bot.policy import parse_policy
-from bot.sandbox.model_service import seed_registry
-from bot.sandbox.servers import free_port
-from bot.sandbox.signing import block_actions_body, post_signed, slash_command_body, view_submission_body
-from bot.sandbox.slack_api import Call, FakeSlackAPI
-from bot.store import Incident
+from bot.infra.config import Settings
+from bot.infra.store import Incident
+from bot.slo.policy import parse_policy
+from sandbox.model_service import seed_registry
+from sandbox.servers import free_port
+from sandbox.signing import block_actions_body, post_signed, slash_command_body, view_submission_body
+from sandbox.slack_api import Call, FakeSlackAPI
 
 SECRET = "handler-signing-secret"
 TOKEN = "xoxb-handler-token-0000"

@@ -1,4 +1,4 @@
-"""Fixtures for the tests that talk to the fake Kubernetes API (bot.sandbox.kube_api.FakeKube).
+"""Fixtures for the tests that talk to the fake Kubernetes API (sandbox.kube_api.FakeKube).
 
 `kube_server` starts one FakeKube for the whole session and writes its kubeconfig; `kube` resets it before
 each test and hands out a KubeEnv: the fake, a real `kubernetes` ApiClient loaded from that kubeconfig, and
@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from kubernetes import config
 
-from bot.sandbox.kube_api import FakeKube
 from executors.kube import Kube
+from sandbox.kube_api import FakeKube
 
 _shared: dict[str, Any] = {}
 

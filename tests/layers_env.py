@@ -17,7 +17,7 @@ from typing import Any
 
 from git import Actor, Repo
 
-from bot.sandbox.kube_api import FakeKube, Request
+from sandbox.kube_api import FakeKube, Request
 from tests.helm_env import BIN, FakeHelm, standard_history
 from tests.story_env import APPROVER, CHANNEL, GROUP, P95
 

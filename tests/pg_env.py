@@ -26,7 +26,7 @@ import psycopg
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
-from bot.sandbox.servers import HOST, free_port
+from sandbox.servers import HOST, free_port
 
 BIN_GLOB = "/usr/lib/postgresql/*/bin"
 USER = "rb"  # the superuser initdb creates; trust authentication, so no password

@@ -15,7 +15,7 @@ from typing import Any
 
 import requests
 
-from bot.sandbox.servers import free_port
+from sandbox.servers import free_port
 
 SECRET = "story-signing-secret"
 TOKEN = "xoxb-story-token-0000"

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from bot.policy import Policy, parse_policy
-from bot.prom import QueryResult, RangeResult
+from bot.infra.prom import QueryResult, RangeResult
+from bot.slo.policy import Policy, parse_policy
 
 
 class StubProm:

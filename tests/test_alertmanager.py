@@ -1,4 +1,4 @@
-"""Tests for POST /alertmanager (bot/alertmanager.py): Alertmanager's webhook through the real WSGI app
+"""Tests for POST /alertmanager (handlers/alertmanager.py): Alertmanager's webhook through the real WSGI app
 served by waitress on 127.0.0.1 (tests/handler_env.py), against the fake Slack Web API and a real MLflow
 server behind the rollback plan, and then the same route fed by a real Alertmanager (Debian's package).
 
@@ -23,10 +23,10 @@ import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
-from bot.alertmanager import BadWebhook, parse
-from bot.config import ConfigError, Settings
-from bot.sandbox.servers import AlertmanagerServer, MlflowServer, alertmanager_binary
-from bot.sandbox.slack_api import FakeSlackAPI
+from bot.infra.config import ConfigError, Settings
+from handlers.alertmanager import BadWebhook, parse
+from sandbox.servers import AlertmanagerServer, MlflowServer, alertmanager_binary
+from sandbox.slack_api import FakeSlackAPI
 from tests.handler_env import (
     GROUP,
     GROUP_MEMBER,
@@ -137,7 +137,7 @@ def test_without_a_configured_token_the_route_is_off(
     tmp_path: Path, slack: FakeSlackAPI, mlflow_server: MlflowServer, mlflow_client: MlflowClient,
     unique_model: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level("WARNING", logger="bot.alertmanager"):
+    with caplog.at_level("WARNING", logger="handlers.alertmanager"):
         off = bench(tmp_path, slack, mlflow_server, mlflow_client, unique_model, alertmanager_token=None)
     try:
         assert "ALERTMANAGER_TOKEN is not set" in caplog.text  # said once, at start

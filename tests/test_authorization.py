@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from bot.evaluation import BREACH
-from bot.sandbox.servers import MlflowServer
-from bot.sandbox.slack_api import FakeSlackAPI
+from bot.slo.evaluation import BREACH
+from sandbox.servers import MlflowServer
+from sandbox.slack_api import FakeSlackAPI
 from tests.handler_env import (
     APPROVER,
     BAD_VERSION,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
-from bot import blocks
-from bot.evaluation import Reading
-from bot.store import Incident
+from bot.infra.store import Incident
+from bot.slack import blocks
+from bot.slo.evaluation import Reading
 
 
 def _incident(**changes: object) -> Incident:

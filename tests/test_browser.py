@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 
-from bot.sandbox.chat import ChatPage
-from bot.sandbox.servers import MlflowServer, free_port
-from bot.sandbox.slack_api import FakeSlackAPI
+from sandbox.chat import ChatPage
+from sandbox.servers import MlflowServer, free_port
+from sandbox.slack_api import FakeSlackAPI
 from tests import handler_env
 from tests.handler_env import HandlerEnv, seed_models
 

@@ -1,5 +1,5 @@
-"""Burn-rate SLOs: the policy form, the multi-window verdict (bot.burn) with canned query results, the hook in
-bot.evaluation, and a real Prometheus scraping the simulated model service through healthy, burst, recovery."""
+"""Burn-rate SLOs: the policy form, the multi-window verdict (bot.slo.burn) with canned query results, the hook in
+bot.slo.evaluation, and a real Prometheus scraping the simulated model service through healthy, burst, recovery."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from bot import burn
-from bot.evaluation import BREACH, ERROR, NODATA, OK, Evaluator, read
-from bot.policy import BurnRate, BurnWindow, PolicyError, parse_policy
-from bot.prom import Prometheus, QueryResult
-from bot.sandbox.model_service import ModelServiceSimulator, VersionProfile
-from bot.sandbox.servers import PrometheusServer
-from bot.store import Store
+from bot.infra.prom import Prometheus, QueryResult
+from bot.infra.store import Store
+from bot.slo import burn
+from bot.slo.evaluation import BREACH, ERROR, NODATA, OK, Evaluator, read
+from bot.slo.policy import BurnRate, BurnWindow, PolicyError, parse_policy
+from sandbox.model_service import ModelServiceSimulator, VersionProfile
+from sandbox.servers import PrometheusServer
 from tests.story_env import wait_until
 from tests.stubs import Clock, StubProm
 

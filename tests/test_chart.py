@@ -1,4 +1,4 @@
-"""Tests for bot/chart.py: the incident chart drawn from a real Prometheus scraping the simulated model
+"""Tests for bot/slack/chart.py: the incident chart drawn from a real Prometheus scraping the simulated model
 service, and uploaded with files_upload_v2 into the incident's thread on the fake Slack Web API.
 
 One Prometheus + simulator pair serves the module: the simulator serves a slow version (p95 over the
@@ -17,14 +17,14 @@ from typing import Any
 import pytest
 from matplotlib import image
 
-from bot import chart
-from bot.policy import Service, parse_policy
-from bot.prom import Prometheus, RangeResult
-from bot.sandbox.model_service import ModelServiceSimulator, VersionProfile
-from bot.sandbox.servers import PrometheusServer, free_port
-from bot.sandbox.slack_api import FakeSlackAPI
-from bot.slack_out import SlackOut, make_client
-from bot.store import Incident, Store
+from bot.infra.prom import Prometheus, RangeResult
+from bot.infra.store import Incident, Store
+from bot.slack import chart
+from bot.slack.slack_out import SlackOut, make_client
+from bot.slo.policy import Service, parse_policy
+from sandbox.model_service import ModelServiceSimulator, VersionProfile
+from sandbox.servers import PrometheusServer, free_port
+from sandbox.slack_api import FakeSlackAPI
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CHANNEL = "C0MODELSVC"

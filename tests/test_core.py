@@ -1,4 +1,4 @@
-"""RollbackBot with a stub Prometheus, the fake Slack Web API and a real MLflow server: verification
+"""IncidentService with a stub Prometheus, the fake Slack Web API and a real MLflow server: verification
 verdicts, the progress message, and a failing executor that must tell the thread what failed."""
 
 from __future__ import annotations
@@ -12,16 +12,16 @@ import pytest
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel, ConfigDict
 
-from bot.core import RollbackBot
-from bot.policy import parse_policy
-from bot.sandbox.model_service import seed_registry
-from bot.sandbox.slack_api import FakeSlackAPI
-from bot.scheduler import Scheduler
-from bot.slack_out import SlackOut, make_client
-from bot.store import Incident, Store
+from bot.incidents.service import IncidentService
+from bot.infra.scheduler import Scheduler
+from bot.infra.store import Incident, Store
+from bot.slack.slack_out import SlackOut, make_client
+from bot.slo.policy import parse_policy
 from executors import mlflow_alias
 from executors.base import ExecutorError, StepContext, StepOutcome, StepPlan
 from executors.registry import ExecutorSpec, Registry
+from sandbox.model_service import seed_registry
+from sandbox.slack_api import FakeSlackAPI
 from tests.story_env import wait_until
 from tests.stubs import AUC, LATENCY, Clock, StubProm
 
@@ -81,10 +81,10 @@ def slack() -> Iterator[FakeSlackAPI]:
 
 
 def _bot(tmp_path: Path, slack: FakeSlackAPI, client: MlflowClient, text: str, prom: StubProm,
-         clock: Clock) -> RollbackBot:
+         clock: Clock) -> IncidentService:
     store = Store(f"sqlite:///{tmp_path / 'db'}", clock=clock)
     slack_out = SlackOut(make_client("xoxb-test", slack.url))
-    return RollbackBot(policy=parse_policy(text, registry=_registry()), store=store, prom=prom,  # type: ignore[arg-type]
+    return IncidentService(policy=parse_policy(text, registry=_registry()), store=store, prom=prom,  # type: ignore[arg-type]
                        slack=slack_out,
                        mlflow=client, scheduler=Scheduler(), registry=_registry(), clock=clock)
 
@@ -97,7 +97,7 @@ def _seed(client: MlflowClient, model: str) -> tuple[str, str]:
 
 
 def _breached(tmp_path: Path, slack: FakeSlackAPI, client: MlflowClient,
-              model: str) -> tuple[RollbackBot, Clock, StubProm, Incident | None]:
+              model: str) -> tuple[IncidentService, Clock, StubProm, Incident | None]:
     """A bot whose service breaches latency with no `for`: one evaluation opens the incident."""
     _seed(client, model)
     clock = Clock()
@@ -166,7 +166,7 @@ def test_verification_times_out_and_mentions_approvers(tmp_path: Path, slack: Fa
 
 
 def _failing_bot(tmp_path: Path, slack: FakeSlackAPI, client: MlflowClient, model: str,
-                 step: str) -> tuple[RollbackBot, str, Incident]:
+                 step: str) -> tuple[IncidentService, str, Incident]:
     """A bot whose plan is mlflow_alias, `step`, mlflow_alias; approved, and halted at step 2."""
     v1, _ = _seed(client, model)
     clock = Clock()

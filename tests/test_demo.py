@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.sandbox.servers import free_port
+from sandbox.servers import free_port
 
 pytestmark = pytest.mark.story
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from bot.evaluation import BREACH, ERROR, NODATA, OK, Evaluator, judge, read
-from bot.prom import Prometheus, QueryResult, _values
-from bot.store import Store
+from bot.infra.prom import Prometheus, QueryResult, _values
+from bot.infra.store import Store
+from bot.slo.evaluation import BREACH, ERROR, NODATA, OK, Evaluator, judge, read
 from tests.stubs import AUC, LATENCY, Clock, StubProm, policy
 
 

@@ -10,12 +10,12 @@ import pytest
 from kubernetes import client
 from pydantic import ValidationError
 
-from bot.sandbox.kube_api import HASH_LABEL, Request
-from bot.sandbox.servers import free_port
 from executors.argo_rollouts import SPEC, ArgoRollouts, ArgoRolloutsConfig, _refuse_unsafe_promote
 from executors.base import ExecutorError, StepContext, TemporaryExecutorError
 from executors.kube import Kube, Ref
 from executors.registry import Clients
+from sandbox.kube_api import HASH_LABEL, Request
+from sandbox.servers import free_port
 from tests import kube_env
 from tests.kube_env import KubeEnv
 

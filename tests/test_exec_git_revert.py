@@ -18,9 +18,9 @@ import pytest
 from git import Actor, Repo
 from pydantic import ValidationError
 
-from bot.policy import RollbackStep, parse_policy
-from bot.runner import Runner
-from bot.store import Store
+from bot.incidents.runner import Runner
+from bot.infra.store import Store
+from bot.slo.policy import RollbackStep, parse_policy
 from executors import git_revert as git_revert_module
 from executors.base import ExecutorError, StepContext, StepOutcome, StepPlan, TemporaryExecutorError
 from executors.git_revert import GitRevert, GitRevertConfig
@@ -149,7 +149,7 @@ def _ctx(pin: str | None = None, incident: int = 7) -> StepContext:
 
 
 def _run(executor: GitRevert, pin: str | None = None) -> tuple[StepPlan, StepOutcome]:
-    """What bot.runner does: plan at incident open (pin), plan again with the pin right before executing."""
+    """What bot.incidents.runner does: plan at incident open (pin), plan again with the pin right before executing."""
     pin = pin or executor.plan(context=_ctx()).pin
     plan = executor.plan(context=_ctx(pin))
     return plan, executor.execute(plan=plan, context=_ctx(pin))
@@ -460,7 +460,7 @@ def test_no_executor_goes_through_a_shell(monkeypatch: pytest.MonkeyPatch, tmp_p
 
 def test_the_runner_rolls_back_to_what_was_pinned_when_the_warning_was_posted(
         origin: Origin, seeded: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """bot.runner with both executors: pins taken at incident open hold after the repo and release move on."""
+    """bot.incidents.runner with both executors: pins taken at incident open hold after the repo and release move on."""
     fake = FakeHelm.install(monkeypatch, tmp_path, {"prod/model-svc": standard_history()})
     svc = parse_policy(f"""
 services:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from bot.policy import RollbackStep
+from bot.slo.policy import RollbackStep
 from executors import helm as helm_module
 from executors.base import ExecutorError, StepContext, TemporaryExecutorError
 from executors.helm import Helm, HelmConfig, go_duration

@@ -4,7 +4,7 @@ service in the same bot goes on; whatever still fails after the bounded retries 
 cause in the thread.
 
 Prometheus down runs against a real `rollback-bot serve` (it must keep answering /healthz and slash commands);
-the others drive RollbackBot in-process against real servers (MLflow behind tests/fault_proxy.py, Debian's
+the others drive IncidentService in-process against real servers (MLflow behind tests/fault_proxy.py, Debian's
 Prometheus behind the same proxy, the fake Kubernetes API, the fake helm, real git repositories, the fake
 Slack Web API), calling `execute` and `verify_tick` as the scheduler would. Run with -s for a table per test:
 the fault injected, the calls it cost, and the state the incident ended in.
@@ -24,18 +24,18 @@ import requests
 from git import Repo
 from mlflow.tracking import MlflowClient
 
-from bot import blocks
-from bot.core import RollbackBot
-from bot.policy import parse_policy
-from bot.prom import Prometheus
-from bot.sandbox.model_service import seed_registry
-from bot.sandbox.servers import MlflowServer, PrometheusServer, free_port
-from bot.sandbox.signing import block_actions_body, post_signed, slash_command_body
-from bot.sandbox.slack_api import FakeSlackAPI
-from bot.scheduler import Scheduler
-from bot.slack_out import SlackOut, make_client
-from bot.store import Incident, Store
+from bot.incidents.service import IncidentService
+from bot.infra.prom import Prometheus
+from bot.infra.scheduler import Scheduler
+from bot.infra.store import Incident, Store
+from bot.slack import blocks
+from bot.slack.slack_out import SlackOut, make_client
+from bot.slo.policy import parse_policy
 from executors.registry import Clients
+from sandbox.model_service import seed_registry
+from sandbox.servers import MlflowServer, PrometheusServer, free_port
+from sandbox.signing import block_actions_body, post_signed, slash_command_body
+from sandbox.slack_api import FakeSlackAPI
 from tests import kube_env
 from tests.fault_proxy import FaultProxy
 from tests.helm_env import FakeHelm, standard_history
@@ -81,14 +81,15 @@ def slack() -> Iterator[FakeSlackAPI]:
 
 
 def _bot(tmp_path: Path, slack: FakeSlackAPI, text: str, prom: Any, *, mlflow: Any = None,
-         clients: Clients | None = None, clock: Clock | None = None) -> RollbackBot:
+         clients: Clients | None = None, clock: Clock | None = None) -> IncidentService:
     clock = clock or Clock()
     store = Store(f"sqlite:///{tmp_path / 'bot.db'}", clock=clock)
-    return RollbackBot(policy=parse_policy(text), store=store, prom=prom, slack=SlackOut(make_client("xoxb-t", slack.url)),
-                       mlflow=mlflow, scheduler=Scheduler(), clients=clients or Clients(mlflow=mlflow), clock=clock)
+    return IncidentService(policy=parse_policy(text), store=store, prom=prom,
+                           slack=SlackOut(make_client("xoxb-t", slack.url)), mlflow=mlflow, scheduler=Scheduler(),
+                           clients=clients or Clients(mlflow=mlflow), clock=clock)
 
 
-def _approve_and_run(bot: RollbackBot, service: str) -> Incident:
+def _approve_and_run(bot: IncidentService, service: str) -> Incident:
     incident = bot.store.active_incident(service)
     assert incident is not None, f"{service} has no incident"
     assert bot.approve(incident.id, APPROVER).ok
@@ -96,7 +97,7 @@ def _approve_and_run(bot: RollbackBot, service: str) -> Incident:
     return bot.store.incident(incident.id)
 
 
-def _verify(bot: RollbackBot, clock: Clock, incident_id: int, ticks: int = 4) -> Incident:
+def _verify(bot: IncidentService, clock: Clock, incident_id: int, ticks: int = 4) -> Incident:
     for _ in range(ticks):
         clock.tick(1)
         bot.verify_tick(incident_id)

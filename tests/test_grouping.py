@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from bot.evaluation import BREACH, NODATA, OK, Evaluator, judge, read
-from bot.policy import Policy, PolicyError, parse_policy
-from bot.prom import Prometheus, QueryResult, Sample
-from bot.sandbox.model_service import ModelServiceSimulator, VersionProfile
-from bot.sandbox.servers import PrometheusServer
-from bot.store import Store
+from bot.infra.prom import Prometheus, QueryResult, Sample
+from bot.infra.store import Store
+from bot.slo.evaluation import BREACH, NODATA, OK, Evaluator, judge, read
+from bot.slo.policy import Policy, PolicyError, parse_policy
+from sandbox.model_service import ModelServiceSimulator, VersionProfile
+from sandbox.servers import PrometheusServer
 
 LATENCY = ("histogram_quantile(0.95, sum by (le, service) "
            "(rate(model_request_latency_seconds_bucket[5s])))")

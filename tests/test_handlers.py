@@ -19,9 +19,9 @@ import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
-from bot.sandbox.servers import MlflowServer
-from bot.sandbox.signing import signed_headers, slash_command_body
-from bot.sandbox.slack_api import FakeSlackAPI
+from sandbox.servers import MlflowServer
+from sandbox.signing import signed_headers, slash_command_body
+from sandbox.slack_api import FakeSlackAPI
 from tests.handler_env import (
     APPROVER,
     BAD_VERSION,

@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 
-from bot import blocks
-from bot.policy import parse_policy
-from bot.runner import Runner
-from bot.sandbox.servers import MlflowServer
-from bot.sandbox.slack_api import FakeSlackAPI
+from bot.incidents.runner import Runner
+from bot.slack import blocks
+from bot.slo.policy import parse_policy
 from executors.registry import Clients, default_registry
+from sandbox.servers import MlflowServer
+from sandbox.slack_api import FakeSlackAPI
 from tests.handler_env import (
     APPROVER,
     BAD_VERSION,

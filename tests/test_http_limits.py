@@ -1,6 +1,6 @@
 """Regression tests for issue 11, findings 4 and 12: what the HTTP side refuses before anyone is authenticated.
 
-Finding 4: a body over bot.bodies.MAX_BODY (1 MiB) is a 413 on /slack/events and /alertmanager, and nothing
+Finding 4: a body over handlers.bodies.MAX_BODY (1 MiB) is a 413 on /slack/events and /alertmanager, and nothing
 of it is held: a declared Content-Length over the limit is answered before any body byte is read, a chunked
 body is cut off once it passes the limit, and nothing is spooled to a temp file (waitress's default is to
 take 1 GiB and spool past 512 KiB). These run the real app (`bot.app.build` through tests/handler_env.py)
@@ -32,10 +32,10 @@ from mlflow.tracking import MlflowClient
 from waitress.buffers import TempfileBasedBuffer
 
 from bot.app import Runtime, http_server
-from bot.bodies import MAX_BODY
-from bot.sandbox.servers import MlflowServer
-from bot.sandbox.signing import post_signed, slash_command_body
-from bot.sandbox.slack_api import FakeSlackAPI
+from handlers.bodies import MAX_BODY
+from sandbox.servers import MlflowServer
+from sandbox.signing import post_signed, slash_command_body
+from sandbox.slack_api import FakeSlackAPI
 from tests.handler_env import (
     APPROVER,
     MODEL_CHANNEL,

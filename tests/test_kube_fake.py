@@ -1,4 +1,4 @@
-"""The fake Kubernetes API (bot.sandbox.kube_api) through the real `kubernetes` client: wire format, Status
+"""The fake Kubernetes API (sandbox.kube_api) through the real `kubernetes` client: wire format, Status
 errors, patch content types, resourceVersion conflicts, fault injection and the simulated controllers."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import requests
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from bot.sandbox.kube_api import HASH_LABEL, REVISION
+from sandbox.kube_api import HASH_LABEL, REVISION
 from tests import kube_env
 from tests.kube_env import KubeEnv
 

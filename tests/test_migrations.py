@@ -1,5 +1,5 @@
-"""The store's schema comes from the Alembic revisions (bot.migrations), and they describe exactly what the code
-queries with (bot.store.metadata); databases from before Alembic keep their rows; `rollback-bot migrate`
+"""The store's schema comes from the Alembic revisions (bot.infra.migrations), and they describe exactly what the code
+queries with (bot.infra.store.metadata); databases from before Alembic keep their rows; `rollback-bot migrate`
 upgrades, reruns and never prints a password; a Store on PostgreSQL never migrates by itself.
 
 Each database test runs on SQLite and on a real PostgreSQL server (tests/pg_env.py): `bare_url` is an empty
@@ -26,8 +26,8 @@ from sqlalchemy import JSON, Column, Float, Index, Integer, MetaData, String, Ta
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import OperationalError
 
-from bot import migrations
-from bot.store import Store, _FittedString, metadata
+from bot.infra import migrations
+from bot.infra.store import Store, _FittedString, metadata
 from tests import pg_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ HEAD = "0002_authorization"
 PASSWORD = "s3cret"  # the trust-auth test server ignores it; it must never be printed
 
 
-# -- the schema before Alembic: bot/store.py's tables at commit a8443bc, as create_all made them ----------------
+# -- the schema before Alembic: bot/infra/store.py's tables at commit a8443bc, as create_all made them ----------------
 def schema_at_a8443bc() -> MetaData:
     """A copy of a8443bc's tables (written out, so later revisions never change it): what every database the
     bot created before Alembic has. Today's differ by incidents.first_approver and incidents.armed_by."""
@@ -197,7 +197,7 @@ def test_upgrade_makes_exactly_the_store_metadata(engine: Engine) -> None:
 
 def test_the_comparison_sees_what_a_revision_would_miss(engine: Engine) -> None:
     """The empty comparison above means something: a changed length, nullability, a missing column or index
-    each shows up (with the store's fitted TypeDecorator types, as bot.store.metadata has them)."""
+    each shows up (with the store's fitted TypeDecorator types, as bot.infra.store.metadata has them)."""
     migrations.upgrade(engine)
     changed = MetaData()
     for table in metadata.tables.values():
@@ -346,7 +346,7 @@ def test_migrate_command_stamps_a_database_from_before_alembic(bare_url: str, tm
 
 
 def test_migrate_command_on_an_unreachable_server_says_so_without_the_password(tmp_path: Path) -> None:
-    from bot.sandbox.servers import free_port
+    from sandbox.servers import free_port
 
     url = f"postgresql+psycopg://rb:{PASSWORD}@127.0.0.1:{free_port()}/db?connect_timeout=5"
     done = run_migrate(url, tmp_path)
@@ -401,10 +401,10 @@ def test_setuptools_ships_the_migrations() -> None:
     the wheel has the files Alembic loads by path."""
     include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
     found = set(find_packages(str(ROOT), include=include))
-    assert {"bot.migrations", "bot.migrations.versions"} <= found
-    versions = ROOT / "bot" / "migrations" / "versions"
+    assert {"bot.infra.migrations", "bot.infra.migrations.versions"} <= found
+    versions = ROOT / "bot" / "infra" / "migrations" / "versions"
     assert {p.name for p in versions.glob("0*.py")} == {"0001_initial.py", "0002_authorization.py"}
-    assert (ROOT / "bot" / "migrations" / "env.py").is_file()
+    assert (ROOT / "bot" / "infra" / "migrations" / "env.py").is_file()
 
 
 def test_a_race_lost_despite_the_lock_is_checked_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

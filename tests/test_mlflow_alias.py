@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from bot.gate import Gate
-from bot.model_registry import ModelRegistry
-from bot.sandbox.model_service import seed_registry
-from bot.store import Store
+from bot.infra.model_registry import ModelRegistry
+from bot.infra.store import Store
+from bot.slo.gate import Gate
 from executors.base import ExecutorError, StepContext
 from executors.mlflow_alias import MlflowAlias, MlflowAliasConfig
+from sandbox.model_service import seed_registry
 from tests.stubs import Clock, policy
 
 

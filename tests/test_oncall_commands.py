@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from bot.sandbox.servers import MlflowServer
-from bot.sandbox.slack_api import FakeSlackAPI
+from sandbox.servers import MlflowServer
+from sandbox.slack_api import FakeSlackAPI
 from tests.handler_env import (
     APPROVER,
     BAD_VERSION,

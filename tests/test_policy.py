@@ -1,4 +1,4 @@
-"""Tests for bot.policy (the policy file: models, loader, problems with file/line/field) and bot.durations."""
+"""Tests for bot.slo.policy (the policy file: models, loader, problems with file/line/field) and bot.slo.durations."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from bot.durations import format_duration, parse_duration
-from bot.policy import PolicyError, PolicyProblem, RollbackStep, load_policy, parse_policy
+from bot.slo.durations import format_duration, parse_duration
+from bot.slo.policy import PolicyError, PolicyProblem, RollbackStep, load_policy, parse_policy
 from executors.base import Executor
 from executors.mlflow_alias import MlflowAliasConfig
 from executors.registry import Clients, ExecutorSpec, Registry

@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from bot.evaluation import BREACH, OK, Reading, read
-from bot.policy import Service, parse_policy
-from bot.prom import Prometheus
-from bot.sandbox.model_service import ModelServiceSimulator, VersionProfile
-from bot.sandbox.servers import PrometheusServer
-from bot.sandbox.slack_api import FakeSlackAPI
-from bot.slack_out import SlackOut, make_client
-from bot.store import Store
-from bot.timeline import Timeline
-from bot.verify import RECOVERED, Verifier
+from bot.incidents.verify import RECOVERED, Verifier
+from bot.infra.prom import Prometheus
+from bot.infra.store import Store
+from bot.slack.slack_out import SlackOut, make_client
+from bot.slack.timeline import Timeline
+from bot.slo.evaluation import BREACH, OK, Reading, read
+from bot.slo.policy import Service, parse_policy
+from sandbox.model_service import ModelServiceSimulator, VersionProfile
+from sandbox.servers import PrometheusServer
+from sandbox.slack_api import FakeSlackAPI
 from tests.story_env import wait_until
 
 CHANNEL = "C0MODELSVC"

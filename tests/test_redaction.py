@@ -1,4 +1,4 @@
-"""Finding 8: credentials in configured URLs never leave the process. bot/redact.py's URL rule (userinfo and
+"""Finding 8: credentials in configured URLs never leave the process. bot/infra/redact.py's URL rule (userinfo and
 token-like query parameters become ***) and its configured secrets, unit by unit; then end to end: a runtime
 whose MLFLOW_TRACKING_URI carries a password, so MLflow's own error text carries it too, opens an incident with
 a signed `/rollback model-svc` and shows a dry run, and the password is in no Slack call, no audit row, not in
@@ -18,14 +18,14 @@ import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
-from bot import redact
 from bot.app import RedactSecrets, build
-from bot.config import Settings
-from bot.policy import parse_policy
-from bot.redact import Redactor, configured_secrets, redact_urls, url_secrets
-from bot.sandbox.servers import free_port
-from bot.sandbox.slack_api import FakeSlackAPI
-from bot.slack_out import SlackOut, make_client
+from bot.infra import redact
+from bot.infra.config import Settings
+from bot.infra.redact import Redactor, configured_secrets, redact_urls, url_secrets
+from bot.slack.slack_out import SlackOut, make_client
+from bot.slo.policy import parse_policy
+from sandbox.servers import free_port
+from sandbox.slack_api import FakeSlackAPI
 from tests.handler_env import APPROVER, MODEL_CHANNEL, HandlerEnv, policy_yaml, wait_until
 
 PASSWORD = "s3cretpw"
@@ -188,7 +188,7 @@ def test_finding8_a_password_in_mlflow_tracking_uri_reaches_no_slack_call_audit_
 
 
 def test_finding8_build_configures_the_process_wide_secrets(tmp_path: Path) -> None:
-    """build() adds the URLs' passwords to bot.redact, so even a bare password (an error that quotes it without
+    """build() adds the URLs' passwords to bot.infra.redact, so even a bare password (an error that quotes it without
     its URL) is cut from Slack messages, logs and audit rows."""
     settings = Settings(slack_bot_token="xoxb-build-token", slack_signing_secret="build-signing-secret",
                         prometheus_url="https://prom:promsecret2@127.0.0.1:1",

@@ -21,11 +21,11 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 
-from bot.sandbox.model_service import ModelServiceSimulator, VersionProfile, alias_reader, seed_registry
-from bot.sandbox.servers import MlflowServer, PrometheusServer
-from bot.sandbox.signing import block_actions_body, post_signed
-from bot.sandbox.slack_api import FakeSlackAPI
-from bot.store import Incident, Store
+from bot.infra.store import Incident, Store
+from sandbox.model_service import ModelServiceSimulator, VersionProfile, alias_reader, seed_registry
+from sandbox.servers import MlflowServer, PrometheusServer
+from sandbox.signing import block_actions_body, post_signed
+from sandbox.slack_api import FakeSlackAPI
 from tests.helm_env import BIN, standard_history
 from tests.story_env import (
     APPROVER,

@@ -11,7 +11,7 @@ member, a stranger and whoever requested the rollback, on services with and with
 - no incident is `executing` unless its plan run is queued or running;
 - every refusal is audited (a non-approver's decision adds a `refused` audit row).
 
-Requests go through the real Bolt app and handlers (signed bodies, `App.dispatch`), the real RollbackBot,
+Requests go through the real Bolt app and handlers (signed bodies, `App.dispatch`), the real IncidentService,
 store (SQLite) and fake Slack Web API over HTTP; Prometheus is a stub, the scheduler runs its jobs when the
 test says so, and the one executor counts its calls. HYPOTHESIS_RULE_EXAMPLES sets the number of sequences.
 """
@@ -33,16 +33,16 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from pydantic import BaseModel, ConfigDict
 from slack_bolt import App, BoltRequest
 
-from bot import alertmanager, blocks
-from bot.core import RollbackBot
-from bot.policy import parse_policy
-from bot.sandbox.signing import block_actions_body, signed_headers, slash_command_body, view_submission_body
-from bot.sandbox.slack_api import FakeSlackAPI
-from bot.slack_out import SlackOut, make_client
-from bot.store import ACTIVE_STATES, Store
+from bot.incidents.service import IncidentService
+from bot.infra.store import ACTIVE_STATES, Store
+from bot.slack import blocks
+from bot.slack.slack_out import SlackOut, make_client
+from bot.slo.policy import parse_policy
 from executors.base import ExecutorError, StepContext, StepOutcome, StepPlan
 from executors.registry import ExecutorSpec, Registry, Target
-from handlers import register_handlers
+from handlers import alertmanager, register_handlers
+from sandbox.signing import block_actions_body, signed_headers, slash_command_body, view_submission_body
+from sandbox.slack_api import FakeSlackAPI
 from tests.stubs import Clock, StubProm
 
 SECRET = "property-signing-secret"
@@ -228,14 +228,14 @@ class RuleMachine(RuleBasedStateMachine):
 
     def _boot(self) -> None:
         self.scheduler = StepScheduler(self.clock)
-        self.bot = RollbackBot(policy=self.policy, store=self.store, prom=self.prom,  # type: ignore[arg-type]
+        self.bot = IncidentService(policy=self.policy, store=self.store, prom=self.prom,  # type: ignore[arg-type]
                                slack=SlackOut(self.client), mlflow=None, scheduler=self.scheduler,  # type: ignore[arg-type]
                                registry=REGISTRY, clock=self.clock)
         self.bolt = App(signing_secret=SECRET, client=self.client, process_before_response=True,
                         token_verification_enabled=False)
         register_handlers(self.bolt, self.bot)
         self.intake = alertmanager.Intake(self.bot)
-        self.bot.start()  # restart pick-up (bot.recovery) and the evaluation job, which the test runs itself
+        self.bot.start()  # restart pick-up (bot.incidents.recovery) and the evaluation job, which the test runs itself
 
     def teardown(self) -> None:
         COUNTS["executions"] += len(self.world.executed)

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import yaml
 
-from bot import rules
 from bot.cli import main
-from bot.policy import parse_policy
+from bot.slo import rules
+from bot.slo.policy import parse_policy
 
 POLICY = """\
 services:

@@ -13,9 +13,9 @@ import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
-from bot.sandbox.servers import MlflowServer
-from bot.sandbox.signing import block_actions_body, signed_headers
-from bot.sandbox.slack_api import FakeSlackAPI
+from sandbox.servers import MlflowServer
+from sandbox.signing import block_actions_body, signed_headers
+from sandbox.slack_api import FakeSlackAPI
 from tests.handler_env import (
     APPROVER,
     BAD_VERSION,

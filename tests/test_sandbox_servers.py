@@ -1,6 +1,6 @@
 """Real-server test of the sandbox: MLflow alias flip -> simulated model service -> Prometheus p95.
 
-Checks that bot.sandbox (the launchers and the model service simulator) behaves as the story tests and the
+Checks that sandbox (the launchers and the model service simulator) behaves as the story tests and the
 demo rely on: the champion alias decides the served version, and a real Prometheus sees the latency change
 within seconds.
 """
@@ -13,8 +13,8 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 from prometheus_api_client import PrometheusConnect
 
-from bot.sandbox.model_service import ModelServiceSimulator, VersionProfile, alias_reader, seed_registry
-from bot.sandbox.servers import PrometheusServer
+from sandbox.model_service import ModelServiceSimulator, VersionProfile, alias_reader, seed_registry
+from sandbox.servers import PrometheusServer
 
 P95 = 'histogram_quantile(0.95, sum by (le) (rate(model_request_latency_seconds_bucket{service="model-svc"}[5s])))'
 FAST = VersionProfile(latency_seconds=0.05, error_rate=0.0, auc=0.91)

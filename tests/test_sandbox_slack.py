@@ -20,10 +20,10 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 from slack_sdk.signature import SignatureVerifier
 
-from bot.sandbox import signing
-from bot.sandbox.chat import ChatPage
-from bot.sandbox.servers import MlflowServer
-from bot.sandbox.slack_api import FakeSlackAPI
+from sandbox import signing
+from sandbox.chat import ChatPage
+from sandbox.servers import MlflowServer
+from sandbox.slack_api import FakeSlackAPI
 from tests import handler_env
 from tests.handler_env import HandlerEnv, seed_models
 

@@ -23,11 +23,11 @@ import requests
 from mlflow.tracking import MlflowClient
 
 from bot.app import RedactSecrets
-from bot.sandbox.model_service import seed_registry
-from bot.sandbox.servers import MlflowServer, free_port
-from bot.sandbox.signing import post_signed, slash_command_body
-from bot.sandbox.slack_api import FakeSlackAPI
-from bot.store import Store
+from bot.infra.store import Store
+from sandbox.model_service import seed_registry
+from sandbox.servers import MlflowServer, free_port
+from sandbox.signing import post_signed, slash_command_body
+from sandbox.slack_api import FakeSlackAPI
 from tests.story_env import APPROVER, CHANNEL, GROUP, SECRET, STRANGER, TOKEN, BotProcess, button, wait_until
 from tests.test_alertmanager import alert, webhook
 from tests.test_restart import SERVICE, story

@@ -14,9 +14,9 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot.sandbox.servers import MlflowServer
-from bot.sandbox.signing import block_actions_body, signed_headers, slash_command_body
-from bot.sandbox.slack_api import FakeSlackAPI
+from sandbox.servers import MlflowServer
+from sandbox.signing import block_actions_body, signed_headers, slash_command_body
+from sandbox.slack_api import FakeSlackAPI
 from tests.handler_env import APPROVER, MODEL_CHANNEL, SECRET, HandlerEnv, seed_models
 
 CASES = 1000
@@ -102,7 +102,7 @@ def _untouched(env: HandlerEnv) -> None:
     with env.store.engine.connect() as conn:
         from sqlalchemy import func, select
 
-        from bot.store import seen_requests
+        from bot.infra.store import seen_requests
         assert conn.execute(select(func.count()).select_from(seen_requests)).scalar() == 0
 
 

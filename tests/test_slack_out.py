@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from bot.sandbox.slack_api import FakeSlackAPI
-from bot.slack_out import SlackError, SlackOut, make_client
+from bot.slack.slack_out import SlackError, SlackOut, make_client
+from sandbox.slack_api import FakeSlackAPI
 
 CHANNEL = "C0MODELSVC"
 
@@ -58,10 +58,10 @@ def test_slack_errors_name_the_method_and_the_error(slack: FakeSlackAPI, out: Sl
 
 
 def test_an_edit_being_retried_holds_the_next_edit_of_its_incident(slack: FakeSlackAPI, out: SlackOut) -> None:
-    """bot.timeline's limiter: while one chat.update is still being sent (slack_sdk waits out a 429's Retry-After
+    """bot.slack.timeline's limiter: while one chat.update is still being sent (slack_sdk waits out a 429's Retry-After
     inside the call), the incident's next edit waits for it, then for `update_every`: two accepted edits
     never land together (benchmark 5 saw two 0.16 s apart)."""
-    from bot.timeline import Timeline
+    from bot.slack.timeline import Timeline
 
     timeline = Timeline(None, out, lambda _: None, update_every=0.5)  # type: ignore[arg-type]  # edits only
     ts = out.post(CHANNEL, "warning")

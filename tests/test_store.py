@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.store import Store
+from bot.infra.store import Store
 from tests.stubs import Clock
 
 MakeStore = Callable[..., Store]

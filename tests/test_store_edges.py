@@ -25,17 +25,17 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import JSON, String
 
 from bot.app import build
-from bot.burn import queries
-from bot.core import RollbackBot
-from bot.evaluation import BREACH, NODATA, OK, Evaluator, read
-from bot.policy import parse_policy
-from bot.sandbox.servers import MlflowServer
-from bot.sandbox.slack_api import FakeSlackAPI
-from bot.scheduler import Scheduler
-from bot.slack_out import SlackOut, make_client
-from bot.store import TRIGGER_LENGTH, SloState, Store, metadata
+from bot.incidents.service import IncidentService
+from bot.infra.scheduler import Scheduler
+from bot.infra.store import TRIGGER_LENGTH, SloState, Store, metadata
+from bot.slack.slack_out import SlackOut, make_client
+from bot.slo.burn import queries
+from bot.slo.evaluation import BREACH, NODATA, OK, Evaluator, read
+from bot.slo.policy import parse_policy
 from executors.base import StepContext, StepOutcome, StepPlan
 from executors.registry import ExecutorSpec, Registry
+from sandbox.servers import MlflowServer
+from sandbox.slack_api import FakeSlackAPI
 from tests.handler_env import GROUP, GROUP_MEMBER, MODEL_SVC, HandlerEnv, has_buttons, policy_yaml, seed_models
 from tests.stubs import Clock, StubProm
 from tests.test_alertmanager import AM_TOKEN, alert, results, send, webhook
@@ -130,7 +130,7 @@ def test_every_bounded_column_takes_text_longer_than_itself(store: Store) -> Non
 
 
 def test_every_text_and_json_column_of_the_store_is_guarded() -> None:
-    """The one place that fits writes (bot.store._guard_columns) covers every table, new ones included."""
+    """The one place that fits writes (bot.infra.store._guard_columns) covers every table, new ones included."""
     unguarded = [f"{table.name}.{column.name}" for table in metadata.tables.values() for column in table.columns
                  if isinstance(column.type, String | JSON)]
     assert unguarded == [], "declare tables before _guard_columns(metadata) runs"
@@ -206,7 +206,7 @@ services:
 def test_an_infinite_reading_opens_its_incident_and_the_cycle_goes_on(url: str, slack: FakeSlackAPI) -> None:
     clock = Clock()
     prom = StubProm({ERRORS: (math.inf,), LATENCY: (0.5,)})  # errors/0: errors while nothing is served
-    bot = RollbackBot(policy=parse_policy(TWO_SERVICES, registry=REGISTRY), store=Store(url, clock=clock),
+    bot = IncidentService(policy=parse_policy(TWO_SERVICES, registry=REGISTRY), store=Store(url, clock=clock),
                       prom=prom, slack=SlackOut(make_client("xoxb-test", slack.url)),  # type: ignore[arg-type]
                       mlflow=None, scheduler=Scheduler(), registry=REGISTRY, clock=clock)
     try:
@@ -261,7 +261,7 @@ services:
     high, low, _ = one((-math.inf, 0.01), (math.inf,))
     assert high == (OK, 0.01, None) and low == (OK, None, "+Inf")
     high, low, _ = one((math.nan,), (math.nan, 0.9))
-    assert high == (NODATA, None, None) and low == (OK, 0.9, None), "NaN is no data, as bot.prom treats it"
+    assert high == (NODATA, None, None) and low == (OK, 0.9, None), "NaN is no data, as bot.infra.prom treats it"
 
 
 def test_json_columns_never_receive_infinity_or_nan(store: Store) -> None:

@@ -16,10 +16,10 @@ import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
-from bot.sandbox.model_service import ModelServiceSimulator, VersionProfile, alias_reader, seed_registry
-from bot.sandbox.servers import MlflowServer, PrometheusServer
-from bot.sandbox.signing import block_actions_body, post_signed
-from bot.sandbox.slack_api import FakeSlackAPI
+from sandbox.model_service import ModelServiceSimulator, VersionProfile, alias_reader, seed_registry
+from sandbox.servers import MlflowServer, PrometheusServer
+from sandbox.signing import block_actions_body, post_signed
+from sandbox.slack_api import FakeSlackAPI
 from tests.story_env import (
     CHANNEL,
     GROUP,

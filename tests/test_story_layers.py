@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 
-from bot.sandbox.model_service import ModelServiceSimulator, VersionProfile, alias_reader, seed_registry
-from bot.sandbox.servers import MlflowServer, PrometheusServer
-from bot.sandbox.signing import block_actions_body, post_signed
-from bot.sandbox.slack_api import FakeSlackAPI
-from bot.store import Store
+from bot.infra.store import Store
+from sandbox.model_service import ModelServiceSimulator, VersionProfile, alias_reader, seed_registry
+from sandbox.servers import MlflowServer, PrometheusServer
+from sandbox.signing import block_actions_body, post_signed
+from sandbox.slack_api import FakeSlackAPI
 from tests.layers_env import (
     APP_PATH,
     CONFIGMAP_PATH,

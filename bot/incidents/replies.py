@@ -1,0 +1,12 @@
+"""Reply: what the person who clicked or typed is told (ephemerally). Returned by bot.incidents.service and
+bot.incidents.oncall, shown by handlers/."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Reply:
+    ok: bool
+    text: str

@@ -1,0 +1,30 @@
+"""The bot's own Prometheus metrics, served at GET /metrics. Label values are names, never secrets.
+
+Incremented by bot.incidents.service, bot.incidents.runner, bot.slo.evaluation callers, bot.slack.slack_out and
+handlers.alertmanager.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+INCIDENTS = Counter("rollback_incidents_total", "Incidents by outcome", ["outcome"], registry=REGISTRY)
+TIME_TO_RECOVER = Histogram("rollback_time_to_recover_seconds", "Approval to verified recovery",
+                            buckets=(15, 30, 60, 120, 180, 300, 600, 1200), registry=REGISTRY)
+EXECUTOR_SECONDS = Histogram("rollback_executor_seconds", "Executor step durations", ["executor", "result"],
+                             registry=REGISTRY)
+EXECUTOR_FAILURES = Counter("rollback_executor_failures_total", "Failed executor steps", ["executor"],
+                            registry=REGISTRY)
+SLACK_CALLS = Counter("rollback_slack_calls_total", "Slack Web API calls by method", ["method"],
+                      registry=REGISTRY)
+EVALUATION_SECONDS = Histogram("rollback_evaluation_seconds", "Duration of one SLO evaluation cycle",
+                               registry=REGISTRY)
+SLO_STATUS = Gauge("rollback_slo_breaching", "1 while an SLO breaches, 0 otherwise", ["service", "slo"],
+                   registry=REGISTRY)
+ALERTMANAGER_ALERTS = Counter("rollback_alertmanager_alerts_total",
+                              "Alerts received on POST /alertmanager, by what the bot did with them", ["result"],
+                              registry=REGISTRY)
+PROMOTIONS = Counter("rollback_promotions_total", "Promotion gate decisions", ["service", "result"],
+                     registry=REGISTRY)

@@ -1,0 +1,172 @@
+"""SLO evaluation: turn Prometheus readings into ok / breach / no data / error, and track how long each
+breach and each healthy streak has held.
+
+Called every `evaluate_every` by bot.incidents.service (which opens incidents for sustained breaches and runs the
+promotion gate) and every `verify.every` by bot.incidents.verify (which only needs `read`). One bad query never
+breaks a cycle: that SLO is reported as erroring and the rest go on.
+
+A reading's value is a finite number or None. NaN is no data (as in bot.infra.prom). An infinite value (`errors/0`
+when nothing was served, `-1/0`) still counts against the threshold: +Inf breaches `above:` and -Inf breaches
+`below:`. PostgreSQL's json (an incident's detail) refuses Infinity, so such a reading has value None and says
+"+Inf" / "-Inf" in its `detail`, the words the warning shows; its stored SLO state has no value either.
+
+Identical query texts are sent once per cycle. An SLO with `by: <label>` reads one series of a grouped
+query (the one whose label equals `match`, default the service's name), so hundreds of services sharing
+one query text cost one Prometheus query per cycle. The store is read once and written once per cycle.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+
+from bot.infra.prom import Prometheus, QueryResult
+from bot.infra.store import SloState, Store
+from bot.slo import burn
+from bot.slo.policy import BurnRate, Policy, Service, Slo
+
+log = logging.getLogger(__name__)
+
+OK, BREACH, NODATA, ERROR = "ok", "breach", "nodata", "error"
+# Cycles start a few milliseconds early or late, so two cycles one interval apart can measure 0.999 of it.
+# A breach that has held `for` minus this share of a cycle counts as held; otherwise such jitter would
+# delay the warning by a whole extra cycle (benchmarks/detection_latency.py found it).
+CYCLE_JITTER = 0.1
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One SLO's state at one moment."""
+
+    service: str
+    slo: str
+    status: str
+    value: float | None
+    target: str
+    error: str | None = None
+    breach_since: float | None = None
+    sustained: bool = False
+    detail: str | None = None  # the value in words when a number is not enough: "14.9x over 1h / 21x over 5m"
+
+    @property
+    def within_target(self) -> bool:
+        return self.status == OK
+
+
+def judge(slo: Slo, result: QueryResult, values: tuple[float, ...] | None = None) -> tuple[str, float | None]:
+    """Status and value of one SLO from its query result (or from `values`, this service's series of a
+    grouped result). Several series: the worst one counts; NaN ones are no data. The value may be infinite
+    (see `finite`)."""
+    if result.error is not None:
+        return ERROR, None
+    values = tuple(v for v in (result.values if values is None else values) if not math.isnan(v))
+    if not values:
+        return NODATA, None
+    value = max(values) if slo.above is not None else min(values)
+    return (BREACH if slo.breached(value) else OK), value
+
+
+def finite(reading: Reading) -> Reading:
+    """The reading with a finite value or None: +Inf / -Inf (judged already) become None with those words in
+    `detail`, so the warning reads "+Inf" and the store never receives an infinite number."""
+    if reading.value is None or math.isfinite(reading.value):
+        return reading
+    words = "NaN" if math.isnan(reading.value) else ("+Inf" if reading.value > 0 else "-Inf")
+    return replace(reading, value=None, detail=reading.detail or words)
+
+
+class _Groups:
+    """Grouped results indexed by label value, built once per (query, label) and cycle."""
+
+    def __init__(self) -> None:
+        self._index: dict[tuple[str, str], dict[str, tuple[float, ...]]] = {}
+
+    def values(self, result: QueryResult, label: str, match: str) -> tuple[float, ...]:
+        key = (result.query, label)
+        if key not in self._index:
+            self._index[key] = result.by_label(label)
+        return self._index[key].get(match, ())
+
+
+def read(prom: Prometheus, services: Iterable[Service]) -> dict[str, list[Reading]]:
+    """Query every SLO of these services once (identical queries are sent once) and judge them."""
+    services = list(services)
+    results = prom.query_many(query for svc in services for slo in svc.slos for query in _queries(slo))
+    groups = _Groups()
+    out: dict[str, list[Reading]] = {}
+    for svc in services:
+        readings = []
+        for slo in svc.slos:
+            if slo.burn_rate is not None:
+                readings.append(_burn_reading(svc, slo.name, slo.burn_rate, results))
+                continue
+            result = results[slo.query or ""]
+            values = None if slo.by is None else groups.values(result, slo.by, slo.match or svc.name)
+            status, value = judge(slo, result, values)
+            if result.error:
+                log.warning("%s/%s: query failed: %s", svc.name, slo.name, result.error)
+            readings.append(finite(Reading(svc.name, slo.name, status, value, slo.target_text(), result.error)))
+        out[svc.name] = readings
+    return out
+
+
+def _queries(slo: Slo) -> list[str]:
+    return burn.queries(slo.burn_rate) if slo.burn_rate is not None else [slo.query or ""]
+
+
+def _burn_reading(svc: Service, name: str, burn_rate: BurnRate, results: dict[str, QueryResult]) -> Reading:
+    verdict = burn.judge(burn_rate, results)
+    if verdict.error:
+        log.warning("%s/%s: query failed: %s", svc.name, name, verdict.error)
+    return finite(Reading(svc.name, name, verdict.status, verdict.value, verdict.target, verdict.error,
+                          detail=verdict.text))
+
+
+class Evaluator:
+    """Keeps, in the store, since when each SLO has breached and since when each service is healthy."""
+
+    def __init__(self, store: Store, prom: Prometheus) -> None:
+        self.store = store
+        self.prom = prom
+
+    def evaluate(self, policy: Policy, now: float | None = None) -> dict[str, list[Reading]]:
+        now = now or time.time()
+        fresh = read(self.prom, policy.services.values())
+        previous = self.store.slo_states()
+        healthy_since = self.store.healthy_since_all()
+        changed: list[SloState] = []
+        out: dict[str, list[Reading]] = {}
+        for name, readings in fresh.items():
+            svc = policy.services[name]
+            tracked = [self._track(slo, r, previous.get(self.store.slo_key(name, slo.name)), now, changed,
+                                   CYCLE_JITTER * policy.evaluate_every)
+                       for slo, r in zip(svc.slos, readings, strict=True)]
+            out[name] = tracked
+            healthy = all(r.within_target for r in tracked)
+            since = healthy_since.get(name)
+            if healthy and since is None:
+                self.store.set_healthy_since(name, now)
+            elif not healthy and since is not None:
+                self.store.set_healthy_since(name, None)
+        self.store.put_slo_states(changed)
+        return out
+
+    @staticmethod
+    def _track(slo: Slo, reading: Reading, previous: SloState | None, now: float, changed: list[SloState],
+               jitter: float = 0.0) -> Reading:
+        """The reading with its breach clock; its new state goes to `changed` unless it is the stored one."""
+        breach_since: float | None = None
+        if reading.status == BREACH:
+            breach_since = previous.breach_since if previous and previous.breach_since else now
+        elif reading.status in (NODATA, ERROR) and previous is not None:
+            # No data or a failed query neither ends a breach nor starts one: keep the clock as it was,
+            # but it cannot become "sustained" on a reading we do not have.
+            breach_since = previous.breach_since
+        if previous is None or (previous.status, previous.value, previous.breach_since) != (
+                reading.status, reading.value, breach_since):
+            changed.append(SloState(reading.service, reading.slo, reading.status, reading.value, breach_since, now))
+        sustained = reading.status == BREACH and breach_since is not None and now - breach_since >= slo.for_ - jitter
+        return replace(reading, breach_since=breach_since, sustained=sustained)
