@@ -1,0 +1,114 @@
+"""Durable state: incidents, their timeline events and plan steps, the audit log, SLO state, freezes, and the
+Slack requests and Alertmanager alerts already handled.
+
+Everything the bot knows lives in one database (SQLAlchemy Core; SQLite by default, any SQLAlchemy URL works),
+so a restart loses nothing. `Store` is what the bot holds: bot.app builds one from DATABASE_URL and hands it to
+bot.incidents, bot.slack.timeline, bot.slo and handlers. It is composed of one small part per aggregate, all on
+one shared `Database` (engine + clock; bot.infra.store.database), and exposes their methods as its own, so
+callers write `store.method(...)`:
+
+- incidents.py: the Incident record and its states (`open_incident`, `transition`, `set_if`, ...)
+- events.py: timeline events, the outbox of each incident's Slack thread
+- steps.py: the steps of a rollback plan's runs
+- audit.py: the audit log
+- slo_states.py: each SLO's status and breach clock, each service's healthy_since
+- freezes.py: services whose automatic promotion is off
+- requests.py / alerts.py: the Slack requests and Alertmanager alerts already handled
+
+What must happen once is decided by the database (conditional UPDATEs, a UNIQUE column, primary-key claims), so
+it holds across threads and across processes sharing the database. Tested on SQLite and PostgreSQL 15: every
+String, Text and JSON column is guarded (bot.infra.store.fitting, applied by bot.infra.store.tables), so text is
+cut to its column, NUL characters and lone surrogates are dropped, non-finite floats in JSON become null, and
+Text and JSON values are stored without credentials (bot.infra.redact). Rows leave the store as the typed
+records below (Incident, Event, Step, Freeze, SloState); only `audits` and `update_alert` return plain dicts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from sqlalchemy.engine import Engine
+
+from bot.infra.store.alerts import Alerts
+from bot.infra.store.audit import AuditLog
+from bot.infra.store.database import Database
+from bot.infra.store.events import Event, Events
+from bot.infra.store.fitting import _FiniteJSON, _FittedString, _FittedText, finite_json, fit, guard_columns
+from bot.infra.store.freezes import Freeze, Freezes
+from bot.infra.store.incidents import ACTIVE_STATES, FINAL_STATES, Incident, Incidents
+from bot.infra.store.requests import SeenRequests
+from bot.infra.store.slo_states import SloState, SloStates
+from bot.infra.store.steps import Step, Steps
+from bot.infra.store.tables import TRIGGER_LENGTH, metadata, seen_requests
+
+__all__ = [
+    "ACTIVE_STATES", "FINAL_STATES", "TRIGGER_LENGTH", "Event", "Freeze", "Incident", "SloState", "Step", "Store",
+    "_FiniteJSON", "_FittedString", "_FittedText", "_guard_columns", "finite_json", "fit", "metadata",
+    "seen_requests",
+]
+
+_guard_columns = guard_columns  # the name it had before the split
+
+
+class Store:
+    """The store: one method per read or write, each delegated to the part that owns its table."""
+
+    def __init__(self, url: str = "sqlite:///rollback-bot.db", clock: Callable[[], float] = time.time) -> None:
+        self.db = Database(url, clock)
+        incidents, events, steps = Incidents(self.db), Events(self.db), Steps(self.db)
+        audit, slo, freezes = AuditLog(self.db), SloStates(self.db), Freezes(self.db)
+        seen, alerts = SeenRequests(self.db), Alerts(self.db)
+        # -- incidents (incidents.py)
+        self.open_incident = incidents.open_incident
+        self.incident = incidents.incident
+        self.find_incident = incidents.find_incident
+        self.active_incident = incidents.active_incident
+        self.incidents_in = incidents.incidents_in
+        self.last_warned_finished_at = incidents.last_warned_finished_at
+        self.recent_incidents = incidents.recent_incidents
+        self.transition = incidents.transition
+        self.set_if = incidents.set_if
+        self.update_incident = incidents.update_incident
+        # -- timeline (events.py)
+        self.add_event = events.add_event
+        self.mark_posted = events.mark_posted
+        self.events = events.events
+        self.unposted_events = events.unposted_events
+        # -- plan steps (steps.py) and the audit log (audit.py)
+        self.start_step = steps.start_step
+        self.finish_step = steps.finish_step
+        self.steps = steps.steps
+        self.audit = audit.audit
+        self.audits = audit.audits
+        # -- SLO and service state (slo_states.py)
+        self.slo_state = slo.slo_state
+        self.put_slo_state = slo.put_slo_state
+        self.slo_states = slo.slo_states
+        self.slo_key = slo.slo_key
+        self.put_slo_states = slo.put_slo_states
+        self.healthy_since_all = slo.healthy_since_all
+        self.healthy_since = slo.healthy_since
+        self.set_healthy_since = slo.set_healthy_since
+        # -- freezes (freezes.py)
+        self.freeze = freezes.freeze
+        self.frozen = freezes.frozen
+        self.all_frozen = freezes.all_frozen
+        self.unfreeze = freezes.unfreeze
+        # -- Slack requests and Alertmanager alerts already handled (requests.py, alerts.py)
+        self.claim_request = seen.claim_request
+        self.forget_requests = seen.forget_requests
+        self.claim_alert = alerts.claim_alert
+        self.update_alert = alerts.update_alert
+
+    @property
+    def engine(self) -> Engine:
+        return self.db.engine
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        return self.db.clock
+
+    @clock.setter
+    def clock(self, clock: Callable[[], float]) -> None:
+        self.db.clock = clock

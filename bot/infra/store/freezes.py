@@ -1,0 +1,55 @@
+"""Freezes: the Freeze record and the freezes table, one row per service whose automatic promotion is off.
+
+Called through `Store` by bot.slo.gate (`freeze` when an incident closes, `frozen` before promoting),
+bot.incidents.service (`freeze` while a rollback runs), bot.incidents.oncall (/rollback freeze, unfreeze and
+status), bot.incidents.checklist and the demo (sandbox.demo). Freezing a frozen service replaces its row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import insert, select, update
+
+from bot.infra.store.database import Database, to_record
+from bot.infra.store.tables import freezes
+
+
+@dataclass(frozen=True)
+class Freeze:
+    service: str
+    frozen_at: float
+    reason: str
+    incident_id: int | None
+    blocked_version: str | None
+    actor: str
+
+
+class Freezes:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def freeze(self, *, service: str, reason: str, actor: str, incident_id: int | None = None,
+               blocked_version: str | None = None) -> Freeze:
+        values = dict(frozen_at=self.db.clock(), reason=reason, incident_id=incident_id,
+                      blocked_version=blocked_version, actor=actor)
+        with self.db.engine.begin() as conn:
+            changed = conn.execute(update(freezes).where(freezes.c.service == service).values(**values))
+            if changed.rowcount == 0:
+                conn.execute(insert(freezes).values(service=service, **values))
+        frozen = self.frozen(service)
+        assert frozen is not None
+        return frozen
+
+    def frozen(self, service: str) -> Freeze | None:
+        with self.db.engine.connect() as conn:
+            row = conn.execute(select(freezes).where(freezes.c.service == service)).first()
+        return to_record(Freeze, row) if row else None
+
+    def all_frozen(self) -> list[Freeze]:
+        with self.db.engine.connect() as conn:
+            return [to_record(Freeze, r) for r in conn.execute(select(freezes).order_by(freezes.c.service)).all()]
+
+    def unfreeze(self, service: str) -> bool:
+        with self.db.engine.begin() as conn:
+            return conn.execute(freezes.delete().where(freezes.c.service == service)).rowcount == 1

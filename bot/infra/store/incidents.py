@@ -1,0 +1,159 @@
+"""Incidents: the Incident record, its states, and every read and write of the incidents table.
+
+Called through `Store` by bot.incidents (service: open, request, approve, dismiss, close; verify and recovery:
+verdicts and restart pick-up; checklist, oncall), bot.slack.timeline (the warning's message_ts), bot.slo.gate and
+handlers.alertmanager (`active_incident`). What must happen once is decided by the database: `transition` and
+`set_if` are conditional UPDATEs, and "one active incident per service" is the UNIQUE active_service column, so
+both hold across threads and across processes sharing the database.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from bot.infra.store.database import Database, inserted_id, to_record
+from bot.infra.store.tables import incidents
+
+# halted: a step failed or the bot restarted mid-plan; it waits for an approver to retry/resume or stop.
+ACTIVE_STATES = ("open", "executing", "halted", "verifying")
+FINAL_STATES = ("recovered", "verify_failed", "failed", "dismissed")
+
+
+@dataclass(frozen=True)
+class Incident:
+    id: int
+    service: str
+    active_service: str | None
+    state: str
+    trigger: str
+    detail: dict[str, Any]
+    baseline: dict[str, Any]
+    breach_started_at: float | None
+    opened_at: float
+    warned_at: float | None
+    channel: str | None
+    message_ts: str | None
+    progress_ts: str | None
+    requested_by: str | None
+    first_approver: str | None
+    approved_by: str | None
+    approved_at: float | None
+    executed_at: float | None
+    recovered_at: float | None
+    finished_at: float | None
+    error: str | None
+    verification: dict[str, Any]
+    resume_from: int | None
+    halt_kind: str | None
+    auto_at: float | None
+    armed_by: str | None
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+
+class Incidents:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def open_incident(self, *, service: str, trigger: str, detail: dict[str, Any], baseline: dict[str, Any],
+                      breach_started_at: float | None, channel: str,
+                      requested_by: str | None = None, auto_at: float | None = None,
+                      armed_by: str | None = None, first_approver: str | None = None) -> Incident | None:
+        """Create an incident, or return None when the service already has an active one."""
+        now = self.db.clock()
+        try:
+            with self.db.engine.begin() as conn:
+                result = conn.execute(insert(incidents).values(
+                    service=service, active_service=service, state="open", trigger=trigger,
+                    detail=detail, baseline=baseline, breach_started_at=breach_started_at,
+                    opened_at=now, channel=channel, requested_by=requested_by, auto_at=auto_at,
+                    armed_by=armed_by, first_approver=first_approver))
+                new_id = inserted_id(result)
+        except IntegrityError:
+            # The UNIQUE active_service column refused a second active incident for this service.
+            return None
+        return self.incident(new_id)
+
+    def incident(self, incident_id: int) -> Incident:
+        with self.db.engine.connect() as conn:
+            row = conn.execute(select(incidents).where(incidents.c.id == incident_id)).one()
+        return to_record(Incident, row)
+
+    def find_incident(self, incident_id: int) -> Incident | None:
+        with self.db.engine.connect() as conn:
+            row = conn.execute(select(incidents).where(incidents.c.id == incident_id)).first()
+        return to_record(Incident, row) if row else None
+
+    def active_incident(self, service: str) -> Incident | None:
+        with self.db.engine.connect() as conn:
+            row = conn.execute(select(incidents).where(incidents.c.active_service == service)).first()
+        return to_record(Incident, row) if row else None
+
+    def incidents_in(self, states: tuple[str, ...]) -> list[Incident]:
+        with self.db.engine.connect() as conn:
+            rows = conn.execute(select(incidents).where(incidents.c.state.in_(states))
+                                .order_by(incidents.c.id)).all()
+        return [to_record(Incident, r) for r in rows]
+
+    def last_warned_finished_at(self, service: str) -> float | None:
+        """When the service's most recent incident about a breach (detected or alerted, not a person's
+        request) ended; None if it never had one that ended."""
+        with self.db.engine.connect() as conn:
+            row = conn.execute(select(incidents.c.finished_at).where(incidents.c.service == service,
+                                                                     incidents.c.trigger != "manual",
+                                                                     incidents.c.finished_at.is_not(None))
+                               .order_by(incidents.c.finished_at.desc()).limit(1)).first()
+        return row[0] if row else None
+
+    def recent_incidents(self, service: str | None = None, limit: int = 10) -> list[Incident]:
+        query = select(incidents).order_by(incidents.c.id.desc()).limit(limit)
+        if service:
+            query = query.where(incidents.c.service == service)
+        with self.db.engine.connect() as conn:
+            return [to_record(Incident, r) for r in conn.execute(query).all()]
+
+    def transition(self, incident_id: int, from_states: tuple[str, ...], to_state: str, *,
+                   first_approver_other_than: str | None = None, auto: bool | None = None,
+                   **values: Any) -> Incident | None:
+        """Move an incident to `to_state` only if it is in one of `from_states`; None if it was not.
+
+        This conditional UPDATE is what makes an approval, a dismissal or a verdict happen once, however
+        many clicks, retries, threads or processes race for it. `first_approver_other_than` adds the two-person rule
+        (another approver must have given the first approval); `auto` requires the automatic run to be (still)
+        armed or not. A final state also frees the service (active_service NULL) and sets finished_at.
+        """
+        values["state"] = to_state
+        if to_state in FINAL_STATES:
+            values["active_service"] = None
+            values.setdefault("finished_at", self.db.clock())
+        conditions = [incidents.c.id == incident_id, incidents.c.state.in_(from_states)]
+        if first_approver_other_than is not None:
+            conditions += [incidents.c.first_approver.is_not(None),
+                           incidents.c.first_approver != first_approver_other_than]
+        if auto is not None:
+            conditions.append(incidents.c.auto_at.is_not(None) if auto else incidents.c.auto_at.is_(None))
+        with self.db.engine.begin() as conn:
+            result = conn.execute(update(incidents).where(*conditions).values(**values))
+        return self.incident(incident_id) if result.rowcount == 1 else None
+
+    def set_if(self, incident_id: int, state: str, column: str, expected: Any, value: Any) -> Incident | None:
+        """Set one column only while the incident is in `state` and the column still holds `expected`
+        (e.g. record who requested a rollback, once; disarm an automatic rollback, once)."""
+        col = incidents.c[column]
+        condition = col.is_(None) if expected is None else col == expected
+        with self.db.engine.begin() as conn:
+            result = conn.execute(update(incidents).where(incidents.c.id == incident_id, incidents.c.state == state,
+                                                          condition).values({column: value}))
+        return self.incident(incident_id) if result.rowcount == 1 else None
+
+    def update_incident(self, incident_id: int, **values: Any) -> Incident:
+        """Set columns unconditionally (message_ts, verification progress) and return the incident afterwards."""
+        with self.db.engine.begin() as conn:
+            conn.execute(update(incidents).where(incidents.c.id == incident_id).values(**values))
+        return self.incident(incident_id)

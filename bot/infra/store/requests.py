@@ -1,0 +1,35 @@
+"""Slack requests already handled (the seen_requests table), by idempotency key.
+
+Called through `Store` by handlers.dedupe (`claim_request`: a Slack retry or a replayed signed request finds its
+key taken and does nothing a second time, in any process sharing the database) and by bot.incidents.service
+(`forget_requests`, the periodic clean-up of old keys).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import insert
+from sqlalchemy.exc import IntegrityError
+
+from bot.infra.store.database import Database
+from bot.infra.store.tables import seen_requests
+
+
+class SeenRequests:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def forget_requests(self, older_than: float) -> int:
+        """Drop request keys claimed before `older_than`: Slack stops retrying within minutes, and Bolt refuses
+        a replay whose signed timestamp is over 5 minutes old, so old keys can never match again."""
+        with self.db.engine.begin() as conn:
+            return int(conn.execute(seen_requests.delete().where(seen_requests.c.at < older_than)).rowcount)
+
+    def claim_request(self, key: str) -> bool:
+        """True the first time `key` is claimed, False for a retry or replay of the same Slack request."""
+        try:
+            with self.db.engine.begin() as conn:
+                conn.execute(insert(seen_requests).values(key=key[:255], at=self.db.clock()))
+        except IntegrityError:
+            # Primary key taken: this request was already handled (here or by another process).
+            return False
+        return True
