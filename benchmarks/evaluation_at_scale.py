@@ -6,7 +6,7 @@ evaluation cycles for two policies over the same services in the same run:
   grouped: every service's SLOs share two query texts with `by: service` (what the README recommends);
   naive:   one query text per SLO per service (`{service="svc-0001"}` in each query).
 Per cycle it counts the Prometheus queries sent and the bot process's CPU time (time.process_time, all
-threads, so the query threads count too). It also runs the whole cycle `serve` runs (IncidentService.evaluate_once:
+threads, so the query threads count too). It also runs the whole cycle `serve` runs (Detection.evaluate_once:
 evaluation, the SLO metrics, the promotion gate of every service; `for` and `healthy_for` are 1 h, so no
 incident or promotion happens). Targets: <= 5 queries and <= 1 s of CPU per cycle.
 """
@@ -23,7 +23,7 @@ from _common import ROOT, Row, median, ms, need_prometheus, report
 from mlflow.tracking import MlflowClient
 from synthetic_exporter import service_name
 
-from bot.incidents.service import IncidentService
+from bot.app import wire
 from bot.infra.prom import Prometheus
 from bot.infra.scheduler import Scheduler
 from bot.infra.store import Store
@@ -104,13 +104,13 @@ def main() -> None:
                     conn.exec_driver_sql("UPDATE slo_state SET value = value + 1")
             rewritten = cycles(grouped, prom, grouped_policy, 3, before=change_every_state)
 
-            bot = IncidentService(policy=grouped_policy, store=Store(f"sqlite:///{tmp}/serve.db"), prom=prom,
-                              slack=SlackOut(make_client("xoxb-bench-0000", "http://127.0.0.1:9/api/")),
-                              mlflow=MlflowClient(tracking_uri="http://127.0.0.1:9"), scheduler=Scheduler())
+            bot = wire(policy=grouped_policy, store=Store(f"sqlite:///{tmp}/serve.db"), prom=prom,
+                       slack=SlackOut(make_client("xoxb-bench-0000", "http://127.0.0.1:9/api/")),
+                       mlflow=MlflowClient(tracking_uri="http://127.0.0.1:9"), scheduler=Scheduler())
             full: list[tuple[int, float]] = []
             for _ in range(1 + CYCLES // 2):  # the first one stores the new states, then steady cycles
                 sent, cpu_at = prom.queries_sent, time.process_time()
-                bot.evaluate_once()
+                bot.detection.evaluate_once()
                 full.append((prom.queries_sent - sent, time.process_time() - cpu_at))
             full = full[1:]
 

@@ -1,9 +1,11 @@
-"""The app factory: builds the Bolt app and the domain, wires handlers, and serves HTTP.
+"""The wiring: `wire` builds the domain (each collaborator handed the few others it uses), `build` adds the Bolt
+app and the handlers, `serve` runs it all.
 
-Called by bot.cli (`serve`, `demo`) and by tests. Routes: POST /slack/events (Bolt, which verifies Slack's
-signature), POST /alertmanager (Alertmanager's webhook, handlers.alertmanager), GET /healthz (200 once ready),
-GET /metrics (Prometheus text). Served by waitress, a production WSGI server, with bodies capped at
-handlers.bodies.MAX_BODY (413 past it); Socket Mode instead of /slack/events (then a 404) when SLACK_APP_TOKEN is set.
+Called by bot.cli (`serve`, `demo`), the sandbox and tests. Routes: POST /slack/events (handlers.slack_http,
+which verifies Slack's signature once, then Bolt), POST /alertmanager (handlers.alertmanager), GET /healthz
+(200 once ready), GET /metrics (Prometheus text). Served by waitress, a production WSGI server, with bodies
+capped at handlers.bodies.MAX_BODY (413 past it); Socket Mode instead of /slack/events (then a 404) when
+SLACK_APP_TOKEN is set.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -18,15 +21,30 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from slack_bolt import App
 
+from bot.incidents.alerts import Intake
+from bot.incidents.approvers import Approvers
+from bot.incidents.authorization import Authorization
+from bot.incidents.close import Closer
+from bot.incidents.detection import Detection
+from bot.incidents.oncall import OnCall
+from bot.incidents.planning import Planner
+from bot.incidents.recovery import Recovery
+from bot.incidents.runner import Runner
+from bot.incidents.runs import Runs
 from bot.incidents.service import IncidentService
+from bot.incidents.verify import Verifier
 from bot.infra import metrics, redact
 from bot.infra.config import Settings
+from bot.infra.model_registry import ModelRegistry
 from bot.infra.prom import Prometheus
 from bot.infra.scheduler import Scheduler
 from bot.infra.store import Store
 from bot.slack.slack_out import SlackError, SlackOut, make_client
+from bot.slack.timeline import Timeline
+from bot.slo.evaluation import Evaluator
+from bot.slo.gate import Gate
 from bot.slo.policy import Policy
-from executors.registry import Clients
+from executors.registry import Clients, Registry, default_registry
 from handlers import alertmanager, register_handlers
 from handlers.bodies import MAX_BODY
 from handlers.slack_http import SlackRoute
@@ -81,9 +99,64 @@ class RedactSecrets(logging.Filter):
 
 
 @dataclass
+class Bot:
+    """Every collaborator of the domain, each built once by `wire` and handed the few others it uses; nothing
+    below receives this object. `start` picks up what was in flight and starts the evaluation loop."""
+
+    policy: Policy
+    store: Store
+    slack: SlackOut
+    scheduler: Scheduler
+    timeline: Timeline
+    runner: Runner
+    evaluator: Evaluator
+    gate: Gate
+    incidents: IncidentService
+    runs: Runs
+    detection: Detection
+    recovery: Recovery
+    oncall: OnCall
+    intake: Intake
+
+    def start(self) -> None:
+        """Pick up what was in flight before a restart (bot.incidents.recovery), then schedule the evaluation loop."""
+        self.recovery.resume_in_flight()
+        self.scheduler.every("evaluate", self.policy.evaluate_every, self.detection.evaluate_once)
+        self.scheduler.start()
+
+
+def wire(*, policy: Policy, store: Store, prom: Prometheus, slack: SlackOut, mlflow: Any, scheduler: Scheduler,
+         registry: Registry | None = None, clients: Clients | None = None, clock: Callable[[], float] = time.time) -> Bot:
+    """Build the domain: each part gets exactly the collaborators it uses."""
+    timeline = Timeline(store, slack, policy.services.get)
+    authz = Authorization(Approvers(slack.usergroup_users))
+    registry = registry or default_registry()
+    runner = Runner(registry, clients or Clients(mlflow=mlflow), store)
+    models = ModelRegistry(mlflow)
+    gate = Gate(store, models, clock=clock)
+    evaluator = Evaluator(store, prom)
+    verifier = Verifier(store, prom, timeline, clock=clock)
+    closer = Closer(store=store, prom=prom, slack=slack, timeline=timeline, gate=gate, registry=registry)
+    runs = Runs(policy=policy, store=store, timeline=timeline, runner=runner, authz=authz, verifier=verifier,
+                closer=closer, gate=gate, scheduler=scheduler, clock=clock)
+    incidents = IncidentService(policy=policy, store=store, timeline=timeline, authz=authz,
+                                planner=Planner(runner, models), runs=runs, scheduler=scheduler, clock=clock)
+    detection = Detection(policy=policy, evaluator=evaluator, store=store, gate=gate, timeline=timeline,
+                          open_incident=incidents.open_detected, clock=clock)
+    recovery = Recovery(policy=policy, store=store, timeline=timeline, runs=runs,
+                        schedule_auto=incidents.schedule_auto, clock=clock)
+    oncall = OnCall(policy=policy, store=store, models=models, check_approver=incidents.check_approver,
+                    say=timeline.say)
+    intake = Intake(policy=policy, store=store, timeline=timeline,
+                    open_incident=lambda svc, reading: incidents.open_incident(svc, reading, source="alertmanager"))
+    return Bot(policy, store, slack, scheduler, timeline, runner, evaluator, gate, incidents, runs, detection,
+               recovery, oncall, intake)
+
+
+@dataclass
 class Runtime:
     settings: Settings
-    bot: IncidentService
+    bot: Bot
     bolt: App
     ready: threading.Event
 
@@ -92,7 +165,7 @@ class Runtime:
         # route at all, so /slack/events is a 404 like any other unknown path.
         slack_route = None if self.settings.slack_app_token else SlackRoute(
             self.bolt, self.settings.slack_signing_secret, self.bot.slack)
-        alerts = alertmanager.Route(self.bot, self.settings.alertmanager_token,
+        alerts = alertmanager.Route(self.bot.intake, self.settings.alertmanager_token,
                                     self.settings.alertmanager_service_label)
 
         def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -127,18 +200,20 @@ def build(settings: Settings, policy: Policy, *, mlflow: Any = None) -> Runtime:
         mlflow = MlflowClient(tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri)
     redact.configure(settings, policy)  # the secrets Slack messages, logs and audit rows must never carry
     client = make_client(settings.slack_bot_token, settings.slack_api_url)
-    bot = IncidentService(policy=policy, store=Store(settings.database_url), prom=Prometheus(settings.prometheus_url),
-                      slack=SlackOut(client), mlflow=mlflow, scheduler=Scheduler(),
-                      clients=Clients(mlflow=mlflow, helm=settings.helm_bin, workdir=settings.git_workdir))
+    bot = wire(policy=policy, store=Store(settings.database_url), prom=Prometheus(settings.prometheus_url),
+               slack=SlackOut(client), mlflow=mlflow, scheduler=Scheduler(),
+               clients=Clients(mlflow=mlflow, helm=settings.helm_bin, workdir=settings.git_workdir))
     # The client carries the bot token (and SLACK_API_URL); Bolt takes the token from it. No auth.test at
     # start: with Slack down (5xx, unreachable) Bolt would raise and a restarted bot would crash-loop instead
     # of picking up its incidents; Bolt checks the token on the first request instead.
     # process_before_response: Bolt runs each listener to its end on the thread that dispatched it. Clicks and
     # commands reach Bolt on handlers.slack_http's workers, already acked, so nothing waits for Bolt's own ack (and
     # its 10 ms ack polling is gone); a modal submission's ack (with its errors) comes after a short listener.
-    bolt = App(signing_secret=settings.slack_signing_secret, client=client, process_before_response=True,
-               token_verification_enabled=False)
-    register_handlers(bolt, bot)
+    # request_verification_enabled=False: handlers.slack_http verifies every request over HTTP before Bolt sees
+    # it (Socket Mode has no signatures), so Bolt does not verify it a second time (and is not given the secret).
+    bolt = App(client=client, process_before_response=True, token_verification_enabled=False,
+               request_verification_enabled=False)
+    register_handlers(bolt, bot.incidents, bot.oncall, bot.slack, bot.store)
     return Runtime(settings, bot, bolt, threading.Event())
 
 

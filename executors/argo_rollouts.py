@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from executors.base import Change, ExecutorError, StepContext, StepOutcome, StepPlan
 from executors.kube import JSON_PATCH, MERGE_PATCH, Kube, NotFoundError, Obj, Ref, Seconds, match_labels_selector
-from executors.registry import Clients, ExecutorSpec, Target
+from executors.spec import Clients, ExecutorSpec, Target
 
 HASH_LABEL = "rollouts-pod-template-hash"
 REVISION = "rollout.argoproj.io/revision"
@@ -257,8 +257,8 @@ class ArgoRollouts:
             f"{self.ref}: {what}; stable revision {data['target_revision']} ({data['target_images']}) has "
             f"{stable_weight if stable_weight is not None else 100}% of traffic, phase {status.get('phase')}",
             plan.changes,
-            data=dict(data, sent=sent, phase=status.get("phase"), canary_weight=canary, stable_weight=stable_weight,
-                      freeze_note=note),
+            data=dict(data, sent=sent, phase=status.get("phase"), canary_weight=canary, stable_weight=stable_weight),
+            freeze_note=note, traffic_to_bad=canary,
         )
 
     def _abort(self, rollout: Obj, sent: list[str]) -> None:
@@ -343,6 +343,6 @@ def _build(config: ArgoRolloutsConfig, clients: Clients) -> ArgoRollouts:
     return ArgoRollouts(config, Kube(clients.kube))
 
 
-SPEC = ExecutorSpec(name=ArgoRollouts.name, config=ArgoRolloutsConfig, build=_build,
+SPEC = ExecutorSpec(name=ArgoRollouts.name, config=ArgoRolloutsConfig, build=_build, reports_traffic=True,
                     target=Target(r"[0-9]{1,9}|[a-z0-9]{5,16}", "a Rollout revision number, e.g. `3`, or a "
                                   "ReplicaSet's pod-template-hash"))

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from executors.base import Change, ExecutorError, StepContext, StepOutcome, StepPlan, TemporaryExecutorError
 from executors.kube import MERGE_PATCH, Kube, Obj, Ref, Seconds
-from executors.registry import Clients, ExecutorSpec
+from executors.spec import Clients, ExecutorSpec
 
 DISABLE_AUTO_SYNC = {"spec": {"syncPolicy": {"automated": None}}}
 
@@ -136,13 +136,13 @@ class ArgoCd:
             out.update(self._sync(app, data["sync_revision"]))
             sent.append(f"synced to {data['sync_revision']}")
         out["sent"] = sent
-        out["freeze_note"] = (
+        freeze_note = (
             f"Auto-sync of {self.ref} stays off, so Argo CD will not re-apply the bad commit; turn it back on once "
             "the fix is merged." if cfg.disable_auto_sync else f"Auto-sync of {self.ref} was left as it was.")
         summary = f"{self.ref}: {', '.join(sent) or 'nothing to change'}"
         if cfg.sync:
             summary += f" (operation {out['phase']}, revision {out['synced_revision']})"
-        return StepOutcome(self.name, True, summary, plan.changes, data=out)
+        return StepOutcome(self.name, True, summary, plan.changes, data=out, freeze_note=freeze_note)
 
     def _sync(self, app: Obj, revision: str) -> dict[str, Any]:
         before = (app.get("status") or {}).get("operationState")

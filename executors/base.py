@@ -22,7 +22,7 @@ class Change:
     new: str
 
     def describe(self) -> str:
-        return f"{self.resource} {self.field}: {self.old} -> {self.new}"
+        return f"{self.resource} {self.field}: {self.old} → {self.new}"
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,16 @@ class StepContext:
 
 
 @dataclass(frozen=True)
+class ModelPin:
+    """The registered model version a step rolls back to: the baseline the warning names."""
+
+    model: str
+    version: str
+    run_id: str | None = None
+    replaces: str | None = None  # the version served now, the bad one
+
+
+@dataclass(frozen=True)
 class StepPlan:
     """Exactly what execute() would change, with the command a human would type to do the same."""
 
@@ -52,7 +62,8 @@ class StepPlan:
     command: str
     pin: str | None = None
     noop: bool = False
-    data: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)  # the executor's own, for its execute(); nobody else reads it
+    model_pin: ModelPin | None = None  # set by a step that rolls a registered model back to a version
 
 
 @dataclass(frozen=True)
@@ -65,7 +76,9 @@ class StepOutcome:
     changes: tuple[Change, ...] = ()
     error: str | None = None
     retryable: bool = False
-    data: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)  # the executor's own (later steps may read it)
+    freeze_note: str | None = None  # what keeps this layer from moving forward again, said at the close
+    traffic_to_bad: float | None = None  # percent of traffic left on the bad version (spec.reports_traffic)
 
 
 class ExecutorError(Exception):

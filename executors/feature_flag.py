@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from executors.base import Change, ExecutorError, StepContext, StepOutcome, StepPlan, TemporaryExecutorError
 from executors.kube import MERGE_PATCH, STRATEGIC_MERGE_PATCH, Kube, Obj, Ref, Seconds
-from executors.registry import Clients, ExecutorSpec
+from executors.spec import Clients, ExecutorSpec
 
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
 
@@ -133,11 +133,12 @@ class FeatureFlag:
                                         lambda d: _rollout_done(d, generation), timeout=cfg.timeout)
             out.update(restarted_at=at, generation=generation,
                        available=(done.get("status") or {}).get("availableReplicas"))
-        out["freeze_note"] = (f"{cfg.key} stays {cfg.value!r} in {self.configmap}; the bot never flips it back, a "
+        freeze_note = (f"{cfg.key} stays {cfg.value!r} in {self.configmap}; the bot never flips it back, a "
                               "person does once the new code path is fixed.")
         what = " and ".join(sent) or f"{cfg.key} was already {cfg.value!r}"
         rolled = f"; {self.deployment} rolled out generation {out['generation']}" if self.deployment else ""
-        return StepOutcome(self.name, True, f"{self.configmap}: {what}{rolled}", plan.changes, data=out)
+        return StepOutcome(self.name, True, f"{self.configmap}: {what}{rolled}", plan.changes, data=out,
+                           freeze_note=freeze_note)
 
 
 def _build(config: FeatureFlagConfig, clients: Clients) -> FeatureFlag:

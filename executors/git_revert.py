@@ -34,7 +34,7 @@ from executors.base import (
     StepPlan,
     TemporaryExecutorError,
 )
-from executors.registry import Clients, ExecutorSpec
+from executors.spec import Clients, ExecutorSpec
 
 if TYPE_CHECKING:
     from git import Commit, Repo

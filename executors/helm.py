@@ -26,7 +26,7 @@ from executors.base import (
     StepPlan,
     TemporaryExecutorError,
 )
-from executors.registry import Clients, ExecutorSpec, Target
+from executors.spec import Clients, ExecutorSpec, Target
 
 # Statuses of a revision that once ran successfully, so a rollback target (helm's `helm history` STATUS column).
 GOOD_STATUSES = ("deployed", "superseded")

@@ -17,12 +17,13 @@ from pydantic import BaseModel, ConfigDict
 from executors.base import (
     Change,
     ExecutorError,
+    ModelPin,
     StepContext,
     StepOutcome,
     StepPlan,
     TemporaryExecutorError,
 )
-from executors.registry import Clients, ExecutorSpec, Target
+from executors.spec import Clients, ExecutorSpec, Target
 
 BLOCK_TAG = "rollback_blocked"  # the tag the freeze puts on a bad version (bot.infra.model_registry writes it)
 
@@ -92,6 +93,7 @@ class MlflowAlias:
             noop=old == new,
             data={"model": cfg.model, "from_version": old, "to_version": new, "to_run_id": target.run_id,
                   "from_run_id": current.run_id},
+            model_pin=ModelPin(model=cfg.model, version=new, run_id=target.run_id, replaces=old),
         )
 
     def execute(self, *, plan: StepPlan, context: StepContext) -> StepOutcome:

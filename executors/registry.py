@@ -1,50 +1,18 @@
 """Executors by stable string name: the names are written in policy files and stored with every step.
 
-bot.slo.policy validates `rollback:` steps against a registry, bot.incidents.runner builds executors from it. Tests pass
-their own Registry instead of the default one.
+bot.slo.policy validates `rollback:` steps against a registry, bot.incidents.runner builds executors from it.
+Tests pass their own Registry instead of the default one. The registry imports the executor modules; none of
+them imports it back (their SPEC is built from executors.spec).
 """
 
 from __future__ import annotations
 
-import importlib
-import re
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterable
 
-from pydantic import BaseModel
+from executors import argo_rollouts, argocd, feature_flag, git_revert, helm, mlflow_alias
+from executors.spec import Clients, ExecutorSpec, Target
 
-from executors.base import Executor
-
-
-@dataclass(frozen=True)
-class Clients:
-    """Clients handed to executors; tests swap them for ones pointed at fakes or test servers."""
-
-    mlflow: Any = None
-    kube: Any = None  # a kubernetes.client.ApiClient; None = load from KUBECONFIG or in-cluster on first use
-    helm: str = "helm"  # the helm executable, looked up on PATH
-    workdir: str | None = None  # where git executors keep their clones; None = a temporary directory
-
-
-@dataclass(frozen=True)
-class Target:
-    """What `/rollback <service> --to <value>` may name for a targetable executor: a full-match regex for the
-    value's kind and the words that say what it accepts (shown when a value is refused)."""
-
-    pattern: str
-    accepts: str
-
-    def admits(self, value: str) -> bool:
-        return re.fullmatch(self.pattern, value) is not None
-
-
-@dataclass(frozen=True)
-class ExecutorSpec:
-    name: str
-    config: type[BaseModel]
-    build: Callable[[Any, Clients], Executor]
-    target: Target | None = None  # set when the step can be pinned to a named version or revision
+__all__ = ["Clients", "ExecutorSpec", "Registry", "Target", "default_registry"]
 
 
 class Registry:
@@ -68,13 +36,16 @@ class Registry:
         """Names of the executors `--to` can pin, in registration order."""
         return [name for name, spec in self._specs.items() if spec.target is not None]
 
+    def reports_traffic(self, name: str) -> bool:
+        return name in self._specs and self._specs[name].reports_traffic
+
     def __contains__(self, name: object) -> bool:
         return name in self._specs
 
 
-# Modules under executors/ that define SPEC, in the order `rollback-bot check-policy` lists them.
-EXECUTOR_MODULES = ("mlflow_alias", "helm", "git_revert", "argo_rollouts", "feature_flag", "argocd")
+# In the order `rollback-bot check-policy` lists them.
+EXECUTOR_MODULES = (mlflow_alias, helm, git_revert, argo_rollouts, feature_flag, argocd)
 
 
 def default_registry() -> Registry:
-    return Registry(importlib.import_module(f"executors.{name}").SPEC for name in EXECUTOR_MODULES)
+    return Registry(module.SPEC for module in EXECUTOR_MODULES)

@@ -1,5 +1,6 @@
 """Buttons on the warning: Roll back, Dry run, Dismiss; Retry step / Resume and Stop on a halted plan or an
-automatic rollback. Ack first, then delegate to bot.incidents.service.
+automatic rollback. Ack first, then delegate to bot.incidents.service. Over HTTP a click is already acked by
+handlers.slack_http; the ack() stays for Socket Mode, where it is the only one (handlers.slack_http says why).
 
 With `confirm: dialog` Slack has already shown the Block Kit confirm before the click arrives; with
 `confirm: typed` the click opens a modal (handlers.views takes its submission). Refusals are ephemeral.
@@ -32,33 +33,23 @@ def _where(body: dict[str, Any]) -> str | None:
     return (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
 
 
-def register(app: App, bot: IncidentService) -> None:
+def register(app: App, incidents: IncidentService, slack: SlackOut) -> None:
     @app.action(blocks.APPROVE)
     def approve(ack: Ack, body: dict[str, Any]) -> None:
         ack()
         user, channel, incident_id = body["user"]["id"], _where(body), _incident_id(body)
         if incident_id is None:
-            tell(bot.slack, channel, user, UNKNOWN)
+            tell(slack, channel, user, UNKNOWN)
             return
-        svc = bot.service_of(incident_id)
-        if svc is not None and svc.confirm == "typed":
-            incident, refusal = bot.authorize(incident_id, user)
-            if refusal or incident is None:
-                tell(bot.slack, channel, user, refusal.text if refusal else "Not allowed.")
-                return
-            if incident.state != "open":  # an old copy of the message: nothing left to confirm
-                tell(bot.slack, channel, user, f"Incident #{incident_id}: {blocks.status_line(incident)}")
-                return
-            bot.slack.open_view(body["trigger_id"], blocks.confirm_modal(
-                incident_id=incident_id, service=svc.name, baseline=blocks.baseline_text(incident)))
-            return
-        reply = bot.approve(incident_id, user)
-        if not reply.ok:
-            tell(bot.slack, channel, user, reply.text)
+        reply = incidents.press_approve(incident_id, user)
+        if reply.view is not None:
+            slack.open_view(body["trigger_id"], reply.view)
+        elif not reply.ok:
+            tell(slack, channel, user, reply.text)
 
-    for action_id, act in ((blocks.DRY_RUN, bot.dry_run), (blocks.DISMISS, bot.dismiss),
-                           (blocks.RETRY, bot.retry), (blocks.STOP, bot.stop)):
-        app.action(action_id)(_delegate(act, bot.slack))
+    for action_id, act in ((blocks.DRY_RUN, incidents.dry_run), (blocks.DISMISS, incidents.dismiss),
+                           (blocks.RETRY, incidents.retry), (blocks.STOP, incidents.stop)):
+        app.action(action_id)(_delegate(act, slack))
 
 
 def _delegate(act: Callable[[int, str], Reply], slack: SlackOut) -> Callable[..., None]:

@@ -1,7 +1,9 @@
 """`/rollback` — parsed and answered here, carried out by bot.incidents.service and bot.incidents.oncall.
 
 Bad input (unknown subcommand or service, extra words, odd characters, a missing value) is answered in the
-ack, ephemerally, and nothing runs. Everything else is acked at once and answered ephemerally after.
+ack, ephemerally, and nothing runs. Everything else is acked at once and answered ephemerally after. Over HTTP
+handlers.slack_http has already acked with an empty 200 and posts the text given to ack() to the response_url;
+in Socket Mode the ack itself carries it (handlers.slack_http says why every listener keeps its ack()).
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from typing import Any
 
 from slack_bolt import Ack, App
 
-from bot.incidents import oncall
+from bot.incidents.oncall import OnCall
 from bot.incidents.replies import Reply
 from bot.incidents.service import IncidentService
+from bot.slack import wording
 from bot.slack.blocks import escape, inert
+from bot.slack.slack_out import SlackOut
 from handlers.reply import tell
 
 log = logging.getLogger(__name__)
@@ -125,28 +129,28 @@ def parse(text: str) -> Command:
     return Command("rollback", service, version=version, dry_run=dry_run)
 
 
-def run(bot: IncidentService, command: Command, user: str, channel: str) -> Reply:
+def run(incidents: IncidentService, oncall: OnCall, command: Command, user: str, channel: str) -> Reply:
     """Carry out a parsed command whose service (if any) is known."""
     service = command.service or ""
     if command.verb == "status":
-        return oncall.status(bot, command.service)
+        return oncall.status(command.service)
     if command.verb == "history":
-        return oncall.history(bot, service)
+        return oncall.history(service)
     if command.verb == "policy":
-        return oncall.policy_summary(bot, service)
+        return oncall.policy_summary(service)
     if command.verb == "freeze":
-        return oncall.freeze(bot, service, user, command.reason)
+        return oncall.freeze(service, user, command.reason)
     if command.verb == "unfreeze":
-        return oncall.unfreeze(bot, service, user, command.version)
+        return oncall.unfreeze(service, user, command.version)
     if command.dry_run:
-        return bot.plan_preview(service, user, to=command.version)
-    return bot.request_rollback(service, user, channel, to=command.version)
+        return incidents.plan_preview(service, user, to=command.version)
+    return incidents.request_rollback(service, user, channel, to=command.version)
 
 
-def register(app: App, bot: IncidentService) -> None:
+def register(app: App, incidents: IncidentService, oncall: OnCall, slack: SlackOut) -> None:
     @app.command("/rollback")
     def rollback(ack: Ack, command: dict[str, Any]) -> None:
-        known = bot.known_services()
+        known = wording.known_services(incidents.policy.services)
         try:
             parsed = parse(command.get("text", ""))
         except BadCommand as exc:
@@ -155,15 +159,15 @@ def register(app: App, bot: IncidentService) -> None:
         if parsed.verb == "help":
             ack(text=escape(HELP.format(known=known)))
             return
-        if parsed.service is not None and bot.service(parsed.service) is None:
-            ack(text=escape(f"Unknown service `{parsed.service}`. Known services: {known}"))
+        if parsed.service is not None and incidents.service(parsed.service) is None:
+            ack(text=escape(wording.unknown_service(parsed.service, incidents.policy.services)))
             return
         opening = parsed.verb == "rollback" and not parsed.dry_run
         ack(text=f"Opening a rollback request for *{parsed.service}*…" if opening else "")
         try:
-            reply = run(bot, parsed, command["user_id"], command["channel_id"])
+            reply = run(incidents, oncall, parsed, command["user_id"], command["channel_id"])
         except Exception as exc:  # noqa: BLE001 - whatever went wrong, the person who typed it gets an answer
             log.exception("/rollback %s failed", parsed.verb)
             reply = Reply(False, f"`/rollback {parsed.verb}` failed: {inert(type(exc).__name__)}: {inert(str(exc))}. "
                                  "Nothing was changed.")
-        tell(bot.slack, command.get("channel_id"), command["user_id"], reply.text)
+        tell(slack, command.get("channel_id"), command["user_id"], reply.text)

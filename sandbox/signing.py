@@ -1,8 +1,8 @@
 """Signed Slack requests (slash commands, block actions, view submissions), used by the tests and the demo.
 
 Bodies are shaped and form-encoded like the ones Slack posts to the app's request URL, and signed with the
-app's signing secret through slack_sdk's `SignatureVerifier`, so Bolt's request verification accepts them.
-Feed them to `app.dispatch(BoltRequest(body=..., headers=...))` or post them with `post_signed`.
+app's signing secret through slack_sdk's `SignatureVerifier`, so the bot's signature check (handlers.slack_http)
+accepts them. Feed them to `app.dispatch(BoltRequest(body=..., headers=...))` or post them with `post_signed`.
 Defaults only point at 127.0.0.1; pass `FakeSlackAPI.response_url` as `response_url` to record `respond()`.
 """
 

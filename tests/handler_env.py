@@ -159,7 +159,7 @@ class HandlerEnv:
     # -- what happened -------------------------------------------------------------------------------
     def open_warning(self, service: str = MODEL_SVC, *, user: str = APPROVER) -> tuple[Incident, dict[str, Any]]:
         """`/rollback <service>` from the service's channel; returns the incident and its posted warning."""
-        svc = self.runtime.bot.service(service)
+        svc = self.runtime.bot.incidents.service(service)
         assert svc is not None
         self.command(service, user=user, channel=svc.channel)
         incident = wait_until(lambda: (i := self.store.active_incident(service)) and i.message_ts and i,

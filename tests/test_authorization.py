@@ -93,9 +93,9 @@ def test_finding1_a_strangers_request_never_arms_the_automatic_rollback(bench) -
     # The bot's own detection does arm it (the rule's automatic branch), and it runs as rollback-bot.
     env.click(env.slack.message(MODEL_CHANNEL, again.message_ts or ""), "rollback_dismiss", user=APPROVER)
     wait_until(lambda: env.store.incident(again.id).state == "dismissed", "the second dismissal")
-    svc = env.runtime.bot.service(MODEL_SVC)
+    svc = env.runtime.bot.incidents.service(MODEL_SVC)
     assert svc is not None
-    detected = env.runtime.bot.open_incident(svc, None, source="detection")
+    detected = env.runtime.bot.incidents.open_incident(svc, None, source="detection")
     assert detected.auto_at is not None
     wait_until(lambda: env.champion() == GOOD_VERSION, "the automatic rollback of a detected breach", timeout=15)
     assert env.store.incident(detected.id).approved_by == "rollback-bot"
@@ -188,10 +188,10 @@ def test_finding13_a_dismissed_manual_request_does_not_silence_a_real_breach(ben
     query = 'min(model_auc{service="model-svc"})'
     incident, warning = env.open_warning(user=STRANGER)
     bot.evaluator.prom = StubProm({query: (0.71,)})  # type: ignore[assignment]
-    bot.evaluate_once()  # the breach begins while the manual request is open
+    bot.detection.evaluate_once()  # the breach begins while the manual request is open
     env.click(warning, "rollback_dismiss", user=APPROVER)
     wait_until(lambda: env.store.incident(incident.id).state == "dismissed", "the dismissal")
-    readings = bot.evaluate_once()  # the breach held (for: 0s): the bot's own detection warns about it
+    readings = bot.detection.evaluate_once()  # the breach held (for: 0s): the bot's own detection warns about it
     assert [r.status for r in readings[MODEL_SVC]] == [BREACH]
     detected = wait_until(lambda: env.store.active_incident(MODEL_SVC), "the detected incident")
     assert detected.id != incident.id and detected.trigger == "auc" and detected.armed_by == "detection"
@@ -199,5 +199,5 @@ def test_finding13_a_dismissed_manual_request_does_not_silence_a_real_breach(ben
     # A dismissed warning about the breach itself still silences that same breach: its thread handles it.
     env.click(env.slack.message(MODEL_CHANNEL, detected.message_ts or ""), "rollback_dismiss", user=APPROVER)
     wait_until(lambda: env.store.incident(detected.id).state == "dismissed", "the detected one's dismissal")
-    bot.evaluate_once()
+    bot.detection.evaluate_once()
     assert env.store.active_incident(MODEL_SVC) is None

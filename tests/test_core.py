@@ -12,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel, ConfigDict
 
-from bot.incidents.service import IncidentService
+from bot.app import Bot, wire
 from bot.infra.scheduler import Scheduler
 from bot.infra.store import Incident, Store
 from bot.slack.slack_out import SlackOut, make_client
@@ -81,12 +81,12 @@ def slack() -> Iterator[FakeSlackAPI]:
 
 
 def _bot(tmp_path: Path, slack: FakeSlackAPI, client: MlflowClient, text: str, prom: StubProm,
-         clock: Clock) -> IncidentService:
+         clock: Clock) -> Bot:
     store = Store(f"sqlite:///{tmp_path / 'db'}", clock=clock)
     slack_out = SlackOut(make_client("xoxb-test", slack.url))
-    return IncidentService(policy=parse_policy(text, registry=_registry()), store=store, prom=prom,  # type: ignore[arg-type]
-                       slack=slack_out,
-                       mlflow=client, scheduler=Scheduler(), registry=_registry(), clock=clock)
+    return wire(policy=parse_policy(text, registry=_registry()), store=store, prom=prom,  # type: ignore[arg-type]
+                slack=slack_out,
+                mlflow=client, scheduler=Scheduler(), registry=_registry(), clock=clock)
 
 
 def _seed(client: MlflowClient, model: str) -> tuple[str, str]:
@@ -97,13 +97,13 @@ def _seed(client: MlflowClient, model: str) -> tuple[str, str]:
 
 
 def _breached(tmp_path: Path, slack: FakeSlackAPI, client: MlflowClient,
-              model: str) -> tuple[IncidentService, Clock, StubProm, Incident | None]:
+              model: str) -> tuple[Bot, Clock, StubProm, Incident | None]:
     """A bot whose service breaches latency with no `for`: one evaluation opens the incident."""
     _seed(client, model)
     clock = Clock()
     prom = StubProm({LATENCY: (0.5,), AUC: (0.9,)})
     bot = _bot(tmp_path, slack, client, _policy_text(model), prom, clock)
-    bot.evaluate_once()
+    bot.detection.evaluate_once()
     return bot, clock, prom, bot.store.active_incident("model-svc")
 
 
@@ -113,22 +113,22 @@ def test_breach_to_recovered_with_one_progress_message(tmp_path: Path, slack: Fa
     clock = Clock()
     prom = StubProm({LATENCY: (0.5,), AUC: (0.9,)})
     bot = _bot(tmp_path, slack, mlflow_client, _policy_text(unique_model), prom, clock)
-    bot.evaluate_once()
+    bot.detection.evaluate_once()
     incident = bot.store.active_incident("model-svc")
     assert incident is not None and incident.baseline["version"] == v1 and incident.baseline["bad_version"] == v2
-    bot.evaluate_once()
+    bot.detection.evaluate_once()
     assert len(slack.messages(CHANNEL)) == 1, "one open incident per service: no repeated warnings"
 
-    assert bot.approve(incident.id, "U0APPROVER").ok
-    bot.execute(incident.id)  # what the scheduler would run
+    assert bot.incidents.approve(incident.id, "U0APPROVER").ok
+    bot.runs.execute(incident.id)  # what the scheduler would run
     assert str(mlflow_client.get_model_version_by_alias(unique_model, "champion").version) == v1
 
     prom.answers[LATENCY] = ()  # right after a flip the rate window may be empty: no data is not recovery
-    bot.verify_tick(incident.id)
+    bot.runs.verify_tick(incident.id)
     prom.answers[LATENCY] = (0.1,)
     for _ in range(4):
         clock.tick(1)
-        bot.verify_tick(incident.id)
+        bot.runs.verify_tick(incident.id)
     done = bot.store.incident(incident.id)
     assert done.state == "recovered"
     thread = [m["text"] for m in slack.thread(CHANNEL, done.message_ts or "")]
@@ -153,11 +153,11 @@ def test_verification_times_out_and_mentions_approvers(tmp_path: Path, slack: Fa
                                                        mlflow_client: MlflowClient, unique_model: str) -> None:
     bot, clock, prom, incident = _breached(tmp_path, slack, mlflow_client, unique_model)
     assert incident is not None
-    bot.approve(incident.id, "U0APPROVER")
-    bot.execute(incident.id)
+    bot.incidents.approve(incident.id, "U0APPROVER")
+    bot.runs.execute(incident.id)
     for _ in range(22):
         clock.tick(1)
-        bot.verify_tick(incident.id)
+        bot.runs.verify_tick(incident.id)
     done = bot.store.incident(incident.id)
     assert done.state == "verify_failed"
     failed = [m["text"] for m in slack.thread(CHANNEL, done.message_ts or "") if "Verification failed:" in m["text"]]
@@ -166,7 +166,7 @@ def test_verification_times_out_and_mentions_approvers(tmp_path: Path, slack: Fa
 
 
 def _failing_bot(tmp_path: Path, slack: FakeSlackAPI, client: MlflowClient, model: str,
-                 step: str) -> tuple[IncidentService, str, Incident]:
+                 step: str) -> tuple[Bot, str, Incident]:
     """A bot whose plan is mlflow_alias, `step`, mlflow_alias; approved, and halted at step 2."""
     v1, _ = _seed(client, model)
     clock = Clock()
@@ -174,10 +174,10 @@ def _failing_bot(tmp_path: Path, slack: FakeSlackAPI, client: MlflowClient, mode
     text = _policy_text(model, f"      - {step}\n      - mlflow_alias: {{model: {model}}}")
     bot = _bot(tmp_path, slack, client, text, prom, clock)
     bot.scheduler.start()
-    bot.evaluate_once()
+    bot.detection.evaluate_once()
     incident = bot.store.active_incident("model-svc")
     assert incident is not None
-    assert bot.approve(incident.id, "U0APPROVER").ok
+    assert bot.incidents.approve(incident.id, "U0APPROVER").ok
     wait_until(lambda: bot.store.incident(incident.id).state == "halted", 15, "the plan to halt")
     return bot, v1, bot.store.incident(incident.id)
 
@@ -201,10 +201,10 @@ def test_a_failing_step_halts_the_plan_tells_the_thread_and_stop_ends_it(
         wait_until(lambda: buttons()[:2] == ["Retry step", "Stop"], 5, "Retry step and Stop on the warning")
         assert bot.store.active_incident("model-svc") is not None, "a halted plan is still an open incident"
 
-        refused = bot.stop(halted.id, "U0STRANGER")
+        refused = bot.incidents.stop(halted.id, "U0STRANGER")
         assert not refused.ok and bot.store.incident(halted.id).state == "halted"
-        assert bot.stop(halted.id, "U0APPROVER").ok
-        assert not bot.stop(halted.id, "U0APPROVER").ok, "a second Stop finds nothing to stop"
+        assert bot.incidents.stop(halted.id, "U0APPROVER").ok
+        assert not bot.incidents.stop(halted.id, "U0APPROVER").ok, "a second Stop finds nothing to stop"
     finally:
         bot.scheduler.shutdown()
     done = bot.store.incident(halted.id)
@@ -222,9 +222,9 @@ def test_retry_step_runs_the_failed_step_again_and_goes_on(
     bot, _, halted = _failing_bot(tmp_path, slack, mlflow_client, unique_model,
                                   f"always_fails: {{message: 'flaky-{unique_model}', times: 1}}")
     try:
-        assert not bot.retry(halted.id, "U0STRANGER").ok
-        assert bot.retry(halted.id, "U0APPROVER").ok
-        assert not bot.retry(halted.id, "U0APPROVER").ok, "the second Retry finds the plan already running"
+        assert not bot.incidents.retry(halted.id, "U0STRANGER").ok
+        assert bot.incidents.retry(halted.id, "U0APPROVER").ok
+        assert not bot.incidents.retry(halted.id, "U0APPROVER").ok, "the second Retry finds the plan already running"
         wait_until(lambda: bot.store.incident(halted.id).state == "verifying", 15, "the retried plan")
     finally:
         bot.scheduler.shutdown()
@@ -239,17 +239,17 @@ def test_a_breach_that_outlives_its_incident_is_not_warned_again(tmp_path: Path,
                                                                  mlflow_client: MlflowClient,
                                                                  unique_model: str) -> None:
     bot, clock, prom, incident = _breached(tmp_path, slack, mlflow_client, unique_model)
-    assert incident is not None and bot.dismiss(incident.id, "U0APPROVER").ok
+    assert incident is not None and bot.incidents.dismiss(incident.id, "U0APPROVER").ok
     for _ in range(3):
         clock.tick(1)
-        bot.evaluate_once()
+        bot.detection.evaluate_once()
     assert bot.store.active_incident("model-svc") is None, "the same continuous breach was dismissed"
     prom.answers[LATENCY] = (0.1,)
     clock.tick(1)
-    bot.evaluate_once()
+    bot.detection.evaluate_once()
     prom.answers[LATENCY] = (0.6,)
     clock.tick(1)
-    bot.evaluate_once()
+    bot.detection.evaluate_once()
     again = bot.store.active_incident("model-svc")
     assert again is not None and again.id != incident.id, "a new breach after recovery opens a new incident"
 
@@ -257,8 +257,8 @@ def test_a_breach_that_outlives_its_incident_is_not_warned_again(tmp_path: Path,
 def test_a_verdict_whose_close_never_ran_is_closed_on_restart(tmp_path: Path, slack: FakeSlackAPI,
                                                                mlflow_client: MlflowClient, unique_model: str) -> None:
     bot, clock, prom, incident = _breached(tmp_path, slack, mlflow_client, unique_model)
-    assert incident is not None and bot.approve(incident.id, "U0APPROVER").ok
-    bot.execute(incident.id)
+    assert incident is not None and bot.incidents.approve(incident.id, "U0APPROVER").ok
+    bot.runs.execute(incident.id)
     # The process dies right after the verifier's verdict, before finish() froze and summarised it.
     assert bot.store.transition(incident.id, ("verifying",), "recovered", recovered_at=clock())
     assert bot.store.frozen("model-svc") is None or "in progress" in bot.store.frozen("model-svc").reason

@@ -78,7 +78,8 @@ def test_undo_to_stable_sends_abort_then_the_plugins_json_patch(kube: KubeEnv) -
     assert _writes(kube) == [ABORT, _undo(v2)]  # no promote --full: the target is the stable ReplicaSet
     assert outcome.ok and outcome.data["phase"] == "Healthy"
     assert (outcome.data["canary_weight"], outcome.data["stable_weight"]) == (0, 100)
-    assert "v3 is gone from spec.template" in outcome.data["freeze_note"]
+    assert outcome.traffic_to_bad == 0
+    assert "v3 is gone from spec.template" in outcome.freeze_note
     rollout = kube.fake.get("rollouts", "prod", "model-svc")
     assert rollout["spec"]["template"]["spec"]["containers"][0]["image"] == "model-svc:v2"
     assert "revision" not in outcome.data  # that key is the git revision an argocd step would sync
@@ -134,7 +135,7 @@ def test_abort_leaves_the_rollout_aborted_with_all_traffic_on_stable(kube: KubeE
 
     assert _writes(kube) == [ABORT]
     assert outcome.ok and outcome.data["phase"] == "Degraded" and outcome.data["stable_weight"] == 100
-    assert "stays aborted" in outcome.data["freeze_note"] and "never does" in outcome.data["freeze_note"]
+    assert "stays aborted" in outcome.freeze_note and "never does" in outcome.freeze_note
     again = executor.plan(context=StepContext("model-svc", 1, pin=plan.pin))
     assert again.noop and executor.execute(plan=again, context=CTX).ok
     assert _writes(kube) == [ABORT]  # already aborted: nothing sent twice

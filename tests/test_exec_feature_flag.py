@@ -61,7 +61,7 @@ def test_flips_the_key_then_restarts_like_kubectl_and_waits_for_the_rollout(kube
     assert outcome.ok and outcome.data["generation"] == 2 and outcome.data["restarted_at"] == at
     assert kube.fake.get("configmaps", "prod", "model-svc-flags")["data"] == {"FEATURE_ENABLE_NEW": "false",
                                                                             "OTHER": "1"}
-    assert "stays 'false'" in outcome.data["freeze_note"]
+    assert "stays 'false'" in outcome.freeze_note
 
 
 def test_a_key_already_at_the_value_is_not_patched_but_the_restart_still_happens(kube: KubeEnv) -> None:

@@ -478,7 +478,7 @@ services:
                                    breach_started_at=None, channel="C0MODELSVC")
     assert incident is not None
     runner = Runner(default_registry(), Clients(workdir=str(tmp_path / "work")), store)
-    pins = [step.get("pin") for step in runner.plan_all(svc, incident.id)]
+    pins = [step.pin for step in runner.plan_all(svc, incident.id)]
     assert pins == [seeded["bump"], "2"]
 
     origin.commit("bump model-svc to v3", {"canary.yaml": "version: 3\n"})  # `^bump` would now match this

@@ -24,7 +24,7 @@ import requests
 from git import Repo
 from mlflow.tracking import MlflowClient
 
-from bot.incidents.service import IncidentService
+from bot.app import Bot, wire
 from bot.infra.prom import Prometheus
 from bot.infra.scheduler import Scheduler
 from bot.infra.store import Incident, Store
@@ -81,26 +81,26 @@ def slack() -> Iterator[FakeSlackAPI]:
 
 
 def _bot(tmp_path: Path, slack: FakeSlackAPI, text: str, prom: Any, *, mlflow: Any = None,
-         clients: Clients | None = None, clock: Clock | None = None) -> IncidentService:
+         clients: Clients | None = None, clock: Clock | None = None) -> Bot:
     clock = clock or Clock()
     store = Store(f"sqlite:///{tmp_path / 'bot.db'}", clock=clock)
-    return IncidentService(policy=parse_policy(text), store=store, prom=prom,
-                           slack=SlackOut(make_client("xoxb-t", slack.url)), mlflow=mlflow, scheduler=Scheduler(),
-                           clients=clients or Clients(mlflow=mlflow), clock=clock)
+    return wire(policy=parse_policy(text), store=store, prom=prom,
+                slack=SlackOut(make_client("xoxb-t", slack.url)), mlflow=mlflow, scheduler=Scheduler(),
+                clients=clients or Clients(mlflow=mlflow), clock=clock)
 
 
-def _approve_and_run(bot: IncidentService, service: str) -> Incident:
+def _approve_and_run(bot: Bot, service: str) -> Incident:
     incident = bot.store.active_incident(service)
     assert incident is not None, f"{service} has no incident"
-    assert bot.approve(incident.id, APPROVER).ok
-    bot.execute(incident.id)  # what the scheduler runs right after the approval
+    assert bot.incidents.approve(incident.id, APPROVER).ok
+    bot.runs.execute(incident.id)  # what the scheduler runs right after the approval
     return bot.store.incident(incident.id)
 
 
-def _verify(bot: IncidentService, clock: Clock, incident_id: int, ticks: int = 4) -> Incident:
+def _verify(bot: Bot, clock: Clock, incident_id: int, ticks: int = 4) -> Incident:
     for _ in range(ticks):
         clock.tick(1)
-        bot.verify_tick(incident_id)
+        bot.runs.verify_tick(incident_id)
     return bot.store.incident(incident_id)
 
 
@@ -187,7 +187,7 @@ def test_prometheus_hanging_on_one_query_leaves_the_other_service_going(
         prom = Prometheus(proxy.url, timeout=1.0, retries=1)
         bot = _bot(tmp_path, slack, text, prom)
         try:
-            readings = bot.evaluate_once()
+            readings = bot.detection.evaluate_once()
         finally:
             prom.close()
         a, (b, broken) = readings["svc-a"][0], readings["svc-b"]
@@ -231,7 +231,7 @@ def test_mlflow_5xx_on_the_alias_write_halts_with_the_cause_and_retry_recovers(
     with FaultProxy(mlflow_server.url) as proxy:
         client = MlflowClient(tracking_uri=proxy.url, registry_uri=proxy.url)
         bot = _bot(tmp_path, slack, text, prom, mlflow=client, clock=clock)
-        bot.evaluate_once()
+        bot.detection.evaluate_once()
         proxy.fail("POST", r"/registered-models/alias$", status=503, match=models["svc-a"][0])
 
         a = _approve_and_run(bot, "svc-a")
@@ -248,8 +248,8 @@ def test_mlflow_5xx_on_the_alias_write_halts_with_the_cause_and_retry_recovers(
         assert b.state == "recovered"
 
         proxy.clear()  # MLflow is healthy again: Retry step finishes svc-a
-        assert bot.retry(a.id, APPROVER).ok
-        bot.execute(a.id)
+        assert bot.incidents.retry(a.id, APPROVER).ok
+        bot.runs.execute(a.id)
         prom.answers["lat_a"] = (0.1,)
         a = _verify(bot, clock, a.id)
         assert a.state == "recovered"
@@ -274,7 +274,7 @@ def test_kubernetes_409_is_retried_and_500_forever_halts(tmp_path: Path, slack: 
     prom = StubProm({"lat_a": (0.9,), "lat_b": (0.9,)})
     bot = _bot(tmp_path, slack, text, prom, mlflow=mlflow_client, clock=clock,
                clients=Clients(mlflow=mlflow_client, kube=kube.api_client))
-    bot.evaluate_once()
+    bot.detection.evaluate_once()
     path_a, path_b = "/api/v1/namespaces/prod/configmaps/flags-a", "/api/v1/namespaces/prod/configmaps/flags-b"
     kube.fake.fail("PATCH", path_a + "$", 409, times=1, message="Operation cannot be fulfilled: the object has been "
                    "modified; please apply your changes to the latest version and try again")
@@ -313,7 +313,7 @@ def test_helm_nonzero_exit_halts_with_helms_stderr(tmp_path: Path, slack: FakeSl
     prom = StubProm({"lat_a": (0.9,), "lat_b": (0.9,)})
     bot = _bot(tmp_path, slack, text, prom, mlflow=mlflow_client, clock=clock,
                clients=Clients(mlflow=mlflow_client, helm="helm"))
-    bot.evaluate_once()
+    bot.detection.evaluate_once()
     helm.fail("rollback", times=1, stderr=stderr)
 
     a = _approve_and_run(bot, "svc-a")
@@ -354,7 +354,7 @@ def test_git_push_rejected_forever_halts_after_bounded_retries(tmp_path: Path, s
     prom = StubProm({"lat_a": (0.9,), "lat_b": (0.9,)})
     bot = _bot(tmp_path, slack, text, prom, mlflow=mlflow_client,
                clients=Clients(mlflow=mlflow_client, workdir=str(tmp_path / "clones")))
-    bot.evaluate_once()
+    bot.detection.evaluate_once()
 
     a = _approve_and_run(bot, "svc-a")
     _halted_with(slack, a, "gave up pushing the revert", "on all 3 attempts (push_retries=2)")
@@ -395,10 +395,10 @@ def test_slack_429_is_waited_out_and_5xx_is_posted_on_a_later_cycle(
     # 429 on the warning's post and on the first in-place update: slack_sdk waits Retry-After and resends once.
     slack.fail_next("chat.postMessage", status=429, retry_after=1)
     slack.fail_next("chat.update", status=429, retry_after=1)
-    bot.evaluate_once()
+    bot.detection.evaluate_once()
     incident = bot.store.active_incident("svc-a")
     assert incident is not None and incident.message_ts
-    assert bot.approve(incident.id, APPROVER).ok
+    assert bot.incidents.approve(incident.id, APPROVER).ok
     posts, updates = slack.calls("chat.postMessage"), slack.calls("chat.update")
     assert posts[0].params == posts[1].params and posts[1].at - posts[0].at >= 1.0
     assert updates[0].params == updates[1].params and updates[1].at - updates[0].at >= 1.0
@@ -409,12 +409,12 @@ def test_slack_429_is_waited_out_and_5xx_is_posted_on_a_later_cycle(
 
     # 503 on a thread post: the event stays unposted in the store and goes out with the next cycle, once.
     slack.fail_next("chat.postMessage", status=503)
-    assert bot.dry_run(incident.id, APPROVER).ok
+    assert bot.incidents.dry_run(incident.id, APPROVER).ok
     unposted = bot.store.unposted_events(incident.id)
     assert [e.kind for e in unposted] == ["dry_run"]
-    bot.evaluate_once()  # the next cycle's Timeline.flush_all posts it
+    bot.detection.evaluate_once()  # the next cycle's Timeline.flush_all posts it
     assert bot.store.unposted_events() == []
-    bot.execute(incident.id)
+    bot.runs.execute(incident.id)
     events = bot.store.events(incident.id)
     thread = _thread(slack, bot.store.incident(incident.id))
     posted = [t for t in thread if not t.startswith(":mag:") and "— elapsed" not in t]

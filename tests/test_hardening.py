@@ -16,6 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from bot.incidents.runner import Runner
+from bot.infra.plans import PlannedStep
 from bot.slack import blocks
 from bot.slo.policy import parse_policy
 from executors.registry import Clients, default_registry
@@ -120,8 +121,8 @@ services:
 """)
     runner = Runner(default_registry(), Clients(), store=None)  # type: ignore[arg-type]  # planning only
     steps = runner.plan_all(policy.services[MODEL_SVC], 1)
-    assert not steps[0].get("error"), steps
-    assert "<!here>" in json.dumps(steps), "the plan keeps the subject as git has it"
+    assert not steps[0].error, steps
+    assert "<!here>" in json.dumps([s.to_dict() for s in steps]), "the plan keeps the subject as git has it"
     shown = blocks.clip(blocks.plan_text("Dry run:", steps))
     for markup in LIVE:
         assert markup not in shown, (markup, shown)
@@ -183,7 +184,7 @@ def test_finding5_dry_runs_share_one_plan_and_never_hold_up_an_approval(env: Han
     planned: list[int] = []
     real_plan_all = runner.plan_all
 
-    def slow_plan_all(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+    def slow_plan_all(*args: Any, **kwargs: Any) -> list[PlannedStep]:
         planned.append(1)
         assert release.wait(30), "the test never released the slow plan"
         return real_plan_all(*args, **kwargs)
@@ -230,12 +231,12 @@ services:
         bot = env.runtime.bot
         bot.evaluator.prom = StubProm({"model_auc_a": (0.5,), "model_auc_b": (0.5,)})  # type: ignore[assignment]
         started = time.monotonic()
-        bot.evaluate_once()
+        bot.detection.evaluate_once()
         cycle = time.monotonic() - started
         ranker = env.store.active_incident(RANKER_SVC)
         assert ranker is not None and ranker.message_ts, "the other service's warning did not wait for git"
         assert cycle < 4, f"the evaluation cycle waited {cycle:.1f}s for the stalled git server"
-        bot.evaluate_once()  # a second cycle while the first one's planning still hangs: no second opener
+        bot.detection.evaluate_once()  # a second cycle while the first one's planning still hangs: no second opener
         stalled = wait_until(lambda: env.store.active_incident(MODEL_SVC), "the stalled service's warning",
                              timeout=20)
         assert "4" in (stalled.baseline.get("error") or "") and "clone" in stalled.baseline["error"], stalled.baseline
@@ -251,7 +252,7 @@ def test_a_warning_still_being_posted_is_not_posted_again_by_the_cycle(env: Hand
     bot.evaluator.prom = StubProm({'min(model_auc{service="model-svc"})': (0.5,)})  # type: ignore[assignment]
     env.slack.fail_next("chat.postMessage", status=429, retry_after=3)
     started = time.monotonic()
-    bot.evaluate_once()
+    bot.detection.evaluate_once()
     incident = wait_until(lambda: (i := env.store.active_incident(MODEL_SVC)) and i.message_ts and i, "the warning")
     time.sleep(max(0.0, started + 4.5 - time.monotonic()))  # past the 429's Retry-After: the opener's post is done
     warnings = [m for m in env.slack.messages(MODEL_CHANNEL) if "Roll back" in json.dumps(m.get("blocks") or [])]

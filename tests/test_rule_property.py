@@ -33,7 +33,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from pydantic import BaseModel, ConfigDict
 from slack_bolt import App, BoltRequest
 
-from bot.incidents.service import IncidentService
+from bot.app import wire
 from bot.infra.store import ACTIVE_STATES, Store
 from bot.slack import blocks
 from bot.slack.slack_out import SlackOut, make_client
@@ -228,13 +228,13 @@ class RuleMachine(RuleBasedStateMachine):
 
     def _boot(self) -> None:
         self.scheduler = StepScheduler(self.clock)
-        self.bot = IncidentService(policy=self.policy, store=self.store, prom=self.prom,  # type: ignore[arg-type]
-                               slack=SlackOut(self.client), mlflow=None, scheduler=self.scheduler,  # type: ignore[arg-type]
-                               registry=REGISTRY, clock=self.clock)
+        self.bot = wire(policy=self.policy, store=self.store, prom=self.prom,  # type: ignore[arg-type]
+                        slack=SlackOut(self.client), mlflow=None, scheduler=self.scheduler,  # type: ignore[arg-type]
+                        registry=REGISTRY, clock=self.clock)
         self.bolt = App(signing_secret=SECRET, client=self.client, process_before_response=True,
                         token_verification_enabled=False)
-        register_handlers(self.bolt, self.bot)
-        self.intake = alertmanager.Intake(self.bot)
+        register_handlers(self.bolt, self.bot.incidents, self.bot.oncall, self.bot.slack, self.bot.store)
+        self.intake = self.bot.intake
         self.bot.start()  # restart pick-up (bot.incidents.recovery) and the evaluation job, which the test runs itself
 
     def teardown(self) -> None:
@@ -354,7 +354,7 @@ class RuleMachine(RuleBasedStateMachine):
 
     @rule()
     def evaluate(self) -> None:
-        self._detected(self.bot.evaluate_once)
+        self._detected(self.bot.detection.evaluate_once)
 
     @rule(service=st.sampled_from(list(SERVICES)), n=st.integers(0, 3))
     def alertmanager_alert(self, service: str, n: int) -> None:

@@ -154,9 +154,9 @@ def test_two_person_rule_the_requester_cannot_approve(two_person: HandlerEnv) ->
 
 def test_two_person_rule_on_a_detected_breach_first_click_requests_second_approves(two_person: HandlerEnv) -> None:
     env = two_person
-    svc = env.runtime.bot.service("model-svc")
+    svc = env.runtime.bot.incidents.service("model-svc")
     assert svc is not None
-    opened = env.runtime.bot.open_incident(svc, None)  # as a detected breach would: nobody requested it yet
+    opened = env.runtime.bot.incidents.open_incident(svc, None)  # as a detected breach would: nobody requested it yet
     warning = env.slack.message(MODEL_CHANNEL, opened.message_ts or "")
     env.click(warning, "rollback_approve", user=GROUP_MEMBER)
     wait_until(lambda: env.store.incident(opened.id).first_approver == GROUP_MEMBER, "the first approval")
@@ -184,10 +184,10 @@ def automatic(tmp_path: Path, slack: FakeSlackAPI, mlflow_server: MlflowServer, 
 def test_automatic_rollback_runs_after_the_grace_period_unless_stopped(automatic: HandlerEnv) -> None:
     env = automatic
     bot = env.runtime.bot
-    model_svc, ranker_svc = bot.service("model-svc"), bot.service("ranker-svc")
+    model_svc, ranker_svc = bot.incidents.service("model-svc"), bot.incidents.service("ranker-svc")
     assert model_svc is not None and ranker_svc is not None
-    auto = bot.open_incident(model_svc, None)
-    stopped = bot.open_incident(ranker_svc, None)
+    auto = bot.incidents.open_incident(model_svc, None)
+    stopped = bot.incidents.open_incident(ranker_svc, None)
     warning = env.slack.message(MODEL_CHANNEL, auto.message_ts or "")
     assert "automatically" in str(warning["blocks"]) and button(warning, "rollback_stop")
     ranker_warning = env.slack.message(stopped.channel or "", stopped.message_ts or "")

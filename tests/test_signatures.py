@@ -1,5 +1,5 @@
-"""Every Slack route checks Slack's signature (Bolt's verification): a property-based test sends 1,000+ tampered
-requests over real HTTP — changed bodies, timestamps and signatures, missing headers — and every one must be
+"""Every Slack route checks Slack's signature (handlers.slack_http, the one check): a property-based test sends
+1,000+ tampered requests over real HTTP — changed bodies, timestamps and signatures, missing headers — and every one must be
 answered 401 with no side effect (no incident, no Slack call, no audit row, no claimed request)."""
 
 from __future__ import annotations

@@ -24,8 +24,7 @@ from mlflow.tracking import MlflowClient
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import JSON, String
 
-from bot.app import build
-from bot.incidents.service import IncidentService
+from bot.app import build, wire
 from bot.infra.scheduler import Scheduler
 from bot.infra.store import TRIGGER_LENGTH, SloState, Store, metadata
 from bot.slack.slack_out import SlackOut, make_client
@@ -206,11 +205,11 @@ services:
 def test_an_infinite_reading_opens_its_incident_and_the_cycle_goes_on(url: str, slack: FakeSlackAPI) -> None:
     clock = Clock()
     prom = StubProm({ERRORS: (math.inf,), LATENCY: (0.5,)})  # errors/0: errors while nothing is served
-    bot = IncidentService(policy=parse_policy(TWO_SERVICES, registry=REGISTRY), store=Store(url, clock=clock),
-                      prom=prom, slack=SlackOut(make_client("xoxb-test", slack.url)),  # type: ignore[arg-type]
-                      mlflow=None, scheduler=Scheduler(), registry=REGISTRY, clock=clock)
+    bot = wire(policy=parse_policy(TWO_SERVICES, registry=REGISTRY), store=Store(url, clock=clock),
+               prom=prom, slack=SlackOut(make_client("xoxb-test", slack.url)),  # type: ignore[arg-type]
+               mlflow=None, scheduler=Scheduler(), registry=REGISTRY, clock=clock)
     try:
-        readings = bot.evaluate_once()  # raised on PostgreSQL before: json refuses Infinity
+        readings = bot.detection.evaluate_once()  # raised on PostgreSQL before: json refuses Infinity
 
         [inf] = readings["first-svc"]
         assert (inf.status, inf.value, inf.detail, inf.sustained) == (BREACH, None, "+Inf", True)
@@ -226,7 +225,7 @@ def test_an_infinite_reading_opens_its_incident_and_the_cycle_goes_on(url: str, 
         assert second is not None and second.detail["value"] == 0.5 and len(slack.messages("C0SECOND")) == 1
 
         clock.tick(1)
-        bot.evaluate_once()  # and the next cycle too: same incidents, no new warnings
+        bot.detection.evaluate_once()  # and the next cycle too: same incidents, no new warnings
         assert len(slack.messages("C0FIRST")) == 1 and bot.store.active_incident("first-svc") == first
     finally:
         bot.store.engine.dispose()

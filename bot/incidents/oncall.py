@@ -2,123 +2,83 @@
 a service's policy in three lines.
 
 Called by handlers.commands (`/rollback status|history|freeze|unfreeze|policy`) with plain values; returns
-Reply texts in Slack mrkdwn. Freeze and unfreeze are approver-only and audited; unfreeze lifts a version's
-`rollback_blocked` tag only when asked to by name (`--unblock <version>`).
+Reply values worded by bot.slack.answers. Freeze and unfreeze are approver-only and audited; unfreeze lifts a
+version's `rollback_blocked` tag only when asked to by name (`--unblock <version>`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from bot.incidents.replies import Reply
-from bot.infra.model_registry import RegistryError
-from bot.infra.store import Incident
-from bot.slack import blocks
-from bot.slo.durations import format_duration
-from bot.slo.policy import Service
+from bot.infra.model_registry import ModelRegistry, RegistryError
+from bot.infra.store import Store
+from bot.slack import answers
+from bot.slo.policy import Policy, Service
 
-if TYPE_CHECKING:
-    from bot.incidents.service import IncidentService
-
-
-def _span(a: float | None, b: float | None) -> str:
-    return format_duration(b - a) if a is not None and b is not None else "—"
+CheckApprover = Callable[[Service, str, str], Reply | None]  # None, or the (audited) refusal to show the person
+Say = Callable[[str, str], None]  # a note in a channel
 
 
-def _aliases(bot: IncidentService, svc: Service) -> str:
-    to, previous = (svc.promote.to, svc.promote.previous) if svc.promote else ("champion", "previous_champion")
-    try:
-        current = bot.gate.registry.by_alias(svc.model, to)
-        before = bot.gate.registry.by_alias(svc.model, previous)
-    except RegistryError as exc:
-        return f"registry unavailable ({blocks.inert(str(exc))})"
-    shown = f"@{to} v{current.version}" if current else f"@{to} not set"
-    if current and current.blocked:
-        shown += " (rollback_blocked!)"
-    return shown + (f", baseline @{previous} v{before.version}" if before else f", no @{previous}")
+class OnCall:
+    def __init__(self, *, policy: Policy, store: Store, models: ModelRegistry, check_approver: CheckApprover,
+                 say: Say) -> None:
+        self.policy = policy
+        self.store = store
+        self.models = models
+        self.check_approver = check_approver
+        self.say = say
 
-
-def status(bot: IncidentService, service: str | None) -> Reply:
-    """Open incidents, frozen services (reason, since when), current champion / baseline per service."""
-    names = [service] if service else sorted(bot.policy.services)
-    lines = []
-    for name in names:
-        svc = bot.policy.services[name]
-        active = bot.store.active_incident(name)
-        frozen = bot.store.frozen(name)
-        parts = [f"*{name}* — {_aliases(bot, svc)}"]
-        parts.append(f"incident #{active.id}: {blocks.status_line(active)}" if active else "no open incident")
-        if frozen:
-            parts.append(f":ice_cube: frozen since {blocks.clock(frozen.frozen_at)} by {blocks.mention(frozen.actor)}"
-                         f" ({blocks.inert(frozen.reason)})" if frozen.actor.startswith(("U", "W"))
-                         else f":ice_cube: frozen since {blocks.clock(frozen.frozen_at)} ({blocks.inert(frozen.reason)})")
-        lines.append(" · ".join(parts))
-    return Reply(True, "*Rollback status*\n" + "\n".join(lines))
-
-
-def _history_line(incident: Incident) -> str:
-    outcome = {"recovered": ":white_check_mark: recovered", "verify_failed": ":x: not recovered",
-               "failed": ":x: rollback failed", "dismissed": ":no_entry_sign: dismissed"}.get(incident.state,
-                                                                                        incident.state)
-    who = blocks.mention(incident.approved_by) if incident.approved_by and incident.approved_by[0] in "UW" \
-        else (incident.approved_by or "nobody")
-    return (f"#{incident.id} {blocks.clock(incident.opened_at)} {incident.trigger} — {outcome}; approved by {who}; "
-            f"time to recover {_span(incident.approved_at, incident.recovered_at)}")
-
-
-def history(bot: IncidentService, service: str, limit: int = 10) -> Reply:
-    incidents = bot.store.recent_incidents(service, limit)
-    if not incidents:
-        return Reply(True, f"*{service}* has had no incidents.")
-    return Reply(True, f"*Last {len(incidents)} incidents of {service}*\n"
-                  + "\n".join(_history_line(i) for i in incidents))
-
-
-def freeze(bot: IncidentService, service: str, user: str, reason: str) -> Reply:
-    svc = bot.policy.services[service]
-    refusal = bot.check_approver(svc, user, "freeze")
-    if refusal:
-        return refusal
-    why = reason or "frozen by hand"
-    bot.store.freeze(service=service, reason=why, actor=user)
-    bot.store.audit(actor=user, action="freeze", result="ok", detail={"service": service, "reason": why})
-    bot._say(svc.channel, f":ice_cube: {blocks.mention(user)} froze auto-promotion for *{service}*: "
-                          f"{blocks.inert(why)}")
-    return Reply(True, f"Froze auto-promotion for *{service}*.")
-
-
-def unfreeze(bot: IncidentService, service: str, user: str, unblock: str | None) -> Reply:
-    svc = bot.policy.services[service]
-    refusal = bot.check_approver(svc, user, "unfreeze")
-    if refusal:
-        return refusal
-    if bot.store.active_incident(service):
-        return Reply(False, f"*{service}* has an open incident; finish it before unfreezing.")
-    lifted = bot.store.unfreeze(service)
-    note = ""
-    if unblock:
+    def _aliases(self, svc: Service) -> str:
+        to, previous = (svc.promote.to, svc.promote.previous) if svc.promote else ("champion", "previous_champion")
         try:
-            bot.gate.registry.unblock(svc.model, unblock)
+            current = self.models.by_alias(svc.model, to)
+            before = self.models.by_alias(svc.model, previous)
         except RegistryError as exc:
-            return Reply(False, f"{'Unfroze' if lifted else 'Was not frozen'}; could not unblock "
-                                 f"`{svc.model}` v{unblock}: {blocks.inert(str(exc))}")
-        note = f"; `{svc.model}` version {unblock} is no longer rollback_blocked"
-    bot.store.audit(actor=user, action="unfreeze", result="ok", detail={"service": service, "unblock": unblock})
-    if not lifted and not unblock:
-        return Reply(True, f"*{service}* was not frozen.")
-    bot._say(svc.channel, f":sunny: {blocks.mention(user)} unfroze auto-promotion for *{service}*{note}")
-    return Reply(True, f"Unfroze *{service}*{note}.")
+            return answers.registry_unavailable(str(exc))
+        return answers.aliases(to, previous, current, before)
 
+    def status(self, service: str | None) -> Reply:
+        """Open incidents, frozen services (reason, since when), current champion / baseline per service."""
+        names = [service] if service else sorted(self.policy.services)
+        return Reply(True, answers.status([
+            answers.status_entry(name, self._aliases(self.policy.services[name]), self.store.active_incident(name),
+                                 self.store.frozen(name)) for name in names]))
 
-def policy_summary(bot: IncidentService, service: str) -> Reply:
-    svc = bot.policy.services[service]
-    triggers = "; ".join(f"{slo.name} {slo.target_text()} for {format_duration(slo.for_)}" for slo in svc.slos)
-    actions = " → ".join(s.executor for s in svc.rollback)
-    who = "two approvers (requester cannot approve)" if svc.two_person else "one approver"
-    auto = f", automatic after {format_duration(svc.auto_rollback_grace)} unless stopped" if svc.auto_rollback else ""
-    v, every = svc.verify, format_duration(bot.policy.evaluate_every)
-    return Reply(True, f"*{service}* policy\n"
-                        f"• *Trigger*: any breach of {triggers} (checked every {every})\n"
-                        f"• *Action*: {actions} — confirmed by {who} ({svc.confirm}){auto}\n"
-                        f"• *Verification*: every SLO within target for {format_duration(v.stable_for)}, checked every "
-                        f"{format_duration(v.every)}, within {format_duration(v.within)}; then auto-promotion is frozen")
+    def history(self, service: str, limit: int = 10) -> Reply:
+        return Reply(True, answers.history(service, self.store.recent_incidents(service, limit)))
+
+    def freeze(self, service: str, user: str, reason: str) -> Reply:
+        svc = self.policy.services[service]
+        refusal = self.check_approver(svc, user, "freeze")
+        if refusal:
+            return refusal
+        why = reason or "frozen by hand"
+        self.store.freeze(service=service, reason=why, actor=user)
+        self.store.audit(actor=user, action="freeze", result="ok", detail={"service": service, "reason": why})
+        self.say(svc.channel, answers.froze(user, service, why))
+        return Reply(True, answers.froze_reply(service))
+
+    def unfreeze(self, service: str, user: str, unblock: str | None) -> Reply:
+        svc = self.policy.services[service]
+        refusal = self.check_approver(svc, user, "unfreeze")
+        if refusal:
+            return refusal
+        if self.store.active_incident(service):
+            return Reply(False, answers.open_incident_first(service))
+        lifted = self.store.unfreeze(service)
+        note = ""
+        if unblock:
+            try:
+                self.models.unblock(svc.model, unblock)
+            except RegistryError as exc:
+                return Reply(False, answers.could_not_unblock(lifted, svc.model, unblock, str(exc)))
+            note = answers.unblocked(svc.model, unblock)
+        self.store.audit(actor=user, action="unfreeze", result="ok", detail={"service": service, "unblock": unblock})
+        if not lifted and not unblock:
+            return Reply(True, answers.was_not_frozen(service))
+        self.say(svc.channel, answers.unfroze(user, service, note))
+        return Reply(True, answers.unfroze_reply(service, note))
+
+    def policy_summary(self, service: str) -> Reply:
+        return Reply(True, answers.policy_summary(self.policy.services[service], self.policy))

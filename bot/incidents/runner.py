@@ -1,9 +1,9 @@
 """Builds executors from a service's `rollback:` steps, plans them, and runs them in order.
 
-Called by bot.incidents.service: `plan_all` when an incident opens (to pin the baseline the warning shows) and for
-"Dry run"; `run` after an approval. `run` never raises: every step's start, result and duration is stored
-and put on the timeline, and a failing step stops the plan with an outcome that says what was done and
-what was not.
+Called by bot.incidents.planning (`plan_all` when an incident opens, to pin the baseline the warning shows, and
+for "Dry run") and bot.incidents.runs (`run` after an approval). `run` never raises: every step's start, result
+and duration is stored and put on the timeline, and a failing step stops the plan with an outcome that says what
+was done and what was not.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 
 from bot.infra import metrics
 from bot.infra.actors import AUTO_ACTOR
+from bot.infra.plans import PlannedStep
 from bot.infra.store import Store
 from bot.slack import blocks
 from bot.slack.blocks import inert
@@ -40,14 +41,20 @@ def plan_dict(plan: StepPlan) -> dict[str, Any]:
     return asdict(plan)
 
 
-def stored_outcome(stored: dict[str, Any] | None) -> StepOutcome | None:
-    """A StepOutcome back from its stored dict (for steps done before a halt)."""
-    if not stored or not stored.get("ok"):
+def outcome_from(stored: dict[str, Any] | None) -> StepOutcome | None:
+    """A StepOutcome back from its stored dict (a failed step that never produced an outcome has none)."""
+    if not stored or "summary" not in stored:
         return None
     names = {f for f in StepOutcome.__dataclass_fields__}
     values = {k: v for k, v in stored.items() if k in names}
     values["changes"] = tuple(Change(**c) for c in values.get("changes") or ())
     return StepOutcome(**values)
+
+
+def stored_outcome(stored: dict[str, Any] | None) -> StepOutcome | None:
+    """The outcome of a step that succeeded (for the steps done before a halt), else None."""
+    outcome = outcome_from(stored)
+    return outcome if outcome and outcome.ok else None
 
 
 def _names_before(service: Service, position: int) -> tuple[str, ...]:
@@ -67,21 +74,18 @@ class Runner:
     def _executor(self, step: RollbackStep) -> Any:
         return self.registry.get(step.executor).build(step.config, self.clients)
 
-    def plan_all(self, service: Service, incident_id: int, pins: Sequence[str | None] = ()) -> list[dict[str, Any]]:
-        """Every step's plan as stored/rendered dicts; a step that cannot be planned carries its error."""
+    def plan_all(self, service: Service, incident_id: int, pins: Sequence[str | None] = ()) -> list[PlannedStep]:
+        """Every step's plan; a step that cannot be planned carries its error."""
         out = []
         for i, step in enumerate(service.rollback):
             pin = pins[i] if i < len(pins) else None
             try:
                 context = StepContext(service.name, incident_id, pin, before=_names_before(service, i))
-                plan = self._executor(step).plan(context=context)
+                out.append(PlannedStep(step.executor, plan=self._executor(step).plan(context=context)))
             except ExecutorError as exc:
-                out.append({"executor": step.executor, "error": str(exc)})
-                continue
+                out.append(PlannedStep(step.executor, error=str(exc)))
             except Exception as exc:  # noqa: BLE001 - a bug or an odd value in planning is that step's error
-                out.append({"executor": step.executor, "error": f"unexpected {type(exc).__name__}: {exc}"})
-                continue
-            out.append(plan_dict(plan))
+                out.append(PlannedStep(step.executor, error=f"unexpected {type(exc).__name__}: {exc}"))
         return out
 
     def run(self, service: Service, incident_id: int, pins: Sequence[str | None], record: Record, *,

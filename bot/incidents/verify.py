@@ -1,7 +1,7 @@
 """Verification after a rollback: re-query the SLOs every `verify.every` until they have been within target
 continuously for `stable_for`, or `within` runs out.
 
-Called by bot.incidents.service's scheduled verification job, one tick at a time. Progress lives in the incident's
+Called by bot.incidents.runs' scheduled verification job, one tick at a time. Progress lives in the incident's
 stored `verification` field (so a restarted bot continues where it was) and is shown in ONE thread message
 updated in place, at most once per `update_every` seconds; state changes (stable, unstable again,
 recovered, failed) are timeline events. No data never counts as within target.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from bot.incidents.states import State, move
 from bot.infra.prom import Prometheus
 from bot.infra.store import Incident, Store
 from bot.slack import blocks
@@ -21,7 +22,7 @@ from bot.slo.durations import format_duration
 from bot.slo.evaluation import CYCLE_JITTER
 from bot.slo.policy import Service
 
-RECOVERED, FAILED = "recovered", "verify_failed"
+RECOVERED, FAILED = State.RECOVERED, State.VERIFY_FAILED
 
 
 class Verifier:
@@ -44,7 +45,7 @@ class Verifier:
     def tick(self, incident_id: int, service: Service) -> str | None:
         """One verification round. Returns "recovered" / "verify_failed" when this tick decided it."""
         incident = self.store.incident(incident_id)
-        if incident.state != "verifying":
+        if incident.state != State.VERIFYING:
             return None
         v = dict(incident.verification or {})
         now = self.clock()
@@ -61,14 +62,15 @@ class Verifier:
             self.timeline.record(incident_id, "unstable", "SLOs left target again: " + _values(readings))
         stable_for = now - v["stable_since"] if v.get("stable_since") else 0.0
         elapsed = now - started
-        verdict: str | None = None
+        verdict: State | None = None
         # Ticks start a few ms early or late: a streak within a tenth of a tick of stable_for has held it, or
         # the verdict would wait a whole extra tick (the same allowance as evaluation's CYCLE_JITTER).
         if v.get("stable_since") and stable_for >= service.verify.stable_for - CYCLE_JITTER * service.verify.every:
             verdict = RECOVERED
         elif elapsed >= service.verify.within:
             verdict = FAILED
-        done_text = {RECOVERED: ":white_check_mark: Recovered", FAILED: ":x: Verification failed"}.get(verdict or "")
+        done_text = {RECOVERED: ":white_check_mark: Recovered", FAILED: ":x: Verification failed"}.get(verdict) \
+            if verdict else None
         if verdict or now - v.get("last_update", 0) >= self.update_every:
             v["last_update"] = now
             if incident.progress_ts:
@@ -78,12 +80,12 @@ class Verifier:
                 self.timeline.update_in_thread(incident, incident.progress_ts, text, body)
         self.store.update_incident(incident_id, verification=v)
         if verdict == RECOVERED:
-            if self.store.transition(incident_id, ("verifying",), RECOVERED, recovered_at=now):
+            if move(self.store, incident_id, State.VERIFYING, State.RECOVERED, recovered_at=now):
                 self.timeline.record(incident_id, "recovered", f"Recovered: every SLO within target for "
                                      f"{format_duration(stable_for)} ({_values(readings)})")
                 return RECOVERED
         elif verdict == FAILED:
-            if self.store.transition(incident_id, ("verifying",), FAILED, error="SLOs did not recover in time"):
+            if move(self.store, incident_id, State.VERIFYING, State.VERIFY_FAILED, error="SLOs did not recover in time"):
                 self.timeline.record(
                     incident_id, "verify_failed",
                     f"Verification failed: the SLOs were not within target for "

@@ -1,8 +1,9 @@
 """APScheduler 3.x wiring: the evaluation loop, one verification job per incident, and one-off background
 work (running an approved plan) so Slack handlers return right after their ack.
 
-Created by bot.app for `serve`; only one process should run it per database (see REFERENCE: job stores
-are never shared between schedulers).
+Created by bot.app for `serve`. Jobs live in memory (APScheduler's MemoryJobStore), so each process schedules
+its own; one process per database until the many-replica issue (13) decides who runs what. A restarted process
+re-creates its jobs from the store (bot.incidents.recovery).
 """
 
 from __future__ import annotations

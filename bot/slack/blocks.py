@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from bot.infra.plans import Baseline, PlannedStep
 from bot.infra.store import Incident
 from bot.slo.durations import format_duration
 from bot.slo.evaluation import BREACH, ERROR, NODATA, OK, Reading
@@ -113,16 +114,15 @@ def confirm_dialog(service: str, baseline: str) -> dict[str, Any]:
 
 
 def baseline_text(incident: Incident) -> str:
-    base = incident.baseline
-    if base.get("error"):
-        return f"baseline not resolved yet ({inert(base['error'])})"
-    if base.get("version"):
-        run = f", run `{inert(base['run_id'])}`" if base.get("run_id") else ""
+    base = Baseline.from_dict(incident.baseline)
+    if base.error:
+        return f"baseline not resolved yet ({inert(base.error)})"
+    if base.model:
+        run = f", run `{inert(base.model.run_id)}`" if base.model.run_id else ""
         serving = "rolled back from" if incident.state not in ("open", "executing", "halted") else "now serving"
-        return (f"`{inert(base['model'])}` version {inert(base['version'])}{run} ({serving} version "
-                f"{inert(base.get('bad_version'))})")
-    steps = base.get("steps") or []
-    return "; ".join(inert(s["summary"]) for s in steps) or "the policy's rollback plan"
+        return (f"`{inert(base.model.model)}` version {inert(base.model.version)}{run} ({serving} version "
+                f"{inert(base.bad_version)})")
+    return "; ".join(inert(s.plan.summary) for s in base.steps if s.plan) or "the policy's rollback plan"
 
 
 def trigger_text(incident: Incident) -> str:
@@ -226,17 +226,18 @@ def progress(readings: Iterable[Reading], *, elapsed: float, stable_for: float, 
     return summary, [_section(summary), _section("\n".join(lines) or "no SLOs")]
 
 
-def plan_text(title: str, steps: Sequence[dict[str, Any]]) -> str:
+def plan_text(title: str, steps: Sequence[PlannedStep]) -> str:
     """A plan (dry run or preview): each step with exactly what would change and the equivalent command."""
     lines = [title]
     for i, step in enumerate(steps, 1):
-        if step.get("error"):
-            lines.append(f"{i}. `{step['executor']}` — could not plan: {inert(step['error'])}")
+        if step.plan is None:
+            lines.append(f"{i}. `{step.executor}` — could not plan: {inert(step.error)}")
             continue
-        changes = "; ".join(inert(f"{c['resource']} {c['field']}: {c['old']} → {c['new']}") for c in step["changes"])
-        noop = " _(already in place: nothing to do)_" if step.get("noop") else ""
-        lines.append(f"{i}. `{step['executor']}` — {inert(step['summary'])}{noop}\n      {changes}\n"
-                     f"      ```{inert(step['command'])}```")
+        plan = step.plan
+        changes = "; ".join(inert(c.describe()) for c in plan.changes)
+        noop = " _(already in place: nothing to do)_" if plan.noop else ""
+        lines.append(f"{i}. `{step.executor}` — {inert(plan.summary)}{noop}\n      {changes}\n"
+                     f"      ```{inert(plan.command)}```")
     return "\n".join(lines)
 
 

@@ -157,3 +157,13 @@ class Timeline:
     def mention_approvers(self, service: str) -> str:
         svc = self._service(service)
         return ", ".join(blocks.mention(a) for a in (svc.approvers if svc else ()))
+
+    def say(self, channel: str, text: str) -> None:
+        """A note in a channel, outside any incident's thread (a promotion, a freeze by hand, a service's plan).
+        Never raises: a channel note must never stop the evaluation loop or a command."""
+        if not text:
+            return
+        try:
+            self.slack.post(channel, text)
+        except Exception as exc:  # noqa: BLE001 - logged; the action it reports has happened either way
+            log.warning("could not post to %s: %s", channel, exc)

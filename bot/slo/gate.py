@@ -1,9 +1,9 @@
 """Freeze and the promotion gate: after a rollback the bad version is blocked and the service frozen, and
 the gate promotes a candidate only when nothing says no.
 
-Called by bot.incidents.service: `freeze` when an incident finishes (recovered, verification failed, or a failed plan),
-`consider` every evaluation cycle. The freeze is stored (it survives restarts) and the bad version carries
-the MLflow tag rollback_blocked=true with the incident id, so other tooling sees it too.
+Called by bot.incidents: `freeze` when a plan starts and when an incident closes (recovered, verification
+failed, or a failed plan), `consider` every evaluation cycle. The freeze is stored (it survives restarts) and
+the bad version carries the MLflow tag rollback_blocked=true with the incident id, so other tooling sees it.
 """
 
 from __future__ import annotations
@@ -16,11 +16,19 @@ from dataclasses import dataclass
 from bot.infra import metrics
 from bot.infra.actors import AUTO_ACTOR
 from bot.infra.model_registry import ModelRegistry, RegistryError
-from bot.infra.store import Incident, Store
+from bot.infra.store import Store
 from bot.slo.durations import format_duration
 from bot.slo.policy import Service
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Frozen:
+    """What a freeze did: the version it tagged rollback_blocked (if any) and what failed on the way."""
+
+    blocked: str | None
+    problems: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -37,23 +45,19 @@ class Gate:
         self.registry = registry
         self.clock = clock
 
-    def freeze(self, incident: Incident, service: Service) -> str:
-        """Block the bad version and freeze the service. Returns a line for the timeline."""
-        bad = incident.baseline.get("bad_version")
+    def freeze(self, service: Service, *, incident_id: int, bad_version: str | None, reason: str,
+               block: bool = True) -> Frozen:
+        """Freeze the service (auto-promotion stops) and, with `block`, tag the bad version rollback_blocked. The one
+        freeze path: a plan run freezes before its first step (block=False), the close freezes and blocks."""
         problems = []
-        if bad:
+        if bad_version and block:
             try:
-                self.registry.block(service.model, bad, incident.id)
+                self.registry.block(service.model, bad_version, incident_id)
             except RegistryError as exc:
                 problems.append(str(exc))
-        self.store.freeze(service=service.name, reason=f"rollback incident #{incident.id}", actor=AUTO_ACTOR,
-                          incident_id=incident.id, blocked_version=bad)
-        line = "Auto-promotion disabled for this service (frozen)"
-        if bad:
-            line += f"; `{service.model}` version {bad} tagged rollback_blocked=true"
-        if problems:
-            line += f" — but tagging failed: {'; '.join(problems)}"
-        return line
+        self.store.freeze(service=service.name, reason=reason, actor=AUTO_ACTOR, incident_id=incident_id,
+                          blocked_version=bad_version)
+        return Frozen(bad_version if block else None, tuple(problems))
 
     def consider(self, service: Service) -> Decision:
         """Promote `from` to `to` when healthy long enough, not frozen, and the candidate is not blocked."""

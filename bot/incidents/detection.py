@@ -1,0 +1,93 @@
+"""Where an alert is born: the evaluation cycle reads every SLO, and a sustained new breach opens an incident.
+
+Run every `evaluate_every` by the scheduler (bot.app starts it). One cycle: evaluate the policy against
+Prometheus (bot.slo.evaluation, grouped queries), open an incident for each service with a sustained breach it
+has not warned about yet (on opener threads: planning reads git, helm, Kubernetes and MLflow, so one slow system
+delays only that service's warning), run the promotion gate, and retry what did not reach Slack.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from typing import Any
+
+from bot.infra import metrics
+from bot.infra.store import Store
+from bot.slack import wording
+from bot.slack.timeline import Timeline
+from bot.slo.evaluation import BREACH, Evaluator, Reading
+from bot.slo.gate import Gate
+from bot.slo.policy import Policy, Service
+
+log = logging.getLogger(__name__)
+
+SEEN_REQUESTS_KEPT = 3600.0  # seconds a Slack request's key is kept to spot its retries and replays
+OPENERS = 8
+OPEN_WAIT = 2.0  # seconds an evaluation cycle waits for the incidents it opens (planned on their own threads)
+
+Open = Callable[[Service, Reading], Any]  # opens (or finds) the service's incident for a detected breach
+
+
+class Detection:
+    def __init__(self, *, policy: Policy, evaluator: Evaluator, store: Store, gate: Gate, timeline: Timeline,
+                 open_incident: Open, clock: Callable[[], float] = time.time) -> None:
+        self.policy = policy
+        self.evaluator = evaluator
+        self.store = store
+        self.gate = gate
+        self.timeline = timeline
+        self.open_incident = open_incident
+        self.clock = clock
+        self._openers = ThreadPoolExecutor(OPENERS, thread_name_prefix="open")
+        self._opening: set[str] = set()
+        self._opening_lock = threading.Lock()
+
+    def evaluate_once(self) -> dict[str, list[Reading]]:
+        """One evaluation cycle: read every SLO, open incidents for sustained breaches, run the gate."""
+        started = time.perf_counter()
+        readings = self.evaluator.evaluate(self.policy, now=self.clock())
+        opening: list[Future[None]] = []
+        for name, service_readings in readings.items():
+            for r in service_readings:
+                metrics.SLO_STATUS.labels(service=name, slo=r.slo).set(1 if r.status == BREACH else 0)
+            sustained = [r for r in service_readings if r.sustained and self._is_new_breach(name, r)]
+            if sustained and not self.store.active_incident(name):
+                opening.extend(self._open_detected(self.policy.services[name], sustained[0]))
+        wait(opening, timeout=OPEN_WAIT)  # the rest go on in the background; their warnings follow
+        for svc in self.policy.services.values():
+            decision = self.gate.consider(svc)
+            if decision.promoted:
+                self.timeline.say(svc.channel, wording.promoted(svc, decision.version, decision.previous))
+        self.timeline.flush_all()
+        self.store.forget_requests(older_than=self.clock() - SEEN_REQUESTS_KEPT)
+        metrics.EVALUATION_SECONDS.observe(time.perf_counter() - started)
+        return readings
+
+    def _open_detected(self, svc: Service, reading: Reading) -> list[Future[None]]:
+        """Open a detected breach's incident on an opener thread (at most one at a time per service)."""
+        with self._opening_lock:
+            if svc.name in self._opening:
+                return []  # still planning since an earlier cycle
+            self._opening.add(svc.name)
+
+        def run() -> None:
+            try:
+                self.open_incident(svc, reading)
+            except Exception:  # noqa: BLE001 - the breach is still there next cycle, which tries again
+                log.exception("%s: could not open the incident for %s", svc.name, reading.slo)
+            finally:
+                with self._opening_lock:
+                    self._opening.discard(svc.name)
+
+        return [self._openers.submit(run)]
+
+    def _is_new_breach(self, service: str, reading: Reading) -> bool:
+        """A breach that began before the last incident about a breach ended (dismissed, or not recovered by
+        the rollback) already had its warning: the thread of that incident is where it is being handled. A
+        person's /rollback request is not a warning about the breach, so its end silences nothing."""
+        ended = self.store.last_warned_finished_at(service)
+        return ended is None or (reading.breach_since or 0) > ended

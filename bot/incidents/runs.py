@@ -1,0 +1,161 @@
+"""Plan runs and what follows them: run an approved plan step by step, halt it when a step fails, verify the SLOs
+until they are back, and close the incident.
+
+Called by bot.incidents.service (an approval, Retry step / Resume) and by the scheduler (a plan run, the
+verification ticks); bot.incidents.recovery re-schedules verification after a restart. Who may run a plan is
+asked of the one rule in bot.incidents.authorization once more right before anything reaches an executor; a
+run that fails outside its steps halts the incident (Retry step / Stop), so nothing stays `executing` with
+nothing running.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from bot.incidents.authorization import Authorization
+from bot.incidents.close import Closer
+from bot.incidents.runner import Runner, stored_outcome
+from bot.incidents.states import State, move, verify_job
+from bot.incidents.verify import Verifier
+from bot.infra.actors import AUTO_ACTOR
+from bot.infra.plans import Baseline
+from bot.infra.scheduler import Scheduler
+from bot.infra.store import Incident, Store
+from bot.slack import wording
+from bot.slack.timeline import Timeline
+from bot.slo.gate import Gate
+from bot.slo.policy import Policy, Service
+from executors.base import StepOutcome
+
+log = logging.getLogger(__name__)
+
+
+class Runs:
+    def __init__(self, *, policy: Policy, store: Store, timeline: Timeline, runner: Runner, authz: Authorization,
+                 verifier: Verifier, closer: Closer, gate: Gate, scheduler: Scheduler,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.policy = policy
+        self.store = store
+        self.timeline = timeline
+        self.runner = runner
+        self.authz = authz
+        self.verifier = verifier
+        self.closer = closer
+        self.gate = gate
+        self.scheduler = scheduler
+        self.clock = clock
+
+    def run_soon(self, incident_id: int) -> None:
+        """Hand an incident just moved to `executing` to a scheduler thread; if that fails, halt it at once so
+        it never sits in `executing` with nothing running."""
+        try:
+            self.scheduler.soon(self.execute, incident_id)
+        except Exception as exc:  # noqa: BLE001 - e.g. the scheduler shut down: the incident must not be stuck
+            self.halt_unexpected(incident_id, exc)
+
+    def execute(self, incident_id: int) -> None:
+        """Run the approved plan (scheduler thread), from the first step not yet done. Never raises: the
+        outcome goes to the thread, and any failure around a step (the freeze, the store, the timeline)
+        halts the incident with its cause, *Retry step* and *Stop*."""
+        try:
+            self._execute(incident_id)
+        except Exception as exc:  # noqa: BLE001 - the invariant: no incident stays executing with nothing running
+            log.exception("incident %s: the plan run failed outside its steps", incident_id)
+            self.halt_unexpected(incident_id, exc)
+
+    def _execute(self, incident_id: int) -> None:
+        incident = self.store.incident(incident_id)
+        svc = self.policy.services.get(incident.service)
+        if incident.state != State.EXECUTING:
+            return
+        if svc is None:
+            self.halt(incident_id, 0, f"service `{incident.service}` is no longer in the policy")
+            return
+        allowed, why = self.authz.may_run(incident, svc)
+        if not allowed:  # the one rule, checked right before anything can reach an executor
+            self.store.audit(actor=incident.approved_by or AUTO_ACTOR, action="execute", result="refused",
+                             incident_id=incident_id, detail={"reason": why})
+            self.halt(incident_id, incident.resume_from or 0, f"not authorized: {why}")
+            return
+        baseline = Baseline.from_dict(incident.baseline)
+        # Auto-promotion stops as soon as a rollback runs. The incident stops being active (recovered) a moment
+        # before the close freezes the service and tags the bad version; without this the gate could promote
+        # the bad @candidate again in between (seen in the six-step story test).
+        self.gate.freeze(svc, incident_id=incident_id, bad_version=baseline.bad_version, block=False,
+                         reason=wording.in_progress_freeze(incident_id))
+
+        def record(kind: str, text: str, data: dict[str, Any]) -> None:
+            self.timeline.record(incident_id, kind, text, data)
+
+        start = incident.resume_from or 0
+        outcome = self.runner.run(svc, incident_id, baseline.pins, record, start=start,
+                                  earlier=self._earlier_outcomes(incident_id, start))
+        now = self.clock()
+        if not outcome.ok:
+            halted = move(self.store, incident_id, State.EXECUTING, State.HALTED, resume_from=outcome.position,
+                          halt_kind="failed", error=f"{outcome.failed}: {outcome.error}")
+            self.timeline.record(incident_id, "failed", wording.run_failed(
+                outcome.failed, outcome.error, outcome.done, outcome.not_run,
+                self.timeline.mention_approvers(svc.name)))
+            if halted:
+                self.timeline.refresh_warning(incident_id)
+            return
+        moved = move(self.store, incident_id, State.EXECUTING, State.VERIFYING, executed_at=now, resume_from=None,
+                     halt_kind=None, error=None)
+        if moved is None:
+            return
+        self.timeline.record(incident_id, "executed", wording.executed(now - (moved.approved_at or now), svc))
+        self.timeline.refresh_warning(incident_id)
+        self.verifier.start(moved, svc)
+        self.schedule_verification(incident_id, svc)
+
+    def halt_unexpected(self, incident_id: int, exc: BaseException) -> None:
+        """Halt an `executing` incident after a failure outside its steps, from the first step not done."""
+        try:
+            incident = self.store.incident(incident_id)
+            svc = self.policy.services.get(incident.service)
+            self.halt(incident_id, self.first_not_done(incident_id, svc),
+                      f"internal error around the plan: {type(exc).__name__}: {exc}")
+        except Exception:  # noqa: BLE001 - the store itself is failing; restart pick-up halts it later
+            log.exception("incident %s: could not halt it after a failure", incident_id)
+
+    def first_not_done(self, incident_id: int, svc: Service | None) -> int:
+        done = {s.position for s in self.store.steps(incident_id) if s.status == "done"}
+        total = len(svc.rollback) if svc else 0
+        return next((i for i in range(total) if i not in done), total)
+
+    def halt(self, incident_id: int, resume_from: int, error: str) -> None:
+        halted = move(self.store, incident_id, State.EXECUTING, State.HALTED, resume_from=resume_from,
+                      halt_kind="failed", error=error)
+        if halted is None:
+            return
+        self.timeline.record(incident_id, "failed", wording.halted(resume_from + 1, error,
+                                                                   self.timeline.mention_approvers(halted.service)))
+        self.timeline.refresh_warning(incident_id)
+
+    def _earlier_outcomes(self, incident_id: int, start: int) -> list[StepOutcome]:
+        latest: dict[int, StepOutcome | None] = {}
+        for step in self.store.steps(incident_id):
+            if step.position < start and step.status == "done":
+                latest[step.position] = stored_outcome(step.outcome)
+        return [o for p in sorted(latest) if (o := latest[p]) is not None]
+
+    # -- verification and the close --------------------------------------------------------------------------
+    def schedule_verification(self, incident_id: int, svc: Service) -> None:
+        self.scheduler.every(verify_job(incident_id), svc.verify.every, self.verify_tick, incident_id)
+
+    def verify_tick(self, incident_id: int) -> None:
+        incident = self.store.incident(incident_id)
+        svc = self.policy.services.get(incident.service)
+        if svc is None or incident.state != State.VERIFYING:
+            self.scheduler.cancel(verify_job(incident_id))
+            return
+        if self.verifier.tick(incident_id, svc):
+            self.scheduler.cancel(verify_job(incident_id))
+            self.finish(self.store.incident(incident_id), svc)
+
+    def finish(self, incident: Incident, svc: Service) -> None:
+        self.closer.close(incident, svc)

@@ -1,0 +1,104 @@
+"""What `/rollback status | history | freeze | unfreeze | policy` answer, in Slack mrkdwn.
+
+Called by bot.incidents.oncall, which reads the store and the registry and decides; this says it. Text from
+outside (reasons, registry errors) goes through blocks.inert.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from bot.infra.model_registry import Version
+from bot.infra.store import Freeze, Incident
+from bot.slack.blocks import clock, inert, mention, status_line
+from bot.slo.durations import format_duration
+from bot.slo.policy import Policy, Service
+
+
+def _span(a: float | None, b: float | None) -> str:
+    return format_duration(b - a) if a is not None and b is not None else "—"
+
+
+def aliases(to: str, previous: str, current: Version | None, before: Version | None) -> str:
+    shown = f"@{to} v{current.version}" if current else f"@{to} not set"
+    if current and current.blocked:
+        shown += " (rollback_blocked!)"
+    return shown + (f", baseline @{previous} v{before.version}" if before else f", no @{previous}")
+
+
+def registry_unavailable(error: str) -> str:
+    return f"registry unavailable ({inert(error)})"
+
+
+def status_entry(name: str, aliases_text: str, active: Incident | None, frozen: Freeze | None) -> str:
+    parts = [f"*{name}* — {aliases_text}",
+             f"incident #{active.id}: {status_line(active)}" if active else "no open incident"]
+    if frozen:
+        by = f" by {mention(frozen.actor)}" if frozen.actor.startswith(("U", "W")) else ""
+        parts.append(f":ice_cube: frozen since {clock(frozen.frozen_at)}{by} ({inert(frozen.reason)})")
+    return " · ".join(parts)
+
+
+def status(entries: Sequence[str]) -> str:
+    return "*Rollback status*\n" + "\n".join(entries)
+
+
+def _history_line(incident: Incident) -> str:
+    outcome = {"recovered": ":white_check_mark: recovered", "verify_failed": ":x: not recovered",
+               "failed": ":x: rollback failed", "dismissed": ":no_entry_sign: dismissed"}.get(incident.state,
+                                                                                        incident.state)
+    who = mention(incident.approved_by) if incident.approved_by and incident.approved_by[0] in "UW" \
+        else (incident.approved_by or "nobody")
+    return (f"#{incident.id} {clock(incident.opened_at)} {incident.trigger} — {outcome}; approved by {who}; "
+            f"time to recover {_span(incident.approved_at, incident.recovered_at)}")
+
+
+def history(service: str, incidents: Sequence[Incident]) -> str:
+    if not incidents:
+        return f"*{service}* has had no incidents."
+    return f"*Last {len(incidents)} incidents of {service}*\n" + "\n".join(_history_line(i) for i in incidents)
+
+
+def froze(user: str, service: str, why: str) -> str:
+    return f":ice_cube: {mention(user)} froze auto-promotion for *{service}*: {inert(why)}"
+
+
+def froze_reply(service: str) -> str:
+    return f"Froze auto-promotion for *{service}*."
+
+
+def open_incident_first(service: str) -> str:
+    return f"*{service}* has an open incident; finish it before unfreezing."
+
+
+def could_not_unblock(lifted: bool, model: str, version: str, error: str) -> str:
+    return f"{'Unfroze' if lifted else 'Was not frozen'}; could not unblock `{model}` v{version}: {inert(error)}"
+
+
+def unblocked(model: str, version: str) -> str:
+    return f"; `{model}` version {version} is no longer rollback_blocked"
+
+
+def was_not_frozen(service: str) -> str:
+    return f"*{service}* was not frozen."
+
+
+def unfroze(user: str, service: str, note: str) -> str:
+    return f":sunny: {mention(user)} unfroze auto-promotion for *{service}*{note}"
+
+
+def unfroze_reply(service: str, note: str) -> str:
+    return f"Unfroze *{service}*{note}."
+
+
+def policy_summary(svc: Service, policy: Policy) -> str:
+    triggers = "; ".join(f"{slo.name} {slo.target_text()} for {format_duration(slo.for_)}" for slo in svc.slos)
+    actions = " → ".join(s.executor for s in svc.rollback)
+    who = "two approvers (requester cannot approve)" if svc.two_person else "one approver"
+    auto = f", automatic after {format_duration(svc.auto_rollback_grace)} unless stopped" if svc.auto_rollback else ""
+    v, every = svc.verify, format_duration(policy.evaluate_every)
+    return (f"*{svc.name}* policy\n"
+            f"• *Trigger*: any breach of {triggers} (checked every {every})\n"
+            f"• *Action*: {actions} — confirmed by {who} ({svc.confirm}){auto}\n"
+            f"• *Verification*: every SLO within target for {format_duration(v.stable_for)}, checked every "
+            f"{format_duration(v.every)}, within {format_duration(v.within)}; then auto-promotion is frozen")

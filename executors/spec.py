@@ -1,0 +1,48 @@
+"""What an executor is to the rest of the bot: its name, its config model, how to build it, and what it can do.
+
+Each module under executors/ defines a SPEC; executors.registry lists them. The domain reads an executor's
+capabilities here (may `--to` pin it, does its plan name the model version it rolls back to, does its outcome
+report the traffic left on the bad version) and never the executor's private `data`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+from executors.base import Executor
+
+
+@dataclass(frozen=True)
+class Clients:
+    """Clients handed to executors; tests swap them for ones pointed at fakes or test servers."""
+
+    mlflow: Any = None
+    kube: Any = None  # a kubernetes.client.ApiClient; None = load from KUBECONFIG or in-cluster on first use
+    helm: str = "helm"  # the helm executable, looked up on PATH
+    workdir: str | None = None  # where git executors keep their clones; None = a temporary directory
+
+
+@dataclass(frozen=True)
+class Target:
+    """What `/rollback <service> --to <value>` may name for a targetable executor: a full-match regex for the
+    value's kind and the words that say what it accepts (shown when a value is refused)."""
+
+    pattern: str
+    accepts: str
+
+    def admits(self, value: str) -> bool:
+        return re.fullmatch(self.pattern, value) is not None
+
+
+@dataclass(frozen=True)
+class ExecutorSpec:
+    name: str
+    config: type[BaseModel]
+    build: Callable[[Any, Clients], Executor]
+    target: Target | None = None  # set when the step can be pinned to a named version or revision
+    reports_traffic: bool = False  # its outcome says how much traffic is left on the bad version (traffic_to_bad)
