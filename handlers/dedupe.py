@@ -1,15 +1,26 @@
-"""Exactly once per Slack request: a global middleware that answers a retry (X-Slack-Retry-Num) or a replayed
-signed request with a plain 200 and does nothing else.
+"""Exactly once per Slack request: the one place that decides "a retry or a replay does nothing".
 
-Runs after Bolt's signature verification, so only genuine requests claim a key. The key (trigger_id, or the
-clicked action's action_ts) is claimed in the store, so the guarantee holds across threads and processes;
-the domain's conditional transitions hold it once more for approvals.
+It owns the three things about repeats, and nothing else in handlers/ restates them:
+
+- `request_key(body)`: the same for a retry or a replay of one request, different between two requests
+  (trigger_id, and for a click the clicked action's action_ts);
+- the claim: `register(app, store)` adds a Bolt global middleware that claims the key in the store
+  (`Store.claim_request`, so the guarantee holds across threads and processes) and answers a request whose key
+  is already claimed with a plain 200 and X-Slack-No-Retry, running nothing; the domain's conditional
+  transitions hold it once more for approvals;
+- what a retry is: Slack's X-Slack-Retry-Num header (`is_retry`, `NO_RETRY`). handlers.slack_http, which acks
+  clicks and commands before Bolt sees them, asks `is_retry` to add X-Slack-No-Retry to its early ack; it does
+  not dedupe anything itself.
+
+The middleware runs inside Bolt, so it covers both ways a request arrives exactly once: over HTTP (after
+handlers.slack_http has verified the signature, so only genuine requests claim a key) and over Socket Mode's
+WebSocket (slack_bolt's SocketModeHandler mirrors a redelivery's retry_attempt as X-Slack-Retry-Num).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from slack_bolt import App, BoltRequest, BoltResponse
@@ -17,6 +28,14 @@ from slack_bolt import App, BoltRequest, BoltResponse
 from bot.infra.store import Store
 
 log = logging.getLogger(__name__)
+
+RETRY_HEADER = "x-slack-retry-num"  # lower-case, as both Bolt and handlers.slack_http key their headers
+NO_RETRY = ("X-Slack-No-Retry", "1")  # "got it, do not send this one again"
+
+
+def is_retry(headers: Mapping[str, str | Sequence[str]]) -> bool:
+    """Whether Slack marked this request as a retry of one it already sent (headers keyed lower-case)."""
+    return RETRY_HEADER in headers
 
 
 def request_key(body: dict[str, Any]) -> str | None:
@@ -40,6 +59,7 @@ def register(app: App, store: Store) -> None:
         if key is None or store.claim_request(key):
             next_()
             return None
-        retry = next(iter(request.headers.get("x-slack-retry-num") or ()), "none")
+        retry = next(iter(request.headers.get(RETRY_HEADER) or ()), "none")
         log.info("ignored a repeated Slack request (%s, retry %s)", key.split(":")[0], retry)
-        return BoltResponse(status=200, body="", headers={"x-slack-no-retry": "1"})
+        name, value = NO_RETRY
+        return BoltResponse(status=200, body="", headers={name.lower(): value})

@@ -1,39 +1,67 @@
-"""POST /slack/events: Slack's request URL, in front of Bolt.
+"""POST /slack/events: the one inbound Slack adapter over HTTP. It verifies, acks and hands over; Bolt routes;
+handlers.dedupe drops repeats; the listeners parse and delegate to bot.incidents.service.IncidentService.
 
-Called by bot.app's WSGI app. Two things happen here before Bolt sees a request:
+The path of a click (say Roll back on a warning), from bytes to the domain call:
 
-1. The signature is checked with slack_sdk's SignatureVerifier (what Bolt uses) before anything is parsed:
-   Bolt's adapter decodes and JSON-parses the body first, so a tampered, non-UTF-8 or cut-off body would end
-   in a 500 instead of a 401. Bolt then verifies the same request again.
-2. Button clicks and slash commands are acked at once with an empty 200 and handed to Bolt on a worker
-   thread. Under a burst (50 people clicking, one process, one GIL) Bolt's own ack waits behind the parsing
-   and listener work of every request before it; this keeps each ack to a signature check and a queue put.
-   A slash command's answer (what Bolt's ack(text=...) would have returned) is posted to its response_url,
-   which Slack shows ephemerally exactly like an ack body. Modal submissions stay synchronous: their ack
-   carries the validation errors Slack shows inside the modal. Approvers' decisions (Roll back, Stop, Retry
-   step / Resume, Dismiss) run on workers of their own, so they never wait behind dry runs or lookups.
+1. Bytes. Waitress reads the body (at most handlers.bodies.MAX_BODY, else 413) and bot.app's WSGI app hands
+   every Slack request to `SlackRoute.__call__`.
+2. Verify, once. slack_sdk's SignatureVerifier (what Bolt itself would use) checks the signature and the
+   timestamp over the raw bytes, before anything is decoded or parsed: a tampered, stale, unsigned,
+   non-UTF-8 or cut-off body is a 401 (Bolt's adapter would decode and JSON-parse first and end some of them
+   in a 500). This is the only check: bot.app builds Bolt with `request_verification_enabled=False`, and
+   `SlackRoute._run`, the only place a request over HTTP enters Bolt, is reached only after `_signed`.
+3. Ack first. A click or a slash command is answered at once with an empty 200 (plus X-Slack-No-Retry when
+   handlers.dedupe.is_retry says Slack is retrying) and queued on a worker: approvers' decisions (Roll back,
+   Stop, Retry step / Resume, Dismiss) on a lane of their own, so they never wait behind dry runs, commands
+   and lookups; everything else on the other. Under a burst (50 people clicking, one process, one GIL) Bolt's
+   own ack would wait behind the parsing and listener work of every request before it; this keeps each ack
+   to a signature check and a queue put.
+4. Bolt. On the worker `_run` dispatches a BoltRequest to the App; Bolt parses the body and runs the global
+   middleware of handlers.dedupe, which claims the request's key in the store: a retry or a replay stops
+   there with a plain 200 and nothing runs. Then the listener matched by action_id (handlers.actions),
+   callback_id (handlers.views) or command (handlers.commands).
+5. The domain. The listener calls `ack()`, reads the incident id and the user, and delegates:
+   `bot.press_approve(incident_id, user)`, which opens the typed-confirm modal when its Reply carries a
+   view, or a refusal told ephemerally (handlers.reply.tell). Every outbound call goes through bot.slack
+   (SlackOut). A slash command's answer, the text its listener gave `ack(text=...)`, comes back from Bolt to
+   `_dispatch` and is posted to the command's response_url, which Slack shows ephemerally exactly like an
+   ack body.
+
+Modal submissions (view_submission) and anything else take the synchronous path: verified in step 2 like
+the rest, then run by `_run` on the HTTP thread, and Bolt's response is the HTTP answer, because the ack of
+a submission carries the validation errors Slack shows inside the modal.
+
+Why every listener still calls `ack()` although clicks and commands over HTTP are acked in step 3 (do not
+remove those calls): over HTTP, for clicks and commands, ack() only records the response Bolt returns to
+`_dispatch` (nothing for a click; the command's answer for its response_url); for a modal submission the
+ack is the HTTP answer (`response_action=errors` keeps the modal open, a plain ack() closes it); and in
+Socket Mode (SLACK_APP_TOKEN set) this module is not in the path at all: slack_bolt's SocketModeHandler
+dispatches into the same Bolt app (no signatures there, the WebSocket opened with the app token is the
+authentication; /slack/events answers 404), and the listener's ack() is the only acknowledgement Slack
+gets, without which it shows an error and redelivers. handlers.dedupe runs in Bolt, so it covers both.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs
 
 from slack_bolt import App, BoltRequest, BoltResponse
-from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_sdk.signature import SignatureVerifier
 
 from bot.slack import blocks
 from bot.slack.slack_out import SlackError, SlackOut
+from handlers import dedupe
 from handlers.bodies import TOO_LARGE, BadLength, TooLarge, read_body
 
 log = logging.getLogger(__name__)
 
+PATH = "/slack/events"
 # Eight workers in all, as before the decisions got their own lane: more threads busy with Bolt's listeners
 # means longer waits for the HTTP threads' acks under a burst (the GIL), so the split does not add any.
 WORKERS = 6
@@ -43,11 +71,12 @@ DECISIONS = frozenset({blocks.APPROVE, blocks.STOP, blocks.RETRY, blocks.DISMISS
 
 
 class SlackRoute:
+    """The WSGI app for Slack's requests over HTTP, in front of a Bolt app built without its own verification."""
+
     def __init__(self, bolt: App, signing_secret: str, slack: SlackOut) -> None:
         self.bolt = bolt
         self.slack = slack
         self.verifier = SignatureVerifier(signing_secret)
-        self.sync = SlackRequestHandler(bolt, path="/slack/events")
         self.workers = ThreadPoolExecutor(WORKERS, thread_name_prefix="slack-work")
         # Approvers' decisions have a lane of their own: they never wait behind dry runs, commands and lookups
         # (anyone may press Dry run, and a plan reads git, helm, Kubernetes and MLflow).
@@ -63,7 +92,7 @@ class SlackRoute:
                    if key.startswith("HTTP_")}
         if environ.get("CONTENT_TYPE"):
             headers["content-type"] = str(environ["CONTENT_TYPE"])
-        if not self._signed(raw, headers):
+        if not self._signed(raw, headers):  # step 2: the only signature check; nothing below runs without it
             start_response("401 Unauthorized", [("Content-Type", "application/json")])
             return [b'{"error":"invalid request signature"}']
         try:
@@ -71,18 +100,26 @@ class SlackRoute:
         except UnicodeDecodeError:
             start_response("400 Bad Request", [("Content-Type", "application/json")])
             return [b'{"error":"the body is not UTF-8"}']
+        query = str(environ.get("QUERY_STRING", ""))
         kind, response_url, action_id = _kind(body)
-        if kind in ("block_actions", "command"):
+        if kind in ("block_actions", "command"):  # step 3: ack first, Bolt on a worker
             lane = self.decisions if action_id in DECISIONS else self.workers
-            lane.submit(self._dispatch, body, headers, response_url if kind == "command" else None)
+            lane.submit(self._dispatch, body, query, headers, response_url if kind == "command" else None)
             answer = [("Content-Type", "text/plain"), ("Content-Length", "0")]
-            if "x-slack-retry-num" in headers:  # received now; the dedupe in Bolt's middleware drops the repeat
-                answer.append(("X-Slack-No-Retry", "1"))
+            if dedupe.is_retry(headers):  # received now; handlers.dedupe drops the repeat when Bolt runs it
+                answer.append(dedupe.NO_RETRY)
             start_response("200 OK", answer)
             return [b""]
-        environ["wsgi.input"] = io.BytesIO(raw)
-        environ["CONTENT_LENGTH"] = str(len(raw))
-        return self.sync(environ, start_response)
+        # Modal submissions and the rest: Bolt's answer is the HTTP answer (what Bolt's WSGI adapter did).
+        if environ.get("REQUEST_METHOD") != "POST" or environ.get("PATH_INFO") != PATH:
+            start_response("404 Not Found", [("content-type", "text/plain;charset=utf-8"), ("content-length", "9")])
+            return [b"Not Found"]
+        response = self._run(body, query, headers)
+        payload = (response.body or "").encode("utf-8")
+        start_response(f"{response.status} {HTTPStatus(response.status).phrase}",
+                       [(name, value) for name, values in response.headers.items() if name.lower() != "content-length"
+                        for value in values] + [("content-length", str(len(payload)))])
+        return [payload]
 
     def _signed(self, raw: bytes, headers: dict[str, str]) -> bool:
         try:
@@ -91,10 +128,14 @@ class SlackRoute:
         except ValueError:
             return False  # a timestamp that is not a number
 
-    def _dispatch(self, body: str, headers: dict[str, str], response_url: str | None) -> None:
-        """Bolt runs the request (verification, dedupe, the listener) as if it had come in just now."""
+    def _run(self, body: str, query: str, headers: dict[str, str]) -> BoltResponse:
+        """Step 4: the one place a request over HTTP enters Bolt. Called only with a verified request."""
+        return self.bolt.dispatch(BoltRequest(body=body, query=query, headers={k: [v] for k, v in headers.items()}))
+
+    def _dispatch(self, body: str, query: str, headers: dict[str, str], response_url: str | None) -> None:
+        """On a worker: Bolt runs the acked request (dedupe, the listener) as if it had come in just now."""
         try:
-            response = self.bolt.dispatch(BoltRequest(body=body, headers={k: [v] for k, v in headers.items()}))
+            response = self._run(body, query, headers)
             if response_url and response.status == 200 and response.body:
                 _answer(self.slack, response_url, response)
         except Exception:  # noqa: BLE001 - a worker must survive any one request; the traceback is logged
