@@ -1,6 +1,6 @@
 # rollback-bot: `docker build -t rollback-bot .` then run with the env vars from README.md and the policy
-# mounted at /etc/rollback-bot/slo/policy.yaml (and a kubeconfig via KUBECONFIG, unless it runs in the cluster), e.g.
-#   docker run -p 3000:3000 --env-file bot.env -v $PWD/policy.yaml:/etc/rollback-bot/slo/policy.yaml:ro rollback-bot
+# mounted at /etc/rollback-bot/policy.yaml (and a kubeconfig via KUBECONFIG, unless it runs in the cluster), e.g.
+#   docker run -p 3000:3000 --env-file bot.env -v $PWD/policy.yaml:/etc/rollback-bot/policy.yaml:ro rollback-bot
 # helm for the `helm` rollback step, copied from the official image of the release you run (HELM_IMAGE).
 ARG HELM_IMAGE=alpine/helm:3.16.2
 FROM ${HELM_IMAGE} AS helm
@@ -36,4 +36,4 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:3000/healthz', timeout=4)"]
 
 ENTRYPOINT ["rollback-bot"]
-CMD ["serve", "--policy", "/etc/rollback-bot/slo/policy.yaml", "--port", "3000"]
+CMD ["serve", "--policy", "/etc/rollback-bot/policy.yaml", "--port", "3000"]

@@ -29,7 +29,8 @@ from bot.infra.scheduler import Scheduler
 from bot.infra.store import Store
 from bot.slack.slack_out import SlackOut, make_client
 from bot.slo.evaluation import BREACH, Evaluator, Reading
-from bot.slo.policy import Policy, parse_policy
+from bot.slo.policy import Policy
+from bot.slo.policy_file import parse_policy
 from sandbox.servers import PrometheusServer, free_port
 
 SERVICES = 1000

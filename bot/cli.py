@@ -12,7 +12,7 @@ import os
 import sys
 
 from bot.infra.config import ConfigError, Settings
-from bot.slo.policy import PolicyError, load_policy
+from bot.slo.policy_file import PolicyError, load_policy
 
 
 def _check_policy(args: argparse.Namespace) -> int:

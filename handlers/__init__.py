@@ -6,7 +6,7 @@ the path of a click (Roll back on a warning) from bytes to the domain call:
   request_verification_enabled=False; a bad signature is a 401 and reaches nothing), acks the click with an
   empty 200 and queues it → on a worker, Bolt (`App.dispatch`) → handlers.dedupe's middleware claims the
   request's key (a retry or a replay stops here, answered with a plain 200) → the listener in
-  handlers.actions, which calls ack() and delegates: `bot.press_approve(incident_id, user)` → its Reply opens
+  handlers.actions, which calls ack() and delegates: `incidents.press_approve(incident_id, user)` → its Reply opens
   the confirm modal or tells the clicker, through bot.slack (SlackOut) like every outbound Slack call.
 
 Slash commands (handlers.commands) take the same path; their answer goes to the response_url. Modal

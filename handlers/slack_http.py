@@ -21,7 +21,7 @@ The path of a click (say Roll back on a warning), from bytes to the domain call:
    there with a plain 200 and nothing runs. Then the listener matched by action_id (handlers.actions),
    callback_id (handlers.views) or command (handlers.commands).
 5. The domain. The listener calls `ack()`, reads the incident id and the user, and delegates:
-   `bot.press_approve(incident_id, user)`, which opens the typed-confirm modal when its Reply carries a
+   `incidents.press_approve(incident_id, user)`, which opens the typed-confirm modal when its Reply carries a
    view, or a refusal told ephemerally (handlers.reply.tell). Every outbound call goes through bot.slack
    (SlackOut). A slash command's answer, the text its listener gave `ack(text=...)`, comes back from Bolt to
    `_dispatch` and is posted to the command's response_url, which Slack shows ephemerally exactly like an

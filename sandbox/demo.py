@@ -38,7 +38,7 @@ from typing import Any
 import requests
 
 from bot.slack import blocks
-from bot.slo.policy import parse_policy
+from bot.slo.policy_file import parse_policy
 from sandbox.chat import ChatPage
 from sandbox.chat.server import StatusRow
 from sandbox.model_service import ModelServiceSimulator, VersionProfile, alias_reader, seed_registry

@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from bot.app import Runtime, build
 from bot.infra.config import Settings
 from bot.infra.store import Incident
-from bot.slo.policy import parse_policy
+from bot.slo.policy_file import parse_policy
 from sandbox.model_service import seed_registry
 from sandbox.servers import free_port
 from sandbox.signing import block_actions_body, post_signed, slash_command_body, view_submission_body

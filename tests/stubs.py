@@ -8,7 +8,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from bot.infra.prom import QueryResult, RangeResult
-from bot.slo.policy import Policy, parse_policy
+from bot.slo.policy import Policy
+from bot.slo.policy_file import parse_policy
 
 
 class StubProm:

@@ -11,7 +11,8 @@ from bot.infra.prom import Prometheus, QueryResult
 from bot.infra.store import Store
 from bot.slo import burn
 from bot.slo.evaluation import BREACH, ERROR, NODATA, OK, Evaluator, read
-from bot.slo.policy import BurnRate, BurnWindow, PolicyError, parse_policy
+from bot.slo.policy import BurnRate, BurnWindow
+from bot.slo.policy_file import PolicyError, parse_policy
 from sandbox.model_service import ModelServiceSimulator, VersionProfile
 from sandbox.servers import PrometheusServer
 from tests.story_env import wait_until

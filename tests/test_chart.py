@@ -21,7 +21,8 @@ from bot.infra.prom import Prometheus, RangeResult
 from bot.infra.store import Incident, Store
 from bot.slack import chart
 from bot.slack.slack_out import SlackOut, make_client
-from bot.slo.policy import Service, parse_policy
+from bot.slo.policy import Service
+from bot.slo.policy_file import parse_policy
 from sandbox.model_service import ModelServiceSimulator, VersionProfile
 from sandbox.servers import PrometheusServer, free_port
 from sandbox.slack_api import FakeSlackAPI

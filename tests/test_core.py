@@ -16,7 +16,7 @@ from bot.app import Bot, wire
 from bot.infra.scheduler import Scheduler
 from bot.infra.store import Incident, Store
 from bot.slack.slack_out import SlackOut, make_client
-from bot.slo.policy import parse_policy
+from bot.slo.policy_file import parse_policy
 from executors import mlflow_alias
 from executors.base import ExecutorError, StepContext, StepOutcome, StepPlan
 from executors.registry import ExecutorSpec, Registry

@@ -20,7 +20,8 @@ from pydantic import ValidationError
 
 from bot.incidents.runner import Runner
 from bot.infra.store import Store
-from bot.slo.policy import RollbackStep, parse_policy
+from bot.slo.policy import RollbackStep
+from bot.slo.policy_file import parse_policy
 from executors import git_revert as git_revert_module
 from executors.base import ExecutorError, StepContext, StepOutcome, StepPlan, TemporaryExecutorError
 from executors.git_revert import GitRevert, GitRevertConfig

@@ -30,7 +30,7 @@ from bot.infra.scheduler import Scheduler
 from bot.infra.store import Incident, Store
 from bot.slack import blocks
 from bot.slack.slack_out import SlackOut, make_client
-from bot.slo.policy import parse_policy
+from bot.slo.policy_file import parse_policy
 from executors.registry import Clients
 from sandbox.model_service import seed_registry
 from sandbox.servers import MlflowServer, PrometheusServer, free_port

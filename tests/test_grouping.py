@@ -15,7 +15,8 @@ import pytest
 from bot.infra.prom import Prometheus, QueryResult, Sample
 from bot.infra.store import Store
 from bot.slo.evaluation import BREACH, NODATA, OK, Evaluator, judge, read
-from bot.slo.policy import Policy, PolicyError, parse_policy
+from bot.slo.policy import Policy
+from bot.slo.policy_file import PolicyError, parse_policy
 from sandbox.model_service import ModelServiceSimulator, VersionProfile
 from sandbox.servers import PrometheusServer
 

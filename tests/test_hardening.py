@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from bot.incidents.runner import Runner
 from bot.infra.plans import PlannedStep
 from bot.slack import blocks
-from bot.slo.policy import parse_policy
+from bot.slo.policy_file import parse_policy
 from executors.registry import Clients, default_registry
 from sandbox.servers import MlflowServer
 from sandbox.slack_api import FakeSlackAPI

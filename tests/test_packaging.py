@@ -4,6 +4,8 @@ layers are import-linter contracts (pyproject.toml), checked in tests/test_lint.
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 import tomllib
@@ -56,3 +58,14 @@ def test_typo_in_policy_names_line_and_field(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert f"{bad}:{index + 1}: services.model-svc.verify.stabel_for: unknown field" in result.stderr
     assert "did you mean 'stable_for'" in result.stderr
+
+
+def test_the_container_reads_the_policy_where_the_readme_says_to_mount_it() -> None:
+    """The Dockerfile's `serve --policy` path, its usage comment and the README's mount instruction are one path
+    (a package move once rewrote it to /etc/rollback-bot/slo/policy.yaml in all three)."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    cmd = json.loads(re.search(r"^CMD (\[.*\])$", dockerfile, re.MULTILINE).group(1))  # type: ignore[union-attr]
+    path = cmd[cmd.index("--policy") + 1]
+    assert path == "/etc/rollback-bot/policy.yaml"
+    assert f":{path}:ro" in dockerfile
+    assert f"Mount the policy at `{path}`" in (ROOT / "README.md").read_text()

@@ -8,7 +8,8 @@ import pytest
 from pydantic import BaseModel, ConfigDict
 
 from bot.slo.durations import format_duration, parse_duration
-from bot.slo.policy import PolicyError, PolicyProblem, RollbackStep, load_policy, parse_policy
+from bot.slo.policy import RollbackStep
+from bot.slo.policy_file import PolicyError, PolicyProblem, load_policy, parse_policy
 from executors.base import Executor
 from executors.mlflow_alias import MlflowAliasConfig
 from executors.registry import Clients, ExecutorSpec, Registry

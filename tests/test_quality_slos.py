@@ -16,7 +16,8 @@ from bot.infra.store import Store
 from bot.slack.slack_out import SlackOut, make_client
 from bot.slack.timeline import Timeline
 from bot.slo.evaluation import BREACH, OK, Reading, read
-from bot.slo.policy import Service, parse_policy
+from bot.slo.policy import Service
+from bot.slo.policy_file import parse_policy
 from sandbox.model_service import ModelServiceSimulator, VersionProfile
 from sandbox.servers import PrometheusServer
 from sandbox.slack_api import FakeSlackAPI

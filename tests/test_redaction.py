@@ -23,7 +23,7 @@ from bot.infra import redact
 from bot.infra.config import Settings
 from bot.infra.redact import Redactor, configured_secrets, redact_urls, url_secrets
 from bot.slack.slack_out import SlackOut, make_client
-from bot.slo.policy import parse_policy
+from bot.slo.policy_file import parse_policy
 from sandbox.servers import free_port
 from sandbox.slack_api import FakeSlackAPI
 from tests.handler_env import APPROVER, MODEL_CHANNEL, HandlerEnv, policy_yaml, wait_until

@@ -37,7 +37,7 @@ from bot.app import wire
 from bot.infra.store import ACTIVE_STATES, Store
 from bot.slack import blocks
 from bot.slack.slack_out import SlackOut, make_client
-from bot.slo.policy import parse_policy
+from bot.slo.policy_file import parse_policy
 from executors.base import ExecutorError, StepContext, StepOutcome, StepPlan
 from executors.registry import ExecutorSpec, Registry, Target
 from handlers import alertmanager, register_handlers

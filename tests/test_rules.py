@@ -18,7 +18,7 @@ import yaml
 
 from bot.cli import main
 from bot.slo import rules
-from bot.slo.policy import parse_policy
+from bot.slo.policy_file import parse_policy
 
 POLICY = """\
 services:

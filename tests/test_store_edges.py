@@ -30,7 +30,7 @@ from bot.infra.store import TRIGGER_LENGTH, SloState, Store, metadata
 from bot.slack.slack_out import SlackOut, make_client
 from bot.slo.burn import queries
 from bot.slo.evaluation import BREACH, NODATA, OK, Evaluator, read
-from bot.slo.policy import parse_policy
+from bot.slo.policy_file import parse_policy
 from executors.base import StepContext, StepOutcome, StepPlan
 from executors.registry import ExecutorSpec, Registry
 from sandbox.servers import MlflowServer

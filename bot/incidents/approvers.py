@@ -1,8 +1,9 @@
 """Who may approve: policy `approvers` hold user IDs and user-group IDs; groups are expanded with
 usergroups.users.list and cached for a short TTL.
 
-Called by bot.incidents.service before any approval or dismissal. When a group cannot be read, its members are not
-approvers for that check (fail closed) and the reason is returned, so the refusal can say why.
+Called by bot.incidents.authorization before any approval, dismissal, Stop, Retry, freeze or unfreeze. When a group
+cannot be read, its members are not approvers for that check (fail closed) and the reason is returned, so the
+refusal can say why.
 """
 
 from __future__ import annotations

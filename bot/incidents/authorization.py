@@ -9,10 +9,11 @@ An executor runs only when one of these holds for the incident, as stored:
     Alertmanager alert (`armed_by`), never by a person's request, and run by the bot when its grace period
     ran out with nobody pressing Stop.
 
-Called by bot.incidents.service on every path that can reach an executor: `approval()` decides what a click does,
-`may_run()` is checked again right before a plan (first run, Retry step or Resume) reaches bot.incidents.runner, and
-`check_actor()` guards every other approver-only action (Dismiss, Stop, Retry, freeze, unfreeze). Each refusal
-is audited by the caller with the reason given here.
+Called by bot.incidents.service and bot.incidents.runs on every path that can reach an executor: `approval()`
+decides what a click does, `may_run()` is checked again right before a plan (first run, Retry step or Resume)
+reaches bot.incidents.runner, and `is_approver()` guards every other approver-only action (Dismiss, Stop, Retry,
+and through IncidentService.check_approver, freeze and unfreeze). Each refusal is audited by the caller with the
+reason given here.
 """
 
 from __future__ import annotations

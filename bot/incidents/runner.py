@@ -17,9 +17,7 @@ from bot.infra import metrics
 from bot.infra.actors import AUTO_ACTOR
 from bot.infra.plans import PlannedStep
 from bot.infra.store import Store
-from bot.slack import blocks
-from bot.slack.blocks import inert
-from bot.slo.durations import format_duration
+from bot.slack import blocks, wording
 from bot.slo.policy import RollbackStep, Service
 from executors.base import Change, ExecutorError, StepContext, StepOutcome, StepPlan
 from executors.registry import Clients, Registry
@@ -108,7 +106,7 @@ class Runner:
                 executor = self._executor(step)
                 plan = executor.plan(context=context)
                 step_id = self.store.start_step(incident_id, i, step.executor, plan_dict(plan))
-                record("step_started", f"Started {label}: {inert(plan.summary)}", {"position": i})
+                record("step_started", wording.step_started(label, plan.summary), {"position": i})
                 outcome = executor.execute(plan=plan, context=context)
                 error = None if outcome.ok else (outcome.error or "the executor reported failure")
             except ExecutorError as exc:
@@ -127,12 +125,12 @@ class Runner:
                              incident_id=incident_id, detail=stored)
             if error is not None:
                 metrics.EXECUTOR_FAILURES.labels(executor=step.executor).inc()
-                record("step_failed", f"Failed {label} after {format_duration(took)}: {inert(error)}",
+                record("step_failed", wording.step_failed(label, took, error),
                        {"position": i, "error": error})
                 not_run = tuple(step_label(j + 1, total, s) for j, s in enumerate(steps) if j > i)
                 return RunOutcome(False, tuple(done), not_run, label, error, position=i)
             assert outcome is not None
-            record("step_done", f"Done {label} in {format_duration(took)}: {inert(outcome.summary)}",
+            record("step_done", wording.step_done(label, took, outcome.summary),
                    {"position": i, "seconds": took})
             done.append(label)
             outcomes.append(outcome)

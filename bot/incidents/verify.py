@@ -15,10 +15,9 @@ from collections.abc import Callable
 from bot.incidents.states import State, move
 from bot.infra.prom import Prometheus
 from bot.infra.store import Incident, Store
-from bot.slack import blocks
+from bot.slack import blocks, wording
 from bot.slack.timeline import Timeline
 from bot.slo import evaluation
-from bot.slo.durations import format_duration
 from bot.slo.evaluation import CYCLE_JITTER
 from bot.slo.policy import Service
 
@@ -55,11 +54,10 @@ class Verifier:
         was_stable = v.get("stable_since")
         if within_target and not was_stable:
             v["stable_since"] = now
-            self.timeline.record(incident_id, "stable", "All SLOs within target: "
-                                 + _values(readings) + f"; holding for {format_duration(service.verify.stable_for)}")
+            self.timeline.record(incident_id, "stable", wording.stable(readings, service.verify.stable_for))
         elif not within_target and was_stable:
             v["stable_since"] = None
-            self.timeline.record(incident_id, "unstable", "SLOs left target again: " + _values(readings))
+            self.timeline.record(incident_id, "unstable", wording.unstable(readings))
         stable_for = now - v["stable_since"] if v.get("stable_since") else 0.0
         elapsed = now - started
         verdict: State | None = None
@@ -81,19 +79,13 @@ class Verifier:
         self.store.update_incident(incident_id, verification=v)
         if verdict == RECOVERED:
             if move(self.store, incident_id, State.VERIFYING, State.RECOVERED, recovered_at=now):
-                self.timeline.record(incident_id, "recovered", f"Recovered: every SLO within target for "
-                                     f"{format_duration(stable_for)} ({_values(readings)})")
+                self.timeline.record(incident_id, "recovered", wording.recovered(stable_for, readings))
                 return RECOVERED
         elif verdict == FAILED:
             if move(self.store, incident_id, State.VERIFYING, State.VERIFY_FAILED, error="SLOs did not recover in time"):
-                self.timeline.record(
-                    incident_id, "verify_failed",
-                    f"Verification failed: the SLOs were not within target for "
-                    f"{format_duration(service.verify.stable_for)} within {format_duration(service.verify.within)}"
-                    f" ({_values(readings)}). {self.timeline.mention_approvers(service.name)} please take a look.")
+                self.timeline.record(incident_id, "verify_failed", wording.verify_failed(
+                    service.verify.stable_for, service.verify.within, readings,
+                    self.timeline.mention_approvers(service.name)))
                 return FAILED
         return None
 
-
-def _values(readings: list[evaluation.Reading]) -> str:
-    return ", ".join(f"{r.slo} {blocks.value_text(r)} (target {r.target})" for r in readings)

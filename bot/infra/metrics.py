@@ -1,6 +1,6 @@
 """The bot's own Prometheus metrics, served at GET /metrics. Label values are names, never secrets.
 
-Incremented by bot.incidents.service, bot.incidents.runner, bot.slo.evaluation callers, bot.slack.slack_out and
+Incremented by bot.incidents (service, close, runner, detection, alerts), bot.slo.gate, bot.slack.slack_out and
 handlers.alertmanager.
 """
 

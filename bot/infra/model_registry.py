@@ -1,8 +1,9 @@
 """The bot's own reads and writes on the MLflow model registry: which version an alias points at, the
 `rollback_blocked` tag that freezes a bad version, and the promotion the gate performs.
 
-Called by bot.slo.gate and bot.incidents.service. The rollback itself is the executors.mlflow_alias executor; this module
-never flips an alias back. Versions are normalised to str (int from a sqlite store, str over HTTP).
+Called by bot.slo.gate, bot.incidents.planning and bot.incidents.oncall. The rollback itself is the
+executors.mlflow_alias executor; this module never flips an alias back. Versions are normalised to str (int from a
+sqlite store, str over HTTP).
 """
 
 from __future__ import annotations

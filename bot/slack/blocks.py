@@ -1,8 +1,8 @@
 """Block Kit, built in one place from data: warnings, progress, plans, summaries, the typed-confirm modal.
 
-Called by bot.slack.timeline / bot.incidents.service (messages into channels and threads) and by handlers (the modal). Nobody
-else assembles Slack JSON. Texts are cut to Slack's limits here, so a long query or error never makes a
-post fail.
+Called by bot.slack.timeline and bot.slack.wording (messages into channels and threads) and by
+bot.incidents.service (the typed-confirm modal, which handlers open). Nobody else assembles Slack JSON. Texts are
+cut to Slack's limits here, so a long query or error never makes a post fail.
 """
 
 from __future__ import annotations

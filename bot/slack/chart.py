@@ -5,7 +5,7 @@ The window starts at most MAX_LOOKBACK_SECONDS before the incident was opened (a
 started days earlier; a moment before the window is named at the panel's left edge instead of drawn), and the
 range queries' step is a whole number of seconds: Prometheus rejects a fractional step with a unit (`826.063s`).
 
-Called by bot.incidents.service when an incident finishes (`post_chart`, which also uploads the PNG into the incident's
+Called by bot.incidents.close when an incident finishes (`post_chart`, which also uploads the PNG into the incident's
 thread and never raises). The data comes from Prometheus range queries (bot.infra.prom `query_range`); matplotlib
 is imported inside `render` with the Agg backend, so the bot's start-up and idle memory do not pay for it.
 """

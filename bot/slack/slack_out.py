@@ -1,7 +1,7 @@
 """Everything the bot says in Slack goes through here: posts, thread replies, in-place updates, ephemerals,
 modals, file uploads (files_upload_v2), user-group lookups and a slash command's answer to its response_url.
 
-Called by bot.slack.timeline, bot.incidents.service, bot.incidents.approvers, handlers.slack_http (response_url
+Called by bot.slack.timeline, bot.slack.chart, bot.incidents.approvers (user groups), handlers.slack_http (response_url
 answers) and handlers/ (ephemeral replies, the typed-confirm modal) with a slack_sdk WebClient whose base_url comes from
 SLACK_API_URL (tests and the demo point it at sandbox.slack_api). 429s are retried after Retry-After by
 slack_sdk's handler, 5xx only for idempotent calls; Slack calls are counted by method for /metrics. Errors

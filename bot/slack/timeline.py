@@ -1,8 +1,8 @@
 """The incident timeline: every transition is a stored event, and the alert's thread is a view of it.
 
-Called by bot.incidents.service, bot.incidents.verify and bot.slo.gate. `record` stores first and then posts; a post
-that fails leaves the event unposted in the store, and `flush_all` (run every evaluation cycle) posts it later, in
-order. The warning message itself is re-rendered from the stored incident on every change.
+Called by bot.incidents (service, runs, verify, close, recovery, detection, alerts). `record` stores first and then
+posts; a post that fails leaves the event unposted in the store, and `flush_all` (run every evaluation cycle) posts
+it later, in order. The warning message itself is re-rendered from the stored incident on every change.
 """
 
 from __future__ import annotations

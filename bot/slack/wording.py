@@ -241,6 +241,42 @@ def executed(took: float, svc: Service) -> str:
             f"stable for {format_duration(v.stable_for)}, within {format_duration(v.within)})")
 
 
+def step_started(label: str, summary: str) -> str:
+    return f"Started {label}: {inert(summary)}"
+
+
+def step_failed(label: str, took: float, error: str) -> str:
+    return f"Failed {label} after {format_duration(took)}: {inert(error)}"
+
+
+def step_done(label: str, took: float, summary: str) -> str:
+    return f"Done {label} in {format_duration(took)}: {inert(summary)}"
+
+
+# -- verification --------------------------------------------------------------------------------------------
+
+
+def _values(readings: Sequence[Reading]) -> str:
+    return ", ".join(f"{r.slo} {value_text(r)} (target {r.target})" for r in readings)
+
+
+def stable(readings: Sequence[Reading], holding: float) -> str:
+    return f"All SLOs within target: {_values(readings)}; holding for {format_duration(holding)}"
+
+
+def unstable(readings: Sequence[Reading]) -> str:
+    return "SLOs left target again: " + _values(readings)
+
+
+def recovered(stable_for: float, readings: Sequence[Reading]) -> str:
+    return f"Recovered: every SLO within target for {format_duration(stable_for)} ({_values(readings)})"
+
+
+def verify_failed(stable_for: float, within: float, readings: Sequence[Reading], approvers: str) -> str:
+    return (f"Verification failed: the SLOs were not within target for {format_duration(stable_for)} within "
+            f"{format_duration(within)} ({_values(readings)}). {approvers} please take a look.")
+
+
 def in_progress_freeze(incident_id: int) -> str:
     return f"rollback incident #{incident_id} in progress"
 

@@ -1,7 +1,7 @@
 """SLO evaluation: turn Prometheus readings into ok / breach / no data / error, and track how long each
 breach and each healthy streak has held.
 
-Called every `evaluate_every` by bot.incidents.service (which opens incidents for sustained breaches and runs the
+Called every `evaluate_every` by bot.incidents.detection (which opens incidents for sustained breaches and runs the
 promotion gate) and every `verify.every` by bot.incidents.verify (which only needs `read`). One bad query never
 breaks a cycle: that SLO is reported as erroring and the rest go on.
 

@@ -1,8 +1,8 @@
 """Alertmanager alerts already handled (the alerts table), by fingerprint and startsAt.
 
-Called through `Store` by handlers.alertmanager only: `claim_alert` makes a repeat send of an alert open nothing
-new, and `update_alert` links the claim to its incident, marks it resolved once, or drops it when handling
-failed so Alertmanager's retry is not deduped. Rows go back to the handler as plain dicts.
+Called through `Store` by bot.incidents.alerts (Alertmanager's intake) only: `claim_alert` makes a repeat send of
+an alert open nothing new, and `update_alert` links the claim to its incident, marks it resolved once, or drops it
+when handling failed so Alertmanager's retry is not deduped. Rows go back to the intake as plain dicts.
 """
 
 from __future__ import annotations

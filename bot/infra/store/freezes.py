@@ -1,8 +1,8 @@
 """Freezes: the Freeze record and the freezes table, one row per service whose automatic promotion is off.
 
-Called through `Store` by bot.slo.gate (`freeze` when an incident closes, `frozen` before promoting),
-bot.incidents.service (`freeze` while a rollback runs), bot.incidents.oncall (/rollback freeze, unfreeze and
-status), bot.incidents.checklist and the demo (sandbox.demo). Freezing a frozen service replaces its row.
+Called through `Store` by bot.slo.gate (`freeze` when a plan starts and when an incident closes, `frozen` before
+promoting), bot.incidents.oncall (/rollback freeze, unfreeze and status), bot.incidents.close (the checklist)
+and the demo (sandbox.demo). Freezing a frozen service replaces its row.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Incidents: the Incident record, its states, and every read and write of the incidents table.
 
-Called through `Store` by bot.incidents (service: open, request, approve, dismiss, close; verify and recovery:
-verdicts and restart pick-up; checklist, oncall), bot.slack.timeline (the warning's message_ts), bot.slo.gate and
-handlers.alertmanager (`active_incident`). What must happen once is decided by the database: `transition` and
-`set_if` are conditional UPDATEs, and "one active incident per service" is the UNIQUE active_service column, so
-both hold across threads and across processes sharing the database.
+Called through `Store` by bot.incidents (service, runs, verify and recovery through states.move; detection, close,
+oncall, alerts), bot.slack.timeline (the warning's message_ts) and bot.slo.gate (`active_incident`). What must
+happen once is decided by the database: `transition` and `set_if` are conditional UPDATEs, and "one active incident
+per service" is the UNIQUE active_service column, so both hold across threads and across processes sharing the
+database.
 """
 
 from __future__ import annotations

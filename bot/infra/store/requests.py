@@ -1,8 +1,8 @@
 """Slack requests already handled (the seen_requests table), by idempotency key.
 
 Called through `Store` by handlers.dedupe (`claim_request`: a Slack retry or a replayed signed request finds its
-key taken and does nothing a second time, in any process sharing the database) and by bot.incidents.service
-(`forget_requests`, the periodic clean-up of old keys).
+key taken and does nothing a second time, in any process sharing the database) and by bot.incidents.detection
+(`forget_requests`, the periodic clean-up of old keys each evaluation cycle).
 """
 
 from __future__ import annotations

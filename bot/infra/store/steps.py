@@ -1,8 +1,8 @@
 """Plan steps: the Step record and the steps table, one row per executor run of an incident's rollback plan.
 
-Called through `Store` by bot.incidents.runner (`start_step` before an executor runs, `finish_step` after) and
-by bot.incidents.service and bot.incidents.recovery (`steps`: where a halted or interrupted plan resumes, the
-outcomes of earlier steps, the close's checklist).
+Called through `Store` by bot.incidents.runner (`start_step` before an executor runs, `finish_step` after) and by
+bot.incidents.runs, bot.incidents.recovery and bot.incidents.close (`steps`: where a halted or interrupted plan
+resumes, the outcomes of earlier steps, the close's checklist).
 """
 
 from __future__ import annotations
