@@ -9,14 +9,14 @@ The path of a click (say Roll back on a warning), from bytes to the domain call:
    timestamp over the raw bytes, before anything is decoded or parsed: a tampered, stale, unsigned,
    non-UTF-8 or cut-off body is a 401 (Bolt's adapter would decode and JSON-parse first and end some of them
    in a 500). This is the only check: bot.app builds Bolt with `request_verification_enabled=False`, and
-   `SlackRoute._run`, the only place a request over HTTP enters Bolt, is reached only after `_signed`.
+   both ways into Bolt below (`_dispatch` and Bolt's WSGI adapter) are reached only after `_signed`.
 3. Ack first. A click or a slash command is answered at once with an empty 200 (plus X-Slack-No-Retry when
    handlers.dedupe.is_retry says Slack is retrying) and queued on a worker: approvers' decisions (Roll back,
    Stop, Retry step / Resume, Dismiss) on a lane of their own, so they never wait behind dry runs, commands
    and lookups; everything else on the other. Under a burst (50 people clicking, one process, one GIL) Bolt's
    own ack would wait behind the parsing and listener work of every request before it; this keeps each ack
    to a signature check and a queue put.
-4. Bolt. On the worker `_run` dispatches a BoltRequest to the App; Bolt parses the body and runs the global
+4. Bolt. On the worker `_dispatch` hands a BoltRequest to `App.dispatch`; Bolt parses the body and runs the global
    middleware of handlers.dedupe, which claims the request's key in the store: a retry or a replay stops
    there with a plain 200 and nothing runs. Then the listener matched by action_id (handlers.actions),
    callback_id (handlers.views) or command (handlers.commands).
@@ -28,7 +28,7 @@ The path of a click (say Roll back on a warning), from bytes to the domain call:
    ack body.
 
 Modal submissions (view_submission) and anything else take the synchronous path: verified in step 2 like
-the rest, then run by `_run` on the HTTP thread, and Bolt's response is the HTTP answer, because the ack of
+the rest, then run by Bolt's own WSGI adapter on the HTTP thread, and Bolt's response is the HTTP answer, because the ack of
 a submission carries the validation errors Slack shows inside the modal.
 
 Why every listener still calls `ack()` although clicks and commands over HTTP are acked in step 3 (do not
@@ -43,15 +43,16 @@ gets, without which it shows an error and redelivers. handlers.dedupe runs in Bo
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs
 
 from slack_bolt import App, BoltRequest, BoltResponse
+from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_sdk.signature import SignatureVerifier
 
 from bot.slack import blocks
@@ -77,6 +78,7 @@ class SlackRoute:
         self.bolt = bolt
         self.slack = slack
         self.verifier = SignatureVerifier(signing_secret)
+        self.sync = SlackRequestHandler(bolt, path=PATH)  # entered only after the check in __call__
         self.workers = ThreadPoolExecutor(WORKERS, thread_name_prefix="slack-work")
         # Approvers' decisions have a lane of their own: they never wait behind dry runs, commands and lookups
         # (anyone may press Dry run, and a plan reads git, helm, Kubernetes and MLflow).
@@ -110,16 +112,11 @@ class SlackRoute:
                 answer.append(dedupe.NO_RETRY)
             start_response("200 OK", answer)
             return [b""]
-        # Modal submissions and the rest: Bolt's answer is the HTTP answer (what Bolt's WSGI adapter did).
-        if environ.get("REQUEST_METHOD") != "POST" or environ.get("PATH_INFO") != PATH:
-            start_response("404 Not Found", [("content-type", "text/plain;charset=utf-8"), ("content-length", "9")])
-            return [b"Not Found"]
-        response = self._run(body, query, headers)
-        payload = (response.body or "").encode("utf-8")
-        start_response(f"{response.status} {HTTPStatus(response.status).phrase}",
-                       [(name, value) for name, values in response.headers.items() if name.lower() != "content-length"
-                        for value in values] + [("content-length", str(len(payload)))])
-        return [payload]
+        # Modal submissions and the rest: Bolt's own WSGI adapter answers them (its 404 off POST /slack/events),
+        # reading the body already read here.
+        environ["wsgi.input"] = io.BytesIO(raw)
+        environ["CONTENT_LENGTH"] = str(len(raw))
+        return self.sync(environ, start_response)
 
     def _signed(self, raw: bytes, headers: dict[str, str]) -> bool:
         try:
@@ -128,14 +125,11 @@ class SlackRoute:
         except ValueError:
             return False  # a timestamp that is not a number
 
-    def _run(self, body: str, query: str, headers: dict[str, str]) -> BoltResponse:
-        """Step 4: the one place a request over HTTP enters Bolt. Called only with a verified request."""
-        return self.bolt.dispatch(BoltRequest(body=body, query=query, headers={k: [v] for k, v in headers.items()}))
-
     def _dispatch(self, body: str, query: str, headers: dict[str, str], response_url: str | None) -> None:
         """On a worker: Bolt runs the acked request (dedupe, the listener) as if it had come in just now."""
         try:
-            response = self._run(body, query, headers)
+            response = self.bolt.dispatch(BoltRequest(body=body, query=query,
+                                                      headers={k: [v] for k, v in headers.items()}))
             if response_url and response.status == 200 and response.body:
                 _answer(self.slack, response_url, response)
         except Exception:  # noqa: BLE001 - a worker must survive any one request; the traceback is logged
