@@ -107,10 +107,8 @@ class Bot:
     store: Store
     slack: SlackOut
     scheduler: Scheduler
-    timeline: Timeline
     runner: Runner
     evaluator: Evaluator
-    gate: Gate
     incidents: IncidentService
     runs: Runs
     detection: Detection
@@ -149,8 +147,8 @@ def wire(*, policy: Policy, store: Store, prom: Prometheus, slack: SlackOut, mlf
                     say=timeline.say)
     intake = Intake(policy=policy, store=store, timeline=timeline,
                     open_incident=lambda svc, reading: incidents.open_incident(svc, reading, source="alertmanager"))
-    return Bot(policy, store, slack, scheduler, timeline, runner, evaluator, gate, incidents, runs, detection,
-               recovery, oncall, intake)
+    return Bot(policy, store, slack, scheduler, runner, evaluator, incidents, runs, detection, recovery, oncall,
+               intake)
 
 
 @dataclass

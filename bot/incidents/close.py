@@ -21,7 +21,6 @@ from bot.infra.store import Incident, Step, Store
 from bot.slack import chart, wording
 from bot.slack.slack_out import SlackOut
 from bot.slack.timeline import Timeline
-from bot.slo.durations import format_duration
 from bot.slo.gate import Gate
 from bot.slo.policy import Service
 from executors.base import StepOutcome
@@ -54,7 +53,7 @@ class Closer:
         if problem:
             self.timeline.record(incident.id, "chart_failed", problem)
         self.timeline.record(incident.id, "checklist", self.checklist(incident, svc, steps))
-        self.timeline.record(incident.id, "summary", summary(self.store.incident(incident.id)))
+        self.timeline.record(incident.id, "summary", wording.summary(incident))
 
     def checklist(self, incident: Incident, svc: Service, steps: Sequence[Step]) -> str:
         incident = self.store.incident(incident.id)
@@ -89,13 +88,3 @@ class Closer:
 def _outcomes(steps: Sequence[Step]) -> list[tuple[Step, StepOutcome | None]]:
     return [(s, outcome_from(s.outcome)) for s in steps]
 
-
-def summary(incident: Incident) -> str:
-    def span(a: float | None, b: float | None) -> str:
-        return format_duration(b - a) if a is not None and b is not None else "—"
-
-    return wording.summary(incident.state, detect=span(incident.breach_started_at, incident.warned_at),
-                           approve=span(incident.warned_at, incident.approved_at),
-                           execute=span(incident.approved_at, incident.executed_at),
-                           recover=span(incident.executed_at, incident.recovered_at),
-                           stable=span(incident.warned_at, incident.recovered_at))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from bot.incidents.runs import Runs
+from bot.incidents.runs import Runs, first_not_done
 from bot.incidents.states import ACTIVE, CLOSED_BY_VERDICT, State, move
 from bot.infra.store import Incident, Store
 from bot.slack import blocks, wording
@@ -61,7 +61,7 @@ class Recovery:
         steps = self.store.steps(incident.id)
         done = {s.position for s in steps if s.status == "done"}
         svc = self.policy.services.get(incident.service)
-        resume_from = self.runs.first_not_done(incident.id, svc)
+        resume_from = first_not_done(steps, svc)
         running = [s for s in steps if s.status == "running"]
         moved = move(self.store, incident.id, State.EXECUTING, State.HALTED, resume_from=resume_from,
                      halt_kind="interrupted", error="the bot restarted while the plan was running")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from bot.incidents.authorization import Authorization
@@ -23,7 +23,7 @@ from bot.incidents.verify import Verifier
 from bot.infra.actors import AUTO_ACTOR
 from bot.infra.plans import Baseline
 from bot.infra.scheduler import Scheduler
-from bot.infra.store import Incident, Store
+from bot.infra.store import Incident, Step, Store
 from bot.slack import wording
 from bot.slack.timeline import Timeline
 from bot.slo.gate import Gate
@@ -117,15 +117,10 @@ class Runs:
         try:
             incident = self.store.incident(incident_id)
             svc = self.policy.services.get(incident.service)
-            self.halt(incident_id, self.first_not_done(incident_id, svc),
+            self.halt(incident_id, first_not_done(self.store.steps(incident_id), svc),
                       f"internal error around the plan: {type(exc).__name__}: {exc}")
         except Exception:  # noqa: BLE001 - the store itself is failing; restart pick-up halts it later
             log.exception("incident %s: could not halt it after a failure", incident_id)
-
-    def first_not_done(self, incident_id: int, svc: Service | None) -> int:
-        done = {s.position for s in self.store.steps(incident_id) if s.status == "done"}
-        total = len(svc.rollback) if svc else 0
-        return next((i for i in range(total) if i not in done), total)
 
     def halt(self, incident_id: int, resume_from: int, error: str) -> None:
         halted = move(self.store, incident_id, State.EXECUTING, State.HALTED, resume_from=resume_from,
@@ -159,3 +154,10 @@ class Runs:
 
     def finish(self, incident: Incident, svc: Service) -> None:
         self.closer.close(incident, svc)
+
+
+def first_not_done(steps: Sequence[Step], svc: Service | None) -> int:
+    """Where a halted or interrupted plan goes on: the first of the service's steps not done."""
+    done = {s.position for s in steps if s.status == "done"}
+    total = len(svc.rollback) if svc else 0
+    return next((i for i in range(total) if i not in done), total)

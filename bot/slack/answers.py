@@ -11,12 +11,8 @@ from collections.abc import Sequence
 from bot.infra.model_registry import Version
 from bot.infra.store import Freeze, Incident
 from bot.slack.blocks import clock, inert, mention, status_line
-from bot.slo.durations import format_duration
+from bot.slo.durations import format_duration, format_span
 from bot.slo.policy import Policy, Service
-
-
-def _span(a: float | None, b: float | None) -> str:
-    return format_duration(b - a) if a is not None and b is not None else "—"
 
 
 def aliases(to: str, previous: str, current: Version | None, before: Version | None) -> str:
@@ -50,7 +46,7 @@ def _history_line(incident: Incident) -> str:
     who = mention(incident.approved_by) if incident.approved_by and incident.approved_by[0] in "UW" \
         else (incident.approved_by or "nobody")
     return (f"#{incident.id} {clock(incident.opened_at)} {incident.trigger} — {outcome}; approved by {who}; "
-            f"time to recover {_span(incident.approved_at, incident.recovered_at)}")
+            f"time to recover {format_span(incident.approved_at, incident.recovered_at)}")
 
 
 def history(service: str, incidents: Sequence[Incident]) -> str:

@@ -10,8 +10,9 @@ from collections.abc import Iterable, Sequence
 from urllib.parse import quote
 
 from bot.infra.plans import PlannedStep
+from bot.infra.store import Incident
 from bot.slack.blocks import clock, inert, mention, plan_text, value_text
-from bot.slo.durations import format_duration
+from bot.slo.durations import format_duration, format_span
 from bot.slo.evaluation import Reading
 from bot.slo.policy import Service
 
@@ -349,7 +350,11 @@ def checklist(lines: Sequence[str | None]) -> str:
     return "*Post-rollback checklist*\n" + "\n".join(line for line in lines if line)
 
 
-def summary(state: str, *, detect: str, approve: str, execute: str, recover: str, stable: str) -> str:
+def summary(incident: Incident) -> str:
+    """The close's last line: the times to detect, approve, execute and recover."""
     outcome = {"recovered": "Recovered", "verify_failed": "Not recovered", "failed": "Rollback failed"}
-    return (f"*Summary — {outcome.get(state, state)}* · time to detect {detect} · to approve {approve} · "
-            f"to execute {execute} · to recover {recover} · alert to stable {stable}")
+    i = incident
+    return (f"*Summary — {outcome.get(i.state, i.state)}* · time to detect {format_span(i.breach_started_at, i.warned_at)}"
+            f" · to approve {format_span(i.warned_at, i.approved_at)} · to execute "
+            f"{format_span(i.approved_at, i.executed_at)} · to recover {format_span(i.executed_at, i.recovered_at)} · "
+            f"alert to stable {format_span(i.warned_at, i.recovered_at)}")

@@ -52,3 +52,8 @@ def format_duration(seconds: float) -> str:
     if minutes:
         return f"{minutes}m{secs:02d}s" if secs else f"{minutes}m"
     return f"{secs}s"
+
+
+def format_span(start: float | None, end: float | None) -> str:
+    """How long from `start` to `end`, or "—" while either is unknown (the summary's and history's times)."""
+    return format_duration(end - start) if start is not None and end is not None else "—"
