@@ -185,7 +185,9 @@ def test_typed_confirm_modal_in_the_browser(browser: Any, tmp_path: Path, mlflow
                 box.send_keys("/rollback ranker-svc", Keys.ENTER)
                 roll_back = wait.until(ec.element_to_be_clickable(
                     (By.CSS_SELECTOR, '#messages button[data-action-id="rollback_approve"]')))
-                assert "Only visible to you" in browser.find_element(By.ID, "messages").text  # the ack
+                # The ack reaches the response_url when the listener ends, just after the warning is posted (the
+                # race fa0ea49 fixed in test_sandbox_slack): wait for it rather than read it with the button.
+                wait.until(lambda d: "Only visible to you" in d.find_element(By.ID, "messages").text)  # the ack
                 roll_back.click()  # confirm: typed, so no dialog: the bot opens its modal with views.open
                 field = wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "#dialog input[type=text]")))
                 assert "Type ranker-svc to confirm" in browser.find_element(By.ID, "dialog").text
