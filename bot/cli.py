@@ -12,6 +12,7 @@ import os
 import sys
 
 from bot.infra.config import ConfigError, Settings
+from bot.slo.evaluation import grouping_plan
 from bot.slo.policy_file import PolicyError, load_policy
 
 
@@ -26,6 +27,10 @@ def _check_policy(args: argparse.Namespace) -> int:
         return 2
     names = ", ".join(policy.services)
     print(f"{args.file}: ok — {len(policy.services)} service(s): {names}")
+    slo_queries = sum(1 for svc in policy.services.values() for slo in svc.slos
+                      if slo.query and slo.by is None and slo.burn_rate is None)
+    if slo_queries:
+        print(f"grouping: {grouping_plan(policy.services.values()).summary(slo_queries)}")
     return 0
 
 

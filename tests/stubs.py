@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from bot.infra.prom import QueryResult, RangeResult
+from bot.infra.prom import QueryResult, RangeResult, Sample
+from bot.slo import grouping
 from bot.slo.policy import Policy
 from bot.slo.policy_file import parse_policy
 
@@ -23,9 +24,33 @@ class StubProm:
         out = {}
         for q in dict.fromkeys(queries):
             self.sent.append(q)
+            if q not in self.answers and (grouped := self._grouped(q)) is not None:
+                out[q] = grouped
+                continue
             answer = self.answers.get(q, ())
             out[q] = QueryResult(q, error=answer) if isinstance(answer, str) else QueryResult(q, tuple(answer))
         return out
+
+    def _grouped(self, query: str) -> QueryResult | None:
+        """A grouped query (bot.slo.grouping) over queries this stub answers: each member's values as series
+        labelled with its value, the way Prometheus answers the grouped query."""
+        samples: list[Sample] = []
+        matched = False
+        for member, answer in self.answers.items():
+            try:
+                shape = grouping.shape(member)
+            except grouping.NotGroupable:
+                continue
+            values = grouping.grouped_values(query, shape.label)
+            if not values or shape.value not in values or grouping.grouped_text(shape, values) != query:
+                continue
+            matched = True
+            if isinstance(answer, str):
+                return QueryResult(query, error=answer)
+            samples += [Sample({shape.label: shape.value}, v) for v in answer]
+        if not matched:
+            return None
+        return QueryResult(query, tuple(s.value for s in samples), samples=tuple(samples))
 
     def query(self, query: str) -> QueryResult:
         return self.query_many([query])[query]

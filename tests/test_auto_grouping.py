@@ -20,8 +20,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bot.slo import grouping
+from bot.slo.evaluation import read
+from bot.slo.policy_file import parse_policy
 from sandbox.model_service import ModelServiceSimulator, VersionProfile
 from sandbox.servers import PrometheusServer
+from tests.stubs import StubProm
 
 SERVICES = ("svc-a", "svc-b", "svc-c.1")
 
@@ -87,7 +90,8 @@ def test_a_shape_of_one_query_and_an_unparsable_one_go_alone_and_the_summary_say
     assert plan.alone['model_auc{service="solo"}'] == "no other query has its shape"
     assert plan.alone["sum(("].startswith("does not parse")
     summary = plan.summary(len(queries))
-    assert summary.startswith("5 SLO queries in 3 queries (1 grouped); 2 evaluated alone: ")
+    assert summary.startswith("5 SLO queries in 3 queries per cycle (1 grouped, 1 of a shape of their own); "
+                              "1 evaluated alone: `sum((`: does not parse")
     assert plan.for_query(queries[1]) == (plan.groups[0].query, "service", "svc-b")
     assert plan.for_query('model_auc{service="solo"}') is None
 
@@ -197,3 +201,34 @@ def test_grouped_and_alone_give_every_service_the_same_values(prom_url: str, sha
         mine = _values([(labels, v) for labels, v in grouped if labels.get("service") == service])
         assert alone[query], f"{query} has no data: the comparison would prove nothing"
         assert mine == pytest.approx(alone[query], rel=1e-9, abs=1e-12), (query, group.query)
+
+
+# -- in the evaluation -----------------------------------------------------------------------------------------
+def _per_service_policy(services: list[str]) -> str:
+    blocks = "".join(f"""  {name}:
+    channel: C0MODELSVC
+    approvers: [U0APPROVER]
+    model: recommender
+    slos:
+      - {{name: p95, query: 'histogram_quantile(0.95, sum by (le) (rate(lat_bucket{{service="{name}"}}[1m])))',
+          above: 0.25}}
+      - {{name: auc, query: 'min(model_auc{{service="{name}"}})', below: 0.8}}
+    rollback:
+      - mlflow_alias: {{model: recommender}}
+""" for name in services)
+    return "services:\n" + blocks
+
+
+def test_read_sends_one_query_per_shape_and_every_service_reads_what_it_would_alone() -> None:
+    names = [f"svc-{i:04d}" for i in range(50)]
+    policy = parse_policy(_per_service_policy(names))
+    answers: dict[str, tuple[float, ...] | str] = {}
+    for i, name in enumerate(names):
+        answers[f'histogram_quantile(0.95, sum by (le) (rate(lat_bucket{{service="{name}"}}[1m])))'] = (0.01 * i,)
+        answers[f'min(model_auc{{service="{name}"}})'] = (0.95 - 0.004 * i,) if i != 7 else ()
+    grouped_prom, alone_prom = StubProm(answers), StubProm(answers)
+    grouped = read(grouped_prom, policy.services.values())  # type: ignore[arg-type]
+    alone = read(alone_prom, policy.services.values(), group=False)  # type: ignore[arg-type]
+    assert len(grouped_prom.sent) == 2 and len(alone_prom.sent) == 100
+    assert grouped == alone
+    assert grouped["svc-0040"][0].status == "breach" and grouped["svc-0007"][1].status == "nodata"

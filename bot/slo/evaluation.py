@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 
 from bot.infra.prom import Prometheus, QueryResult
 from bot.infra.store import SloState, Store
-from bot.slo import burn
+from bot.slo import burn, grouping
 from bot.slo.policy import BurnRate, Policy, Service, Slo
 
 log = logging.getLogger(__name__)
@@ -91,10 +91,13 @@ class _Groups:
         return self._index[key].get(match, ())
 
 
-def read(prom: Prometheus, services: Iterable[Service]) -> dict[str, list[Reading]]:
-    """Query every SLO of these services once (identical queries are sent once) and judge them."""
+def read(prom: Prometheus, services: Iterable[Service], *, group: bool = True) -> dict[str, list[Reading]]:
+    """Query every SLO of these services once (identical queries are sent once) and judge them. With `group`,
+    queries written per service that differ only in one label's value are sent as one (bot.slo.grouping)."""
     services = list(services)
-    results = prom.query_many(query for svc in services for slo in svc.slos for query in _queries(slo))
+    plan = grouping_plan(services) if group else grouping.Plan((), {})
+    sent = {q: _sent(q, plan) for svc in services for slo in svc.slos for q in _queries(slo)}
+    results = prom.query_many(dict.fromkeys(query for query, _, _ in sent.values()))
     groups = _Groups()
     out: dict[str, list[Reading]] = {}
     for svc in services:
@@ -103,14 +106,29 @@ def read(prom: Prometheus, services: Iterable[Service]) -> dict[str, list[Readin
             if slo.burn_rate is not None:
                 readings.append(_burn_reading(svc, slo.name, slo.burn_rate, results))
                 continue
-            result = results[slo.query or ""]
-            values = None if slo.by is None else groups.values(result, slo.by, slo.match or svc.name)
+            query, label, match = sent[slo.query or ""]
+            result = results[query]
+            if slo.by is not None:
+                label, match = slo.by, slo.match or svc.name
+            values = None if label is None else groups.values(result, label, match or "")
             status, value = judge(slo, result, values)
             if result.error:
                 log.warning("%s/%s: query failed: %s", svc.name, slo.name, result.error)
             readings.append(finite(Reading(svc.name, slo.name, status, value, slo.target_text(), result.error)))
         out[svc.name] = readings
     return out
+
+
+def grouping_plan(services: Iterable[Service]) -> grouping.Plan:
+    """The automatic grouping of these services' plain `query:` SLOs (not `by:`, not burn rate)."""
+    return grouping.cached_plan(tuple(sorted({slo.query for svc in services for slo in svc.slos
+                                              if slo.query and slo.by is None and slo.burn_rate is None})))
+
+
+def _sent(query: str, plan: grouping.Plan) -> tuple[str, str | None, str | None]:
+    """What is sent for `query` and how its series are picked: (query, None, None) when it goes alone."""
+    grouped = plan.for_query(query)
+    return grouped if grouped else (query, None, None)
 
 
 def _queries(slo: Slo) -> list[str]:

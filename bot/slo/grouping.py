@@ -15,6 +15,7 @@ alone, with the reason. The rewrite of a group over label L with values v1..vn:
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections import defaultdict
@@ -69,20 +70,30 @@ class Plan:
 
     def for_query(self, query: str) -> tuple[str, str, str] | None:
         """(grouped query, label, value) when `query` is answered by a group."""
-        for group in self.groups:
-            if query in group.members:
-                return group.query, group.label, group.members[query]
-        return None
+        group = self._index.get(query)
+        return (group.query, group.label, group.members[query]) if group else None
+
+    @property
+    def _index(self) -> dict[str, Group]:
+        index = self.__dict__.get("_by_query")
+        if index is None:
+            index = {q: g for g in self.groups for q in g.members}
+            object.__setattr__(self, "_by_query", index)
+        return index
 
     def summary(self, slos: int) -> str:
+        """What check-policy prints: how many queries a cycle sends, and why each refused query goes alone."""
         sent = len(self.groups) + len(self.alone)
-        text = f"{slos} SLO queries in {sent} queries ({len(self.groups)} grouped)"
-        if self.alone:
-            text += f"; {len(self.alone)} evaluated alone: " + "; ".join(
-                f"`{q}`: {why}" for q, why in sorted(self.alone.items()))
+        refused = {q: why for q, why in self.alone.items() if why != SINGLE}
+        text = (f"{slos} SLO queries in {sent} queries per cycle ({len(self.groups)} grouped, "
+                f"{len(self.alone) - len(refused)} of a shape of their own)")
+        if refused:
+            text += f"; {len(refused)} evaluated alone: " + "; ".join(
+                f"`{q}`: {why}" for q, why in sorted(refused.items()))
         return text
 
 
+SINGLE = "no other query has its shape"
 _PLACEHOLDER = "\x00"
 
 
@@ -106,6 +117,12 @@ def shape(query: str) -> Shape:
     return Shape(_render(expr, label, _PLACEHOLDER, for_group=True), label, value)
 
 
+@functools.lru_cache(maxsize=8)
+def cached_plan(queries: tuple[str, ...]) -> Plan:
+    """`plan` of a policy's queries, computed once per distinct set (a policy does not change between cycles)."""
+    return plan(queries)
+
+
 def plan(queries: Iterable[str]) -> Plan:
     """Group the queries that share a shape; a shape of one query, or a query that cannot be grouped, goes alone."""
     by_shape: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
@@ -121,12 +138,42 @@ def plan(queries: Iterable[str]) -> Plan:
     for (template, label), members in by_shape.items():
         if len(members) < 2:
             for query in members:
-                alone[query] = "no other query has its shape"
+                alone[query] = SINGLE
             continue
-        values = sorted(set(members.values()))
-        matcher = "|".join(re.escape(v) for v in values)
-        groups.append(Group(template.replace(_PLACEHOLDER, _quote(matcher)), label, dict(members)))
+        groups.append(Group(grouped_text(Shape(template, label, ""), members.values()), label, dict(members)))
     return Plan(tuple(groups), alone)
+
+
+def grouped_text(s: Shape, values: Iterable[str]) -> str:
+    """The grouped query of a shape over these label values (sorted, regex-escaped, as one =~ matcher)."""
+    return s.template.replace(_PLACEHOLDER, _quote("|".join(_re2_escape(v) for v in sorted(set(values)))))
+
+
+def _re2_escape(value: str) -> str:
+    """The value as a literal in Prometheus' RE2 syntax: only its metacharacters get a backslash."""
+    return re.sub(r"([\\.+*?()|\[\]{}^$])", r"\\\1", value)
+
+
+def grouped_values(query: str, label: str) -> list[str] | None:
+    """The label values a grouped query asks for (its `label=~"a|b"` matcher), None when it has none."""
+    found: list[str] = []
+
+    def visit(expr: object) -> None:
+        if isinstance(expr, pp.VectorSelector):
+            for m in expr.matchers.matchers:
+                if m.name == label and str(m.op) == "MatchOp.Re" and not found:
+                    found.extend(re.sub(r"\\(.)", r"\1", v) for v in re.split(r"(?<!\\)\|", m.value))
+        for child in ("vector_selector", "expr", "lhs", "rhs"):
+            if hasattr(expr, child) and getattr(expr, child) is not None:
+                visit(getattr(expr, child))
+        for arg in getattr(expr, "args", None) or ():
+            visit(arg)
+
+    try:
+        visit(pp.parse(query))
+    except Exception:  # noqa: BLE001 - not PromQL: not a grouped query either
+        return None
+    return found or None
 
 
 # -- the AST -------------------------------------------------------------------------------------------------
