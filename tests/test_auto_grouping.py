@@ -12,15 +12,19 @@ import math
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import promql_parser as pp
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bot.infra import metrics
+from bot.infra.prom import QueryResult, Sample
+from bot.infra.store import Store
 from bot.slo import grouping
-from bot.slo.evaluation import read
+from bot.slo.evaluation import Evaluator, read
 from bot.slo.policy_file import parse_policy
 from sandbox.model_service import ModelServiceSimulator, VersionProfile
 from sandbox.servers import PrometheusServer
@@ -232,3 +236,38 @@ def test_read_sends_one_query_per_shape_and_every_service_reads_what_it_would_al
     assert len(grouped_prom.sent) == 2 and len(alone_prom.sent) == 100
     assert grouped == alone
     assert grouped["svc-0040"][0].status == "breach" and grouped["svc-0007"][1].status == "nodata"
+
+
+class LyingProm(StubProm):
+    """Answers one grouped query wrongly for one service: what the run-time check is there to catch."""
+
+    def query_many(self, queries: Iterable[str]) -> dict[str, QueryResult]:
+        out = super().query_many(queries)
+        for query, result in out.items():
+            if "=~" in query:
+                samples = tuple(Sample(s.labels, s.value + (1.0 if s.labels.get("service") == "svc-0002" else 0.0))
+                                for s in result.samples)
+                out[query] = QueryResult(query, tuple(s.value for s in samples), samples=samples)
+        return out
+
+
+def test_a_sampled_member_that_reads_differently_alone_turns_its_group_off(tmp_path: Path) -> None:
+    names = [f"svc-{i:04d}" for i in range(4)]
+    policy = parse_policy(_per_service_policy(names))
+    answers: dict[str, tuple[float, ...] | str] = {}
+    for name in names:
+        answers[f'histogram_quantile(0.95, sum by (le) (rate(lat_bucket{{service="{name}"}}[1m])))'] = (0.1,)
+        answers[f'min(model_auc{{service="{name}"}})'] = (0.9,)
+    prom = LyingProm(answers)
+    evaluator = Evaluator(Store(f"sqlite:///{tmp_path / 'bot.db'}"), prom)  # type: ignore[arg-type]
+    before = metrics.GROUPING_MISMATCHES._value.get()
+    for _ in range(len(names)):  # every member gets its turn; svc-0002's turn finds the lie
+        evaluator.evaluate(policy)
+    assert metrics.GROUPING_MISMATCHES._value.get() == before + 2  # both groups lie about svc-0002
+    assert len(evaluator.grouper.disabled) == 2
+    prom.sent.clear()
+    readings = evaluator.evaluate(policy)
+    assert len(prom.sent) == 8 and not any("=~" in q for q in prom.sent), "the groups now go query by query"
+    assert {r.value for rs in readings.values() for r in rs} == {0.1, 0.9}
+    plan = evaluator.grouper.plan(policy.services.values())
+    assert plan.groups == () and set(plan.alone.values()) == {"grouping turned off after a mismatch"}

@@ -28,3 +28,8 @@ ALERTMANAGER_ALERTS = Counter("rollback_alertmanager_alerts_total",
                               registry=REGISTRY)
 PROMOTIONS = Counter("rollback_promotions_total", "Promotion gate decisions", ["service", "result"],
                      registry=REGISTRY)
+GROUPING_MISMATCHES = Counter("rollback_grouping_mismatches_total",
+                              "Grouped queries whose sampled member read differently alone (the group is then "
+                              "evaluated query by query)", registry=REGISTRY)
+GROUPS_DISABLED = Gauge("rollback_grouping_disabled_groups", "Grouped queries turned off after a mismatch",
+                        registry=REGISTRY)
