@@ -102,7 +102,8 @@ def main() -> None:
 
             def change_every_state() -> None:  # outside the timed part: every SLO state differs from the reading
                 with grouped_store.engine.begin() as conn:
-                    conn.exec_driver_sql("UPDATE slo_state SET value = value + 1")
+                    conn.exec_driver_sql("UPDATE slo_state SET status = 'nodata'")
+                grouped.forget_states()
             rewritten = cycles(grouped, prom, grouped_policy, 3, before=change_every_state)
 
             bot = wire(policy=grouped_policy, store=Store(f"sqlite:///{tmp}/serve.db"), prom=prom,

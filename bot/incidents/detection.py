@@ -45,27 +45,40 @@ class Detection:
         self._openers = ThreadPoolExecutor(OPENERS, thread_name_prefix="open")
         self._opening: set[str] = set()
         self._opening_lock = threading.Lock()
+        self._exported: dict[tuple[str, str], int] = {}
 
     def evaluate_once(self) -> dict[str, list[Reading]]:
         """One evaluation cycle: read every SLO, open incidents for sustained breaches, run the gate."""
         started = time.perf_counter()
+        metrics.EVALUATION_STARTED.set(time.time())
         readings = self.evaluator.evaluate(self.policy, now=self.clock())
+        active = self.store.active_services()
         opening: list[Future[None]] = []
         for name, service_readings in readings.items():
-            for r in service_readings:
-                metrics.SLO_STATUS.labels(service=name, slo=r.slo).set(1 if r.status == BREACH else 0)
-            sustained = [r for r in service_readings if r.sustained and self._is_new_breach(name, r)]
-            if sustained and not self.store.active_incident(name):
-                opening.extend(self._open_detected(self.policy.services[name], sustained[0]))
+            self._export(name, service_readings)
+            sustained = [r for r in service_readings if r.sustained]
+            if sustained and name not in active:
+                new = [r for r in sustained if self._is_new_breach(name, r)]
+                if new:
+                    opening.extend(self._open_detected(self.policy.services[name], new[0]))
         wait(opening, timeout=OPEN_WAIT)  # the rest go on in the background; their warnings follow
-        for svc in self.policy.services.values():
-            decision = self.gate.consider(svc)
+        for svc, decision in self.gate.consider_all(self.policy.services.values()):
             if decision.promoted:
                 self.timeline.say(svc.channel, wording.promoted(svc, decision.version, decision.previous))
         self.timeline.flush_all()
         self.store.forget_requests(older_than=self.clock() - SEEN_REQUESTS_KEPT)
-        metrics.EVALUATION_SECONDS.observe(time.perf_counter() - started)
+        took = time.perf_counter() - started
+        metrics.EVALUATION_SECONDS.observe(took)
+        metrics.EVALUATION_LAST.set(took)
         return readings
+
+    def _export(self, service: str, readings: list[Reading]) -> None:
+        """rollback_slo_breaching of each SLO, set when it changes (20,000 SLOs: a gauge each)."""
+        for r in readings:
+            breaching = 1 if r.status == BREACH else 0
+            if self._exported.get((service, r.slo)) != breaching:
+                metrics.SLO_STATUS.labels(service=service, slo=r.slo).set(breaching)
+                self._exported[(service, r.slo)] = breaching
 
     def _open_detected(self, svc: Service, reading: Reading) -> list[Future[None]]:
         """Open a detected breach's incident on an opener thread (at most one at a time per service)."""

@@ -47,6 +47,31 @@ class ModelRegistry:
             raise RegistryError(f"reading {model}@{alias}: {exc.message}") from exc
         return Version(model, str(mv.version), mv.run_id, dict(mv.tags or {}))
 
+    def aliases(self, model: str) -> dict[str, str]:
+        """Every alias of a model and its version, in one read ({} when the model does not exist)."""
+        try:
+            found = self.client.get_registered_model(model)
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return {}
+            raise RegistryError(f"reading the aliases of {model}: {exc.message}") from exc
+        return {str(alias): str(version) for alias, version in (found.aliases or {}).items()}
+
+    def all_aliases(self, page_size: int = 1000) -> dict[str, dict[str, str]]:
+        """The aliases of every registered model, a page of `page_size` models per read."""
+        out: dict[str, dict[str, str]] = {}
+        token = None
+        try:
+            while True:
+                page = self.client.search_registered_models(max_results=page_size, page_token=token)
+                for found in page:
+                    out[found.name] = {str(a): str(v) for a, v in (found.aliases or {}).items()}
+                token = page.token
+                if not token:
+                    return out
+        except MlflowException as exc:
+            raise RegistryError(f"listing the registered models: {exc.message}") from exc
+
     def get(self, model: str, version: str) -> Version:
         try:
             mv = self.client.get_model_version(model, version)

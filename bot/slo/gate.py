@@ -2,7 +2,8 @@
 the gate promotes a candidate only when nothing says no.
 
 Called by bot.incidents: `freeze` when a plan starts and when an incident closes (recovered, verification
-failed, or a failed plan), `consider` every evaluation cycle. The freeze is stored (it survives restarts) and
+failed, or a failed plan), `consider_all` every evaluation cycle (three store reads for every service, the registry
+only for services healthy long enough, their aliases cached for ALIAS_TTL). The freeze is stored (it survives restarts) and
 the bad version carries the MLflow tag rollback_blocked=true with the incident id, so other tooling sees it.
 """
 
@@ -10,17 +11,24 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from bot.infra import metrics
 from bot.infra.actors import AUTO_ACTOR
 from bot.infra.model_registry import ModelRegistry, RegistryError
-from bot.infra.store import Store
+from bot.infra.store import Freeze, Store
 from bot.slo.durations import format_duration
 from bot.slo.policy import Service
 
 log = logging.getLogger(__name__)
+
+
+# How long the gate trusts an alias read (or `healthy_for`, if shorter). A candidate registered now is promoted at
+# most this much later; whatever the gate does is decided on fresh reads (the cache only says there is nothing to do).
+ALIAS_TTL = 30.0
+# Above this many models to read at once, the cache lists every registered model (1,000 per read) instead.
+ALIAS_POINT_READS = 20
 
 
 @dataclass(frozen=True)
@@ -40,10 +48,12 @@ class Decision:
 
 
 class Gate:
-    def __init__(self, store: Store, registry: ModelRegistry, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Store, registry: ModelRegistry, clock: Callable[[], float] = time.time,
+                 alias_ttl: float = ALIAS_TTL) -> None:
         self.store = store
         self.registry = registry
         self.clock = clock
+        self.aliases = AliasCache(registry, alias_ttl)
 
     def freeze(self, service: Service, *, incident_id: int, bad_version: str | None, reason: str,
                block: bool = True) -> Frozen:
@@ -59,23 +69,53 @@ class Gate:
                           blocked_version=bad_version)
         return Frozen(bad_version if block else None, tuple(problems))
 
+    def consider_all(self, services: Iterable[Service]) -> list[tuple[Service, Decision]]:
+        """The gate of every service, once per evaluation cycle: three store reads for all of them (services with
+        an active incident, freezes, healthy_since) and the registry only for services healthy long enough."""
+        services = [s for s in services if s.promote is not None]
+        if not services:
+            return []
+        active, frozen, healthy = (self.store.active_services(), self.store.frozen_by_service(),
+                                   self.store.healthy_since_all())
+        due = [s for s in services if s.name not in active and s.name not in frozen
+               and _held(healthy.get(s.name), self.clock(), s)]
+        self.aliases.prefetch({s.model for s in due})
+        return [(s, self._decide(s, s.name in active, frozen.get(s.name), healthy.get(s.name))) for s in services]
+
     def consider(self, service: Service) -> Decision:
+        """The gate of one service, read from the store now (consider_all does every service at once)."""
+        if service.promote is None:
+            return Decision(False, "no promotion policy")
+        return self._decide(service, self.store.active_incident(service.name) is not None,
+                            self.store.frozen(service.name), self.store.healthy_since(service.name))
+
+    def _decide(self, service: Service, active: bool, frozen: Freeze | None, since: float | None) -> Decision:
         """Promote `from` to `to` when healthy long enough, not frozen, and the candidate is not blocked."""
         promote = service.promote
         if promote is None:
             return Decision(False, "no promotion policy")
-        if self.store.active_incident(service.name):
+        if active:
             return Decision(False, "an incident is open")
-        frozen = self.store.frozen(service.name)
         if frozen:
             metrics.PROMOTIONS.labels(service=service.name, result="refused_frozen").inc()
             return Decision(False, f"frozen since {time.strftime('%H:%M:%S', time.gmtime(frozen.frozen_at))} "
                                    f"UTC: {frozen.reason}")
-        since = self.store.healthy_since(service.name)
         now = self.clock()
-        if since is None or now - since < promote.healthy_for:
+        if not _held(since, now, service):
             held = format_duration(now - since) if since else "0s"
             return Decision(False, f"healthy for {held} of {format_duration(promote.healthy_for)}")
+        try:  # the aliases as read at most ALIAS_TTL ago: nothing to do is the common answer
+            seen = self.aliases.get(service.model, max_age=min(self.aliases.ttl, promote.healthy_for))
+        except RegistryError as exc:
+            return Decision(False, f"registry unavailable: {exc}")
+        if promote.from_ not in seen:
+            return Decision(False, f"no @{promote.from_} version")
+        if seen[promote.from_] == seen.get(promote.to):
+            return Decision(False, f"@{promote.from_} is already @{promote.to}")
+        if self.aliases.was_blocked(service.model, seen[promote.from_]):
+            metrics.PROMOTIONS.labels(service=service.name, result="refused_blocked").inc()
+            return Decision(False, f"version {seen[promote.from_]} is rollback_blocked")
+        self.aliases.forget(service.model)  # about to act: read again now, and again after whatever happens
         try:
             candidate = self.registry.by_alias(service.model, promote.from_)
             current = self.registry.by_alias(service.model, promote.to)
@@ -86,6 +126,7 @@ class Gate:
         if current is not None and candidate.version == current.version:
             return Decision(False, f"@{promote.from_} is already @{promote.to}")
         if candidate.blocked:
+            self.aliases.note_blocked(service.model, candidate.version)
             metrics.PROMOTIONS.labels(service=service.name, result="refused_blocked").inc()
             return Decision(False, f"version {candidate.version} is rollback_blocked")
         try:
@@ -93,9 +134,58 @@ class Gate:
                                              previous=promote.previous)
         except RegistryError as exc:
             return Decision(False, f"promotion failed: {exc}")
+        finally:
+            self.aliases.forget(service.model)
         self.store.set_healthy_since(service.name, None)
         self.store.audit(actor=AUTO_ACTOR, action="promote", result="ok",
                          detail={"service": service.name, "model": service.model, "version": candidate.version,
                                  "previous": previous})
         metrics.PROMOTIONS.labels(service=service.name, result="promoted").inc()
         return Decision(True, "promoted", candidate.version, previous)
+
+
+def _held(since: float | None, now: float, service: Service) -> bool:
+    return service.promote is not None and since is not None and now - since >= service.promote.healthy_for
+
+
+class AliasCache:
+    """Each model's aliases as read at most `ttl` seconds ago (time.monotonic). Many models missing at once are
+    read by listing every registered model, a page per 1,000, rather than one read per model."""
+
+    def __init__(self, registry: ModelRegistry, ttl: float) -> None:
+        self.registry = registry
+        self.ttl = ttl
+        self._seen: dict[str, tuple[float, dict[str, str]]] = {}
+        self._blocked: dict[tuple[str, str], float] = {}
+
+    def get(self, model: str, max_age: float | None = None) -> dict[str, str]:
+        hit = self._seen.get(model)
+        if hit is not None and time.monotonic() - hit[0] < (self.ttl if max_age is None else max_age):
+            return hit[1]
+        aliases = self.registry.aliases(model)
+        self._seen[model] = (time.monotonic(), aliases)
+        return aliases
+
+    def prefetch(self, models: set[str]) -> None:
+        now = time.monotonic()
+        missing = {m for m in models if m not in self._seen or now - self._seen[m][0] >= self.ttl}
+        if len(missing) <= ALIAS_POINT_READS:
+            return  # read one by one by get(), as each is needed
+        try:
+            listed = self.registry.all_aliases()
+        except RegistryError as exc:
+            log.warning("listing the registry's aliases failed (each model is read alone instead): %s", exc)
+            return
+        for model in missing:
+            self._seen[model] = (now, listed.get(model, {}))
+
+    def forget(self, model: str) -> None:
+        self._seen.pop(model, None)
+
+    def note_blocked(self, model: str, version: str) -> None:
+        """A fresh read found this version rollback_blocked: trusted as such for `ttl`."""
+        self._blocked[(model, version)] = time.monotonic()
+
+    def was_blocked(self, model: str, version: str) -> bool:
+        at = self._blocked.get((model, version))
+        return at is not None and time.monotonic() - at < self.ttl

@@ -64,6 +64,7 @@ class Store:
         self.incident = incidents.incident
         self.find_incident = incidents.find_incident
         self.active_incident = incidents.active_incident
+        self.active_services = incidents.active_services
         self.incidents_in = incidents.incidents_in
         self.last_warned_finished_at = incidents.last_warned_finished_at
         self.recent_incidents = incidents.recent_incidents
@@ -90,10 +91,12 @@ class Store:
         self.healthy_since_all = slo.healthy_since_all
         self.healthy_since = slo.healthy_since
         self.set_healthy_since = slo.set_healthy_since
+        self.put_healthy_since = slo.put_healthy_since
         # -- freezes (freezes.py)
         self.freeze = freezes.freeze
         self.frozen = freezes.frozen
         self.all_frozen = freezes.all_frozen
+        self.frozen_by_service = freezes.frozen_by_service
         self.unfreeze = freezes.unfreeze
         # -- Slack requests and Alertmanager alerts already handled (requests.py, alerts.py)
         self.claim_request = seen.claim_request

@@ -50,6 +50,10 @@ class Freezes:
         with self.db.engine.connect() as conn:
             return [to_record(Freeze, r) for r in conn.execute(select(freezes).order_by(freezes.c.service)).all()]
 
+    def frozen_by_service(self) -> dict[str, Freeze]:
+        """Every freeze by service: one read for a whole evaluation cycle (bot.slo.gate)."""
+        return {f.service: f for f in self.all_frozen()}
+
     def unfreeze(self, service: str) -> bool:
         with self.db.engine.begin() as conn:
             return conn.execute(freezes.delete().where(freezes.c.service == service)).rowcount == 1

@@ -95,6 +95,12 @@ class Incidents:
             row = conn.execute(select(incidents).where(incidents.c.active_service == service)).first()
         return to_record(Incident, row) if row else None
 
+    def active_services(self) -> frozenset[str]:
+        """Every service with an active incident: one read for a whole evaluation cycle (bot.slo.gate)."""
+        with self.db.engine.connect() as conn:
+            rows = conn.execute(select(incidents.c.active_service).where(incidents.c.active_service.is_not(None)))
+            return frozenset(row[0] for row in rows)
+
     def incidents_in(self, states: tuple[str, ...]) -> list[Incident]:
         with self.db.engine.connect() as conn:
             rows = conn.execute(select(incidents).where(incidents.c.state.in_(states))

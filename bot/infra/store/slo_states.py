@@ -85,6 +85,21 @@ class SloStates:
             rows = conn.execute(select(service_state.c.service, service_state.c.healthy_since)).all()
         return {row.service: row.healthy_since for row in rows}
 
+    def put_healthy_since(self, changes: dict[str, float | None]) -> None:
+        """Set healthy_since of many services in one transaction (bot.slo.evaluation, once per cycle)."""
+        if not changes:
+            return
+        now = self.db.clock()
+        with self.db.engine.begin() as conn:
+            known = {row[0] for row in conn.execute(select(service_state.c.service))}
+            old = [{"key": s, "new_since": v, "now": now} for s, v in changes.items() if s in known]
+            new = [{"service": s, "healthy_since": v, "updated_at": now} for s, v in changes.items() if s not in known]
+            if old:
+                conn.execute(update(service_state).where(service_state.c.service == bindparam("key"))
+                             .values(healthy_since=bindparam("new_since"), updated_at=bindparam("now")), old)
+            if new:
+                conn.execute(insert(service_state), new)
+
     def healthy_since(self, service: str) -> float | None:
         with self.db.engine.connect() as conn:
             row = conn.execute(select(service_state.c.healthy_since)
