@@ -14,7 +14,7 @@ import sys
 
 from bot.infra.config import ConfigError, Settings
 from bot.slo.evaluation import grouping_plan
-from bot.slo.policy_file import PolicyError, load_policy
+from bot.slo.policy_file import PolicyError, load_policy, load_policy_in_child
 
 
 def _check_policy(args: argparse.Namespace) -> int:
@@ -66,7 +66,7 @@ def _serve(args: argparse.Namespace) -> int:
     # and the HTTP threads' acks behind the GIL.
     gc.disable()
     try:
-        policy = load_policy(args.policy)
+        policy = load_policy_in_child(args.policy)
         settings = Settings.from_env()
     except PolicyError as exc:
         print(f"refusing to start: invalid policy\n{exc}", file=sys.stderr)

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict
 
 from bot.slo.durations import format_duration, parse_duration
 from bot.slo.policy import RollbackStep
-from bot.slo.policy_file import PolicyError, PolicyProblem, load_policy, parse_policy
+from bot.slo.policy_file import PolicyError, PolicyProblem, load_policy, load_policy_in_child, parse_policy
 from executors.base import Executor
 from executors.mlflow_alias import MlflowAliasConfig
 from executors.registry import Clients, ExecutorSpec, Registry
@@ -239,6 +239,23 @@ def test_load_policy_names_the_file(tmp_path: Path) -> None:
         load_policy(tmp_path / "missing.yaml")
     path.write_text(VALID, encoding="utf-8")
     assert load_policy(path).services["model-svc"].model == "recommender"
+
+
+def test_serve_reads_its_policy_in_a_child_with_the_same_answers(tmp_path: Path) -> None:
+    """load_policy_in_child (serve: the reading's memory leaves with the child) gives the same policy, and the same
+    problems with file, line and field, as load_policy."""
+    path = tmp_path / "policy.yaml"
+    path.write_text(VALID, encoding="utf-8")
+    assert load_policy_in_child(path) == load_policy(path)
+    for broken in (variant("above: 0.25", "abov: 0.25"), variant("confirm: typed", "confirm: typed: x")):
+        path.write_text(broken, encoding="utf-8")
+        with pytest.raises(PolicyError) as here:
+            load_policy(path)
+        with pytest.raises(PolicyError) as there:
+            load_policy_in_child(path)
+        assert there.value.problems == here.value.problems and str(there.value) == str(here.value)
+    with pytest.raises(PolicyError, match="cannot read the policy file"):
+        load_policy_in_child(tmp_path / "missing.yaml")
 
 
 class _ScaleConfig(BaseModel):
