@@ -207,3 +207,28 @@ def test_few_due_models_are_read_one_by_one(point_reads: int, tmp_path: Path, ml
     decisions = Gate(store, ModelRegistry(registry), clock=clock).consider_all(pol.services.values())
     assert {d.reason for _, d in decisions} == {"no @candidate version"}  # models that do not exist yet
     assert registry.calls == Counter({"get_registered_model": 2})
+
+
+def test_status_of_a_large_policy_lists_only_the_services_that_need_attention(tmp_path: Path,
+                                                                              mlflow_client: MlflowClient) -> None:
+    """`/rollback status` over 200 services: the open incident and the freeze, with a count of the quiet ones, in a
+    few reads (not two registry reads and two store reads per service)."""
+    from bot.incidents.oncall import OnCall
+
+    pol = many(200)
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    store.freeze(service="svc-010", reason="rollback incident #4", actor="rollback-bot")
+    store.open_incident(service="svc-020", channel="C0SCALE", trigger="manual", detail={}, baseline={},
+                        breach_started_at=None)
+    registry = Calls(mlflow_client)
+    oncall = OnCall(policy=pol, store=store, models=ModelRegistry(registry), check_approver=lambda *_: None,
+                    say=lambda *_: None)
+    statements = Statements(store)
+    text = oncall.status(None).text
+    assert text.startswith("*Rollback status* — 200 services watched: 1 with an open incident, 1 more frozen, "
+                           "198 quiet")
+    assert "*svc-010*" in text and "frozen since" in text and "*svc-020*" in text and "incident #" in text
+    assert "svc-000" not in text and "`/rollback status <service>`" in text
+    assert statements.count <= 4 and sum(registry.calls.values()) == 4  # the two listed services' aliases
+    one = oncall.status("svc-000").text
+    assert "*svc-000*" in one and "no open incident" in one

@@ -20,6 +20,10 @@ CheckApprover = Callable[[Service, str, str], Reply | None]  # None, or the (aud
 Say = Callable[[str, str], None]  # a note in a channel
 
 
+# `/rollback status` lists every service up to this many; above, only those with an open incident or a freeze.
+STATUS_ALL = 10
+STATUS_SHOWN = 20
+
 class OnCall:
     def __init__(self, *, policy: Policy, store: Store, models: ModelRegistry, check_approver: CheckApprover,
                  say: Say) -> None:
@@ -39,11 +43,24 @@ class OnCall:
         return answers.aliases(to, previous, current, before)
 
     def status(self, service: str | None) -> Reply:
-        """Open incidents, frozen services (reason, since when), current champion / baseline per service."""
-        names = [service] if service else sorted(self.policy.services)
-        return Reply(True, answers.status([
-            answers.status_entry(name, self._aliases(self.policy.services[name]), self.store.active_incident(name),
-                                 self.store.frozen(name)) for name in names]))
+        """Open incidents, frozen services (reason, since when), current champion / baseline per service. A policy
+        of more than STATUS_ALL services lists only those with an open incident or a freeze (at most STATUS_SHOWN)
+        and counts the rest: one answer stays readable, and costs two store reads, not a registry read per service."""
+        if service:
+            svc = self.policy.services[service]
+            return Reply(True, answers.status([answers.status_entry(
+                service, self._aliases(svc), self.store.active_incident(service), self.store.frozen(service))]))
+        if len(self.policy.services) <= STATUS_ALL:
+            return Reply(True, answers.status([
+                answers.status_entry(name, self._aliases(svc), self.store.active_incident(name), self.store.frozen(name))
+                for name, svc in sorted(self.policy.services.items())]))
+        active, frozen = self.store.active_services(), self.store.frozen_by_service()
+        busy = sorted(name for name in self.policy.services if name in active or name in frozen)
+        entries = [answers.status_entry(name, self._aliases(self.policy.services[name]),
+                                        self.store.active_incident(name) if name in active else None,
+                                        frozen.get(name)) for name in busy[:STATUS_SHOWN]]
+        return Reply(True, answers.status_of_many(entries, watched=len(self.policy.services), busy=len(busy),
+                                                 open_incidents=sum(1 for n in busy if n in active)))
 
     def history(self, service: str, limit: int = 10) -> Reply:
         return Reply(True, answers.history(service, self.store.recent_incidents(service, limit)))

@@ -39,6 +39,15 @@ def status(entries: Sequence[str]) -> str:
     return "*Rollback status*\n" + "\n".join(entries)
 
 
+def status_of_many(entries: Sequence[str], *, watched: int, busy: int, open_incidents: int) -> str:
+    """Status of a large policy: the services with an open incident or a freeze, and how many are quiet."""
+    head = (f"*Rollback status* — {watched:,} services watched: {open_incidents:,} with an open incident, "
+            f"{busy - open_incidents:,} more frozen, {watched - busy:,} quiet")
+    more = f"\n…and {busy - len(entries):,} more with an incident or a freeze" if busy > len(entries) else ""
+    return head + ("\n" + "\n".join(entries) if entries else "") + more + \
+        "\n`/rollback status <service>` shows one service with its champion and baseline."
+
+
 def _history_line(incident: Incident) -> str:
     outcome = {"recovered": ":white_check_mark: recovered", "verify_failed": ":x: not recovered",
                "failed": ":x: rollback failed", "dismissed": ":no_entry_sign: dismissed"}.get(incident.state,
