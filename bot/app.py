@@ -61,8 +61,11 @@ HTTP_THREADS = 64
 # by waitress without reading the body (it refuses a length >= max_request_body_size, so MAX_BODY itself
 # passes), and a chunked body is cut off with a 413 once it passes MAX_BODY. inbuf_overflow stays above
 # anything accepted, plus the 8 KiB read in which waitress notices a chunked body is over: nothing goes to disk.
+# connection_limit: waitress's default of 100 open connections leaves the 101st Slack request of a burst waiting to
+# be accepted (benchmark 9: 250 at once), and lets 100 idle connections from anyone shut Slack out; idle ones are
+# closed after channel_timeout.
 WAITRESS_OPTIONS: dict[str, Any] = {
-    "threads": HTTP_THREADS, "ident": "rollback-bot",
+    "threads": HTTP_THREADS, "ident": "rollback-bot", "connection_limit": 1000, "channel_timeout": 30,
     "max_request_body_size": MAX_BODY + 1,
     "inbuf_overflow": 2 * MAX_BODY,
 }
