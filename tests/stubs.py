@@ -20,7 +20,7 @@ class StubProm:
         self.answers = dict(answers or {})
         self.sent: list[str] = []
 
-    def query_many(self, queries: Iterable[str]) -> dict[str, QueryResult]:
+    def query_many(self, queries: Iterable[str], at: float | None = None) -> dict[str, QueryResult]:
         out = {}
         for q in dict.fromkeys(queries):
             self.sent.append(q)

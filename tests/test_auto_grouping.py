@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bot.infra import metrics
-from bot.infra.prom import QueryResult, Sample
+from bot.infra.prom import Prometheus, QueryResult, Sample
 from bot.infra.store import Store
 from bot.slo import grouping
 from bot.slo.evaluation import Evaluator, read
@@ -207,6 +207,24 @@ def test_grouped_and_alone_give_every_service_the_same_values(prom_url: str, sha
         assert mine == pytest.approx(alone[query], rel=1e-9, abs=1e-12), (query, group.query)
 
 
+def test_a_group_of_10000_services_is_one_posted_query_read_at_one_instant(prom_url: str) -> None:
+    """Through the bot's own client (bot.infra.prom): a grouped query naming 10,000 services (about 110 KB of regex)
+    is POSTed and answers for the three that exist, each as it reads alone at the same instant."""
+    shape = 'sum(rate(model_requests_total{service="$s"}[30s]))'
+    queries = [shape.replace("$s", s) for s in SERVICES] + [shape.replace("$s", f"svc-{i:05d}") for i in range(9997)]
+    group = grouping.plan(queries).groups[0]
+    assert len(group.members) == 10_000 and len(group.query) > 100_000
+    prom = Prometheus(prom_url, timeout=30)
+    at = time.time() - 1
+    results = prom.query_many([group.query, *queries[:3]], at=at)
+    by_service = results[group.query].by_label("service")
+    assert sorted(by_service) == sorted(SERVICES)
+    for query, service in zip(queries[:3], SERVICES, strict=True):
+        assert by_service[service] == pytest.approx(results[query].values, rel=1e-9), service
+    assert prom.queries_sent == 4
+    prom.close()
+
+
 # -- in the evaluation -----------------------------------------------------------------------------------------
 def _per_service_policy(services: list[str]) -> str:
     blocks = "".join(f"""  {name}:
@@ -241,7 +259,7 @@ def test_read_sends_one_query_per_shape_and_every_service_reads_what_it_would_al
 class LyingProm(StubProm):
     """Answers one grouped query wrongly for one service: what the run-time check is there to catch."""
 
-    def query_many(self, queries: Iterable[str]) -> dict[str, QueryResult]:
+    def query_many(self, queries: Iterable[str], at: float | None = None) -> dict[str, QueryResult]:
         out = super().query_many(queries)
         for query, result in out.items():
             if "=~" in query:

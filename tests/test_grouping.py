@@ -108,7 +108,7 @@ def test_evaluator_writes_only_changed_slo_states(tmp_path: Path) -> None:
         def __init__(self) -> None:
             self.answer = QueryResult(LATENCY, (0.1,), samples=(Sample({"service": "a"}, 0.1),))
 
-        def query_many(self, queries: object) -> dict[str, QueryResult]:
+        def query_many(self, queries: object, at: float | None = None) -> dict[str, QueryResult]:
             auc = QueryResult(AUC, (0.9,), samples=(Sample({"service": "a"}, 0.9),))
             return {LATENCY: self.answer, AUC: auc}
 

@@ -148,7 +148,10 @@ def read(prom: Prometheus, services: Iterable[Service], *, group: bool = True,
         plan = grouper.plan(services) if grouper else grouping_plan(services)
     samples = grouper.samples(plan) if grouper else {}
     sent = {q: _sent(q, plan) for svc in services for slo in svc.slos for q in _queries(slo)}
-    results = prom.query_many(dict.fromkeys([query for query, _, _ in sent.values()] + list(samples.values())))
+    # One instant for the whole cycle: a group and its member checked alone read the same samples, and every SLO
+    # of a cycle sees the same moment.
+    results = prom.query_many(dict.fromkeys([query for query, _, _ in sent.values()] + list(samples.values())),
+                              at=time.time())
     if grouper:
         grouper.check(plan, samples, results)
     groups = _Groups()
