@@ -150,14 +150,14 @@ def run(incidents: IncidentService, oncall: OnCall, command: Command, user: str,
 def register(app: App, incidents: IncidentService, oncall: OnCall, slack: SlackOut) -> None:
     @app.command("/rollback")
     def rollback(ack: Ack, command: dict[str, Any]) -> None:
-        known = wording.known_services(incidents.policy.services)
         try:
             parsed = parse(command.get("text", ""))
         except BadCommand as exc:
+            known = wording.known_services(incidents.policy.services)
             ack(text=escape(f"{exc}\nKnown services: {known}. Try `/rollback help`."))
             return
         if parsed.verb == "help":
-            ack(text=escape(HELP.format(known=known)))
+            ack(text=escape(HELP.format(known=wording.known_services(incidents.policy.services))))
             return
         if parsed.service is not None and incidents.service(parsed.service) is None:
             ack(text=escape(wording.unknown_service(parsed.service, incidents.policy.services)))

@@ -232,3 +232,15 @@ def test_status_of_a_large_policy_lists_only_the_services_that_need_attention(tm
     assert statements.count <= 4 and sum(registry.calls.values()) == 4  # the two listed services' aliases
     one = oncall.status("svc-000").text
     assert "*svc-000*" in one and "no open incident" in one
+
+
+def test_help_and_unknown_service_answers_stay_short_with_many_services() -> None:
+    from bot.slack import wording
+
+    names = [f"svc-{i:04d}" for i in range(10_000)]
+    near = wording.unknown_service("svc-00l2", names)
+    assert near.startswith("Unknown service `svc-00l2`. Known services: 10,000 services; closest: `svc-")
+    assert len(near) < 500
+    listed = wording.known_services(names)
+    assert listed.startswith("10,000 services; first: `svc-0000`, `svc-0001`") and len(listed) < 400
+    assert wording.known_services(names[:3]) == "`svc-0000`, `svc-0001`, `svc-0002`"

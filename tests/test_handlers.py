@@ -281,6 +281,10 @@ def test_healthz_waits_for_ready_and_metrics_hide_secrets(env: HandlerEnv) -> No
     assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/plain")
     assert 'rollback_slack_calls_total{method="chat.postMessage"}' in response.text
     assert TOKEN not in response.text and SECRET not in response.text
+    only = requests.get(f"{env.url}/metrics", params={"name[]": ["rollback_slack_calls_total",
+                                                                 "rollback_evaluation_last_seconds"]}, timeout=5)
+    names = {line.split("{")[0].split(" ")[0] for line in only.text.splitlines() if not line.startswith("#")}
+    assert names == {"rollback_slack_calls_total", "rollback_evaluation_last_seconds"}, only.text
 
 
 # -- concurrency -------------------------------------------------------------------------------------------

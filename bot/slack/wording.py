@@ -6,6 +6,7 @@ alert names, error messages, values) goes through blocks.inert, so nothing it ho
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable, Sequence
 from urllib.parse import quote
 
@@ -38,13 +39,25 @@ def auto_armed(at: float, grace: float) -> str:
             "presses *Stop*")
 
 
-def known_services(names: Iterable[str]) -> str:
-    return ", ".join(f"`{n}`" for n in sorted(names))
+# Up to this many services are named in a help text or an unknown-service answer; a larger policy gets the closest
+# names to what was typed (or the first ones) and a count, which keeps the answer within what Slack shows.
+KNOWN_LISTED = 30
+
+
+def known_services(names: Iterable[str], near: str | None = None) -> str:
+    ordered = sorted(names)
+    if len(ordered) <= KNOWN_LISTED:
+        return ", ".join(f"`{n}`" for n in ordered)
+    shown = difflib.get_close_matches(near, ordered, n=10, cutoff=0.5) if near else []
+    what = "closest" if shown else "first"
+    shown = shown or ordered[:10]
+    return (f"{len(ordered):,} services; {what}: {', '.join(f'`{n}`' for n in shown)} "
+            "(`/rollback status` shows those with an incident or a freeze)")
 
 
 def unknown_service(service: str, known: Iterable[str]) -> str:
     """Escaped by whoever shows it (a command's answer, an ephemeral reply), like every Reply text."""
-    return f"Unknown service `{service}`. Known services: {known_services(known)}"
+    return f"Unknown service `{service}`. Known services: {known_services(known, near=service)}"
 
 
 def already_open(service: str, incident_id: int, status: str, channel: str | None) -> str:
