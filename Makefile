@@ -24,7 +24,7 @@ demo-headless: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/pytest -q
 
-# The eight benchmarks of README's "Benchmarks" (about 8 minutes); prints the table.
+# The nine benchmarks of README's "Benchmarks" (about 16 minutes); prints the table.
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/run_all.py
 
