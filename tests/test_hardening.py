@@ -237,8 +237,9 @@ services:
         assert ranker is not None and ranker.message_ts, "the other service's warning did not wait for git"
         assert cycle < 4, f"the evaluation cycle waited {cycle:.1f}s for the stalled git server"
         bot.detection.evaluate_once()  # a second cycle while the first one's planning still hangs: no second opener
-        stalled = wait_until(lambda: env.store.active_incident(MODEL_SVC), "the stalled service's warning",
-                             timeout=20)
+        # The incident is stored first and its warning posted just after: wait for the warning, not the row.
+        stalled = wait_until(lambda: (i := env.store.active_incident(MODEL_SVC)) is not None and i.message_ts and i,
+                             "the stalled service's warning", timeout=20)
         assert "4" in (stalled.baseline.get("error") or "") and "clone" in stalled.baseline["error"], stalled.baseline
         assert len(env.slack.messages(MODEL_CHANNEL)) == 1
     finally:

@@ -75,7 +75,7 @@ class Prometheus:
         self.retries = retries
         # Our own retry loop below decides what is retried; the client's built-in one would back off for
         # seconds on a down Prometheus and stall the evaluation cycle.
-        self._conn = PrometheusConnect(url=url, disable_ssl=True, retry=Retry(total=0, raise_on_status=False))
+        self._conn = PrometheusConnect(url=url, disable_ssl=False, retry=Retry(total=0, raise_on_status=False))
         self._session = requests.Session()  # instant queries (POST); range queries go through prometheus-api-client
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prom")
         self.queries_sent = 0
