@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from bot.incidents.replies import Reply
 from bot.infra.model_registry import ModelRegistry, RegistryError
-from bot.infra.store import Store
+from bot.infra.store import Freeze, Store
 from bot.slack import answers
 from bot.slo.policy import Policy, Service
 
@@ -47,20 +47,20 @@ class OnCall:
         of more than STATUS_ALL services lists only those with an open incident or a freeze (at most STATUS_SHOWN)
         and counts the rest: one answer stays readable, and costs two store reads, not a registry read per service."""
         if service:
-            svc = self.policy.services[service]
-            return Reply(True, answers.status([answers.status_entry(
-                service, self._aliases(svc), self.store.active_incident(service), self.store.frozen(service))]))
-        if len(self.policy.services) <= STATUS_ALL:
-            return Reply(True, answers.status([
-                answers.status_entry(name, self._aliases(svc), self.store.active_incident(name), self.store.frozen(name))
-                for name, svc in sorted(self.policy.services.items())]))
+            return Reply(True, answers.status([self._entry(service, True, self.store.frozen(service))]))
         active, frozen = self.store.active_services(), self.store.frozen_by_service()
-        busy = sorted(name for name in self.policy.services if name in active or name in frozen)
-        entries = [answers.status_entry(name, self._aliases(self.policy.services[name]),
-                                        self.store.active_incident(name) if name in active else None,
-                                        frozen.get(name)) for name in busy[:STATUS_SHOWN]]
-        return Reply(True, answers.status_of_many(entries, watched=len(self.policy.services), busy=len(busy),
+        names = sorted(self.policy.services)
+        if len(names) <= STATUS_ALL:
+            return Reply(True, answers.status([self._entry(n, n in active, frozen.get(n)) for n in names]))
+        busy = [n for n in names if n in active or n in frozen]
+        entries = [self._entry(n, n in active, frozen.get(n)) for n in busy[:STATUS_SHOWN]]
+        return Reply(True, answers.status_of_many(entries, watched=len(names), busy=len(busy),
                                                  open_incidents=sum(1 for n in busy if n in active)))
+
+    def _entry(self, name: str, active: bool, frozen: Freeze | None) -> str:
+        """One service's status line; its incident is read only when it has an active one."""
+        incident = self.store.active_incident(name) if active else None
+        return answers.status_entry(name, self._aliases(self.policy.services[name]), incident, frozen)
 
     def history(self, service: str, limit: int = 10) -> Reply:
         return Reply(True, answers.history(service, self.store.recent_incidents(service, limit)))

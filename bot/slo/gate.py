@@ -84,8 +84,6 @@ class Gate:
 
     def consider(self, service: Service) -> Decision:
         """The gate of one service, read from the store now (consider_all does every service at once)."""
-        if service.promote is None:
-            return Decision(False, "no promotion policy")
         return self._decide(service, self.store.active_incident(service.name) is not None,
                             self.store.frozen(service.name), self.store.healthy_since(service.name))
 
