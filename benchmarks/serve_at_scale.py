@@ -80,7 +80,7 @@ from bot.slo.policy_file import parse_policy
 from sandbox.servers import MlflowServer, PrometheusServer, free_port
 from sandbox.signing import slash_command_body
 from sandbox.slack_api import FakeSlackAPI
-from tests.story_env import APPROVER, SECRET, TOKEN
+from tests.story_env import APPROVER, BotProcess
 
 BENCH = "9 serve at scale"
 CHANNEL = "C0BENCHSVC"
@@ -370,55 +370,24 @@ class Tracker:
 
 # -- the bot ----------------------------------------------------------------------------------------------------
 
-class Serve:
-    """`python -m bot.cli serve` with the env of tests.story_env.BotProcess, in the runtime-only venv."""
+class Serve(BotProcess):
+    """tests.story_env.BotProcess (the same env and command) run by the runtime-only venv's python, its start timed."""
 
     def __init__(self, python: Path, workdir: Path, policy: Path, *, slack_url: str, prometheus_url: str,
                  mlflow_url: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = workdir / "serve.log"
-        self.env = {**os.environ, "SLACK_BOT_TOKEN": TOKEN, "SLACK_SIGNING_SECRET": SECRET,
-                    "SLACK_API_URL": slack_url, "PROMETHEUS_URL": prometheus_url, "MLFLOW_TRACKING_URI": mlflow_url,
-                    "DATABASE_URL": f"sqlite:///{workdir / 'bot.db'}"}
-        self.env.pop("SLACK_APP_TOKEN", None)
-        self.cmd = [str(python), "-m", "bot.cli", "serve", "--policy", str(policy), "--host", "127.0.0.1",
-                    "--port", str(self.port)]
-        self.workdir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(workdir, policy, slack_url=slack_url, prometheus_url=prometheus_url, mlflow_url=mlflow_url)
+        self.cmd[0] = str(python)
 
-    def start(self, timeout: float = 120) -> tuple[float, float]:
+    def start(self, timeout: float = 120, poll: float = 0.01) -> tuple[float, float]:  # type: ignore[override]
         """Start it; (seconds until /healthz answered 200, CPU seconds used until then)."""
-        with open(self.log_path, "ab") as log:
-            started = time.perf_counter()
-            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                         cwd=self.workdir)
-        while True:
-            if self.proc.poll() is not None or time.perf_counter() - started > timeout:
-                raise RuntimeError(f"serve did not become ready:\n{self.log()[-3000:]}")
-            try:
-                if requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return time.perf_counter() - started, tree_cpu(self.proc.pid)
-            except requests.ConnectionError:
-                pass  # not listening yet
-            time.sleep(0.01)
+        started = time.perf_counter()
+        super().start(timeout, poll)
+        return time.perf_counter() - started, tree_cpu(self.pid)
 
     @property
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
 
 
 # -- the load: a child process with one asyncio thread ----------------------------------------------------------

@@ -73,7 +73,7 @@ class BotProcess:
                     "--port", str(self.port)]
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 30) -> BotProcess:
+    def start(self, timeout: float = 30, poll: float = 0.1) -> BotProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed in stop()
         self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)
         self._log = log
@@ -86,7 +86,7 @@ class BotProcess:
                     return self
             except requests.ConnectionError:
                 pass  # not listening yet
-            time.sleep(0.1)
+            time.sleep(poll)
         raise RuntimeError(f"rollback-bot not ready in {timeout}s:\n{self.log()}")
 
     def log(self) -> str:
