@@ -31,7 +31,7 @@ from bot.infra.store import Store, _FittedString, metadata
 from tests import pg_env
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAD = "0002_authorization"
+HEAD = "0003_replicas"
 PASSWORD = "s3cret"  # the trust-auth test server ignores it; it must never be printed
 
 
@@ -403,7 +403,7 @@ def test_setuptools_ships_the_migrations() -> None:
     found = set(find_packages(str(ROOT), include=include))
     assert {"bot.infra.migrations", "bot.infra.migrations.versions"} <= found
     versions = ROOT / "bot" / "infra" / "migrations" / "versions"
-    assert {p.name for p in versions.glob("0*.py")} == {"0001_initial.py", "0002_authorization.py"}
+    assert {p.name for p in versions.glob("0*.py")} == {"0001_initial.py", "0002_authorization.py", "0003_replicas.py"}
     assert (ROOT / "bot" / "infra" / "migrations" / "env.py").is_file()
 
 

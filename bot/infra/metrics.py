@@ -37,3 +37,11 @@ GROUPING_MISMATCHES = Counter("rollback_grouping_mismatches_total",
                               "evaluated query by query)", registry=REGISTRY)
 GROUPS_DISABLED = Gauge("rollback_grouping_disabled_groups", "Grouped queries turned off after a mismatch",
                         registry=REGISTRY)
+LEASES_HELD = Gauge("rollback_leases_held", "Leases this replica holds (its own membership and evaluation shards)",
+                    registry=REGISTRY)
+WORK_TAKEN_OVER = Counter("rollback_work_taken_over_total",
+                          "Work rows (plan runs, verification ticks, timers, closes, Slack requests) this replica took "
+                          "over from a replica whose lease had expired", ["kind"], registry=REGISTRY)
+FENCING_REJECTIONS = Counter("rollback_fencing_rejections_total",
+                             "Store writes refused because the lease they were made under was no longer held",
+                             registry=REGISTRY)

@@ -14,6 +14,7 @@ callers write `store.method(...)`:
 - slo_states.py: each SLO's status and breach clock, each service's healthy_since
 - freezes.py: services whose automatic promotion is off
 - requests.py / alerts.py: the Slack requests and Alertmanager alerts already handled
+- leases.py / work.py: replicas' leases (with fencing epochs) and the durable work they share (bot.infra.replica)
 
 What must happen once is decided by the database (conditional UPDATEs, a UNIQUE column, primary-key claims), so
 it holds across threads and across processes sharing the database. Tested on SQLite and PostgreSQL 15: every
@@ -32,18 +33,21 @@ from sqlalchemy.engine import Engine
 
 from bot.infra.store.alerts import Alerts
 from bot.infra.store.audit import AuditLog
-from bot.infra.store.database import Database
+from bot.infra.store.database import Database, Fence, Fenced, current_fence, fenced
 from bot.infra.store.events import Event, Events
 from bot.infra.store.fitting import _FiniteJSON, _FittedString, _FittedText, finite_json, fit, guard_columns
 from bot.infra.store.freezes import Freeze, Freezes
 from bot.infra.store.incidents import ACTIVE_STATES, FINAL_STATES, Incident, Incidents
+from bot.infra.store.leases import Leases
 from bot.infra.store.requests import SeenRequests
 from bot.infra.store.slo_states import SloState, SloStates
 from bot.infra.store.steps import Step, Steps
 from bot.infra.store.tables import TRIGGER_LENGTH, metadata, seen_requests
+from bot.infra.store.work import Work, WorkItem, work_key
 
 __all__ = [
-    "ACTIVE_STATES", "FINAL_STATES", "TRIGGER_LENGTH", "Event", "Freeze", "Incident", "SloState", "Step", "Store",
+    "ACTIVE_STATES", "FINAL_STATES", "TRIGGER_LENGTH", "Event", "Fence", "Fenced", "Freeze", "Incident", "SloState",
+    "Step", "Store", "WorkItem", "current_fence", "fenced", "work_key",
     "_FiniteJSON", "_FittedString", "_FittedText", "_guard_columns", "finite_json", "fit", "metadata",
     "seen_requests",
 ]
@@ -59,6 +63,7 @@ class Store:
         incidents, events, steps = Incidents(self.db), Events(self.db), Steps(self.db)
         audit, slo, freezes = AuditLog(self.db), SloStates(self.db), Freezes(self.db)
         seen, alerts = SeenRequests(self.db), Alerts(self.db)
+        leases, work = Leases(self.db), Work(self.db)
         # -- incidents (incidents.py)
         self.open_incident = incidents.open_incident
         self.incident = incidents.incident
@@ -103,6 +108,19 @@ class Store:
         self.forget_requests = seen.forget_requests
         self.claim_alert = alerts.claim_alert
         self.update_alert = alerts.update_alert
+        # -- leases and durable work, for many replicas on one database (leases.py, work.py)
+        self.acquire_lease = leases.acquire
+        self.renew_lease = leases.renew
+        self.release_lease = leases.release
+        self.holds_lease = leases.holds
+        self.live_leases = leases.live
+        self.schedule_work = work.schedule
+        self.cancel_work = work.cancel
+        self.pending_work = work.pending
+        self.due_work = work.due
+        self.take_work = work.take
+        self.work_again = work.again
+        self.work_done = work.done
 
     @property
     def engine(self) -> Engine:

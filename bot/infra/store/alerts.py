@@ -24,7 +24,7 @@ class Alerts:
                     resolved_at: float | None = None) -> bool:
         """True the first time an alert (fingerprint + startsAt) is seen; False for a repeat send of it."""
         try:
-            with self.db.engine.begin() as conn:
+            with self.db.begin() as conn:
                 conn.execute(insert(alerts).values(fingerprint=fingerprint, starts_at=starts_at, service=service,
                                                    alertname=alertname, received_at=self.db.clock(),
                                                    resolved_at=resolved_at))
@@ -40,7 +40,7 @@ class Alerts:
         it is not resolved yet, so a resolved notification acts once. The row afterwards, None if unchanged."""
         key = [alerts.c.fingerprint == fingerprint, alerts.c.starts_at == starts_at]
         where = [*key, alerts.c.resolved_at.is_(None)] if unresolved_only else key
-        with self.db.engine.begin() as conn:
+        with self.db.begin() as conn:
             if values.pop("delete", False):
                 conn.execute(alerts.delete().where(*where))
                 return None

@@ -22,7 +22,7 @@ class AuditLog:
 
     def audit(self, *, actor: str, action: str, result: str, incident_id: int | None = None,
               detail: dict[str, Any] | None = None) -> None:
-        with self.db.engine.begin() as conn:
+        with self.db.begin() as conn:
             conn.execute(insert(audit_log).values(at=self.db.clock(), incident_id=incident_id, actor=actor,
                                                   action=action, result=result,
                                                   detail=json.loads(json.dumps(detail or {}, default=str))))

@@ -9,15 +9,56 @@ Opening it brings a SQLite database to the head revision and refuses any other d
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from dataclasses import fields
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, fields
 from typing import Any
 
-from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy import Table, create_engine, event, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql.elements import ColumnElement
 
-from bot.infra import migrations
+from bot.infra import metrics, migrations
+from bot.infra.store.tables import leases
+
+
+@dataclass(frozen=True)
+class Fence:
+    """A lease as its holder took it: the lease's name, the holder and the epoch it was given. Writes made while a
+    fence is current (`fenced`) happen only while the lease is still held with that epoch."""
+
+    name: str
+    owner: str
+    epoch: int
+
+
+class Fenced(RuntimeError):
+    """A write was refused: the lease it was made under expired or was taken over (a new epoch) meanwhile."""
+
+
+# The fence of the work this thread is doing (bot.infra.replica sets it around each work item and evaluation
+# cycle); None: writes are not fenced (a Slack request, a single-replica test).
+_FENCE: ContextVar[Fence | None] = ContextVar("rollback_fence", default=None)
+
+
+@contextmanager
+def fenced(fence: Fence | None) -> Iterator[None]:
+    """Make every store write in this block conditional on `fence` (None: unfenced)."""
+    token = _FENCE.set(fence)
+    try:
+        yield
+    finally:
+        _FENCE.reset(token)
+
+
+def current_fence() -> Fence | None:
+    return _FENCE.get()
+
+
+_FLOAT = postgresql.DOUBLE_PRECISION()
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -51,6 +92,48 @@ class Database:
                 # Not usable, or not reachable: close the pooled connection now rather than at garbage collection.
                 self.engine.dispose()
                 raise
+
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def now(self) -> ColumnElement[float]:
+        """The database's clock, in unix seconds, as a SQL expression: every lease and due time is compared with
+        it, so replicas whose own clocks differ still agree on what has expired."""
+        if self.dialect == "postgresql":
+            return func.extract("epoch", func.clock_timestamp()).cast(_FLOAT)
+        return (func.julianday("now") - 2440587.5) * 86400.0
+
+    def clock_now(self) -> float:
+        """The database's clock read now (unix seconds)."""
+        with self.engine.connect() as conn:
+            return float(conn.execute(select(self.now())).scalar_one())
+
+    def insert(self, table: Table) -> Any:
+        """An INSERT of `table` with this dialect's ON CONFLICT clauses (PostgreSQL's or SQLite's): for true
+        upserts (`on_conflict_do_update`, `on_conflict_do_nothing`), never a read followed by an insert."""
+        return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """A write transaction. Under a fence (`fenced`) it first checks, in the same transaction, that the fence's
+        lease is still held with its epoch (PostgreSQL: FOR SHARE, so a takeover waits for this transaction to
+        end) and raises Fenced if not: a replica that was paused past its lease and resumed changes nothing."""
+        with self.engine.begin() as conn:
+            fence = _FENCE.get()
+            if fence is not None:
+                self.check(conn, fence)
+            yield conn
+
+    def check(self, conn: Connection, fence: Fence) -> None:
+        held = conn.execute(
+            select(leases.c.epoch).where(leases.c.name == fence.name, leases.c.owner == fence.owner,
+                                         leases.c.epoch == fence.epoch, leases.c.expires_at >= self.now())
+            .with_for_update(read=True)).first()
+        if held is None:
+            metrics.FENCING_REJECTIONS.inc()
+            raise Fenced(f"lease {fence.name} epoch {fence.epoch} of {fence.owner} is no longer held")
 
 
 def to_record(cls: type, row: Any) -> Any:

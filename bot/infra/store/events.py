@@ -33,14 +33,14 @@ class Events:
 
     def add_event(self, incident_id: int, kind: str, text: str, data: dict[str, Any] | None = None,
                   at: float | None = None) -> Event:
-        with self.db.engine.begin() as conn:
+        with self.db.begin() as conn:
             result = conn.execute(insert(events).values(incident_id=incident_id, at=at or self.db.clock(),
                                                         kind=kind, text=text, data=data or {}))
             row = conn.execute(select(events).where(events.c.id == inserted_id(result))).one()
         return to_record(Event, row)
 
     def mark_posted(self, event_id: int, slack_ts: str) -> None:
-        with self.db.engine.begin() as conn:
+        with self.db.begin() as conn:
             conn.execute(update(events).where(events.c.id == event_id).values(slack_ts=slack_ts))
 
     def events(self, incident_id: int) -> list[Event]:

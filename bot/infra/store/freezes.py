@@ -33,7 +33,7 @@ class Freezes:
                blocked_version: str | None = None) -> Freeze:
         values = dict(frozen_at=self.db.clock(), reason=reason, incident_id=incident_id,
                       blocked_version=blocked_version, actor=actor)
-        with self.db.engine.begin() as conn:
+        with self.db.begin() as conn:
             changed = conn.execute(update(freezes).where(freezes.c.service == service).values(**values))
             if changed.rowcount == 0:
                 conn.execute(insert(freezes).values(service=service, **values))
@@ -55,5 +55,5 @@ class Freezes:
         return {f.service: f for f in self.all_frozen()}
 
     def unfreeze(self, service: str) -> bool:
-        with self.db.engine.begin() as conn:
+        with self.db.begin() as conn:
             return conn.execute(freezes.delete().where(freezes.c.service == service)).rowcount == 1

@@ -68,7 +68,7 @@ class Incidents:
         """Create an incident, or return None when the service already has an active one."""
         now = self.db.clock()
         try:
-            with self.db.engine.begin() as conn:
+            with self.db.begin() as conn:
                 result = conn.execute(insert(incidents).values(
                     service=service, active_service=service, state="open", trigger=trigger,
                     detail=detail, baseline=baseline, breach_started_at=breach_started_at,
@@ -144,7 +144,7 @@ class Incidents:
                            incidents.c.first_approver != first_approver_other_than]
         if auto is not None:
             conditions.append(incidents.c.auto_at.is_not(None) if auto else incidents.c.auto_at.is_(None))
-        with self.db.engine.begin() as conn:
+        with self.db.begin() as conn:
             result = conn.execute(update(incidents).where(*conditions).values(**values))
         return self.incident(incident_id) if result.rowcount == 1 else None
 
@@ -153,13 +153,13 @@ class Incidents:
         (e.g. record who requested a rollback, once; disarm an automatic rollback, once)."""
         col = incidents.c[column]
         condition = col.is_(None) if expected is None else col == expected
-        with self.db.engine.begin() as conn:
+        with self.db.begin() as conn:
             result = conn.execute(update(incidents).where(incidents.c.id == incident_id, incidents.c.state == state,
                                                           condition).values({column: value}))
         return self.incident(incident_id) if result.rowcount == 1 else None
 
     def update_incident(self, incident_id: int, **values: Any) -> Incident:
         """Set columns unconditionally (message_ts, verification progress) and return the incident afterwards."""
-        with self.db.engine.begin() as conn:
+        with self.db.begin() as conn:
             conn.execute(update(incidents).where(incidents.c.id == incident_id).values(**values))
         return self.incident(incident_id)

@@ -21,13 +21,13 @@ class SeenRequests:
     def forget_requests(self, older_than: float) -> int:
         """Drop request keys claimed before `older_than`: Slack stops retrying within minutes, and Bolt refuses
         a replay whose signed timestamp is over 5 minutes old, so old keys can never match again."""
-        with self.db.engine.begin() as conn:
+        with self.db.begin() as conn:
             return int(conn.execute(seen_requests.delete().where(seen_requests.c.at < older_than)).rowcount)
 
     def claim_request(self, key: str) -> bool:
         """True the first time `key` is claimed, False for a retry or replay of the same Slack request."""
         try:
-            with self.db.engine.begin() as conn:
+            with self.db.begin() as conn:
                 conn.execute(insert(seen_requests).values(key=key[:255], at=self.db.clock()))
         except IntegrityError:
             # Primary key taken: this request was already handled (here or by another process).

@@ -39,7 +39,7 @@ class SloStates:
 
     def put_slo_state(self, state: SloState) -> None:
         values = {f.name: getattr(state, f.name) for f in fields(SloState)}
-        with self.db.engine.begin() as conn:
+        with self.db.begin() as conn:
             changed = conn.execute(update(slo_state).where(slo_state.c.service == state.service,
                                                            slo_state.c.slo == state.slo).values(**values))
             if changed.rowcount == 0:
@@ -66,7 +66,7 @@ class SloStates:
         if not rows:
             return
         columns = ("status", "value", "breach_since", "updated_at")
-        with self.db.engine.begin() as conn:
+        with self.db.begin() as conn:
             known = {(row.service, row.slo) for row in conn.execute(select(slo_state.c.service, slo_state.c.slo))}
             old = [{**{f"new_{c}": row[c] for c in columns}, "key_service": row["service"], "key_slo": row["slo"]}
                    for row in rows if (row["service"], row["slo"]) in known]
@@ -90,7 +90,7 @@ class SloStates:
         if not changes:
             return
         now = self.db.clock()
-        with self.db.engine.begin() as conn:
+        with self.db.begin() as conn:
             known = {row[0] for row in conn.execute(select(service_state.c.service))}
             old = [{"key": s, "new_since": v, "now": now} for s, v in changes.items() if s in known]
             new = [{"service": s, "healthy_since": v, "updated_at": now} for s, v in changes.items() if s not in known]
@@ -107,7 +107,7 @@ class SloStates:
         return row[0] if row else None
 
     def set_healthy_since(self, service: str, since: float | None) -> None:
-        with self.db.engine.begin() as conn:
+        with self.db.begin() as conn:
             changed = conn.execute(update(service_state).where(service_state.c.service == service)
                                    .values(healthy_since=since, updated_at=self.db.clock()))
             if changed.rowcount == 0:

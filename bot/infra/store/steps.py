@@ -34,14 +34,14 @@ class Steps:
         self.db = db
 
     def start_step(self, incident_id: int, position: int, executor: str, plan: dict[str, Any]) -> int:
-        with self.db.engine.begin() as conn:
+        with self.db.begin() as conn:
             result = conn.execute(insert(steps).values(incident_id=incident_id, position=position,
                                                        executor=executor, status="running", plan=plan,
                                                        started_at=self.db.clock()))
         return int(inserted_id(result))
 
     def finish_step(self, step_id: int, ok: bool, outcome: dict[str, Any]) -> None:
-        with self.db.engine.begin() as conn:
+        with self.db.begin() as conn:
             conn.execute(update(steps).where(steps.c.id == step_id).values(
                 status="done" if ok else "failed", outcome=outcome, finished_at=self.db.clock()))
 

@@ -8,7 +8,7 @@ Text and JSON column gets its fitted type (bot.infra.store.fitting) once, after 
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, Column, Float, Integer, MetaData, String, Table, Text
+from sqlalchemy import JSON, Column, Float, Integer, LargeBinary, MetaData, String, Table, Text
 
 from bot.infra.store.fitting import guard_columns
 
@@ -54,6 +54,10 @@ incidents = Table(
     Column("armed_by", String(16), nullable=True),
     # Verification progress (started_at, stable_since, last_update), kept so a restart can continue it.
     Column("verification", JSON, nullable=False, default=dict),
+    # The replica posting the warning right now, and until when its claim holds (the database's clock): the warning
+    # is posted by one replica at a time, and one that finds an expired claim reads the channel before posting.
+    Column("warn_claimed_by", String(128), nullable=True),
+    Column("warn_claim_until", Float, nullable=True),
 )
 
 events = Table(
@@ -65,6 +69,10 @@ events = Table(
     Column("text", Text, nullable=False),
     Column("data", JSON, nullable=False, default=dict),
     Column("slack_ts", String(32), nullable=True),
+    # The outbox claim: the replica posting this event now and until when (the database's clock). A claim that
+    # expired unposted means its poster may have died after Slack took the message: the thread is read first.
+    Column("claimed_by", String(128), nullable=True),
+    Column("claim_until", Float, nullable=True),
 )
 
 steps = Table(
@@ -137,6 +145,62 @@ alerts = Table(
     Column("incident_id", Integer, nullable=True),
     Column("received_at", Float, nullable=False),
     Column("resolved_at", Float, nullable=True),
+)
+
+# Leases (bot.infra.store.leases): a replica's membership ("replica:<id>") and each evaluation shard
+# ("shard:<n>"). `epoch` grows by one at every acquisition, so a holder that lost its lease (paused past
+# expires_at, then resumed) and the one that took it over never share a fencing token. Times: the database's clock.
+leases = Table(
+    "leases", metadata,
+    Column("name", String(128), primary_key=True),
+    Column("owner", String(128), nullable=True),
+    Column("epoch", Integer, nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
+
+# Durable work (bot.infra.store.work): plan runs, verification ticks, automatic-rollback timers and closes, one
+# row each, due at `due_at`, owned by the replica (owner, owner_epoch) that took it. A row whose owner's replica
+# lease has expired or moved to a new epoch is taken over by any live replica.
+work = Table(
+    "work", metadata,
+    Column("key", String(128), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("incident_id", Integer, nullable=True, index=True),
+    Column("due_at", Float, nullable=False, index=True),
+    Column("every", Float, nullable=True),
+    Column("owner", String(128), nullable=True),
+    Column("owner_epoch", Integer, nullable=True),
+    Column("taken_at", Float, nullable=True),
+)
+
+# Slack requests stored before their 200 ack (handlers.slack_http): the raw body and the headers Bolt reads, so
+# a request acked by a replica that died before handling it is handled by another one.
+inbox = Table(
+    "inbox", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("key", String(255), nullable=False, unique=True),
+    Column("received_at", Float, nullable=False),
+    Column("headers", JSON, nullable=False, default=dict),
+    Column("body", LargeBinary, nullable=False),
+    Column("owner", String(128), nullable=True),
+    Column("owner_epoch", Integer, nullable=True),
+    Column("done_at", Float, nullable=True, index=True),
+)
+
+# Budgets shared by every replica (bot.infra.store.budgets): the next time a named action may happen
+# (an incident's next chat.update, the workspace's chat.update slots).
+budgets = Table(
+    "budgets", metadata,
+    Column("name", String(128), primary_key=True),
+    Column("next_at", Float, nullable=False),
+)
+
+# Values every replica may reuse until they expire (the members of a Slack user group).
+shared_cache = Table(
+    "shared_cache", metadata,
+    Column("key", String(255), primary_key=True),
+    Column("value", JSON, nullable=False, default=dict),
+    Column("expires_at", Float, nullable=False),
 )
 
 
