@@ -58,7 +58,7 @@ def current_fence() -> Fence | None:
     return _FENCE.get()
 
 
-_FLOAT = postgresql.DOUBLE_PRECISION()
+_FLOAT: postgresql.DOUBLE_PRECISION[float] = postgresql.DOUBLE_PRECISION()
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -10,6 +10,7 @@ lease has not expired: a holder paused past its expiry has lost it for good and 
 from __future__ import annotations
 
 from sqlalchemy import select, update
+from sqlalchemy.sql.elements import ColumnElement
 
 from bot.infra.store.database import Database, Fence
 from bot.infra.store.tables import leases
@@ -61,5 +62,5 @@ class Leases:
         return [Fence(r.name, r.owner, int(r.epoch)) for r in rows]
 
 
-def _held(fence: Fence) -> tuple[object, ...]:
+def _held(fence: Fence) -> tuple[ColumnElement[bool], ...]:
     return (leases.c.name == fence.name, leases.c.owner == fence.owner, leases.c.epoch == fence.epoch)

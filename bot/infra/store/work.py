@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import and_, delete, exists, literal, or_, select, update
+from sqlalchemy.sql.elements import ColumnElement
 
 from bot.infra.store.database import Database, Fence
 from bot.infra.store.tables import leases, work
@@ -111,7 +112,7 @@ class Work:
             conn.execute(delete(work).where(*_mine(item.key, me)))
 
 
-def _mine(key: str, me: Fence) -> tuple[object, ...]:
+def _mine(key: str, me: Fence) -> tuple[ColumnElement[bool], ...]:
     return (work.c.key == key, work.c.owner == me.owner, work.c.owner_epoch == me.epoch)
 
 
