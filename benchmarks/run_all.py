@@ -1,4 +1,4 @@
-"""Run the nine benchmarks one after the other and print their figures as the README's Markdown table.
+"""Run the ten benchmarks one after the other and print their figures as the README's Markdown table.
 
 `make bench` (or `.venv/bin/python benchmarks/run_all.py [NAME ...]`) runs each script as its own process,
 shows its output, and collects the `RESULT {json}` line each prints last. Exits 1 if a script failed;
@@ -15,7 +15,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SCRIPTS = ("ack_latency", "detection_latency", "recovery_overhead", "evaluation_at_scale", "slack_budget", "footprint",
-           "oversized_body", "approval_under_dry_runs", "serve_at_scale")
+           "oversized_body", "approval_under_dry_runs", "serve_at_scale", "failover")
 
 
 def run(name: str) -> dict[str, object] | None:

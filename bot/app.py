@@ -10,6 +10,8 @@ SLACK_APP_TOKEN is set.
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import os
 import threading
@@ -33,13 +35,15 @@ from bot.incidents.recovery import Recovery
 from bot.incidents.runner import Runner
 from bot.incidents.runs import Runs
 from bot.incidents.service import IncidentService
+from bot.incidents.states import AUTO, CLOSE, PLAN, VERIFY
 from bot.incidents.verify import Verifier
 from bot.infra import metrics, redact
 from bot.infra.config import Settings
 from bot.infra.model_registry import ModelRegistry
 from bot.infra.prom import Prometheus
+from bot.infra.replica import Replica
 from bot.infra.scheduler import Scheduler
-from bot.infra.store import Store
+from bot.infra.store import Fenced, Store, WorkItem, fenced
 from bot.slack.slack_out import SlackError, SlackOut, make_client
 from bot.slack.timeline import Timeline
 from bot.slo.evaluation import Evaluator
@@ -120,40 +124,75 @@ class Bot:
     recovery: Recovery
     oncall: OnCall
     intake: Intake
+    replica: Replica
 
     def start(self) -> None:
-        """Pick up what was in flight before a restart (bot.incidents.recovery), then schedule the evaluation loop."""
-        self.recovery.resume_in_flight()
-        self.scheduler.every("evaluate", self.policy.evaluate_every, self.detection.evaluate_once)
+        """Join the replicas (bot.infra.replica), give in-flight work a row (bot.incidents.recovery), then run the
+        replica's heartbeat and work poll and the evaluation loop on the local ticker."""
+        self.start_work()
+        self.recovery.adopt_in_flight()
+        self.scheduler.every("evaluate", self.policy.evaluate_every, self.evaluate)
+
+    def start_work(self) -> None:
+        """Join and run the durable work (plan runs, verification, timers), without the evaluation loop."""
+        self.replica.start()
         self.scheduler.start()
+
+    def evaluate(self) -> None:
+        """One evaluation cycle of this replica's shards, every write of it under the replica's lease."""
+        try:
+            with fenced(self.replica.fence):
+                self.detection.evaluate_once()
+                # In-flight incidents a dead replica left without their work row (it died between the move and
+                # the row), once older than a lease ttl: never one a live replica is about to give its row.
+                self.recovery.adopt_in_flight(older_than=self.replica.ttl, at_start=False)
+        except Fenced as exc:
+            log.warning("evaluation cycle stopped: %s", exc)
+
+    def stop(self) -> None:
+        self.scheduler.shutdown()
+        self.replica.stop()
 
 
 def wire(*, policy: Policy, store: Store, prom: Prometheus, slack: SlackOut, mlflow: Any, scheduler: Scheduler,
-         registry: Registry | None = None, clients: Clients | None = None, clock: Callable[[], float] = time.time) -> Bot:
-    """Build the domain: each part gets exactly the collaborators it uses."""
-    timeline = Timeline(store, slack, policy.services.get)
-    authz = Authorization(Approvers(slack.usergroup_users))
+         registry: Registry | None = None, clients: Clients | None = None, clock: Callable[[], float] = time.time,
+         replica: Replica | None = None) -> Bot:
+    """Build the domain: each part gets exactly the collaborators it uses. Without a `replica`, the runtime is the
+    only replica of its database (the id hostname-pid)."""
+    replica = replica or Replica(store, scheduler, exclusive=True)
+    timeline = Timeline(store, slack, policy.services.get, replica_id=replica.id, claim_ttl=replica.ttl)
+    authz = Authorization(Approvers(slack.usergroup_users, store=store))
     registry = registry or default_registry()
     runner = Runner(registry, clients or Clients(mlflow=mlflow), store)
     models = ModelRegistry(mlflow)
-    gate = Gate(store, models, clock=clock)
+    gate = Gate(store, models, clock=clock, may_act=replica.may_act)
     evaluator = Evaluator(store, prom)
     verifier = Verifier(store, prom, timeline, clock=clock)
     closer = Closer(store=store, prom=prom, slack=slack, timeline=timeline, gate=gate, registry=registry)
     runs = Runs(policy=policy, store=store, timeline=timeline, runner=runner, authz=authz, verifier=verifier,
-                closer=closer, gate=gate, scheduler=scheduler, clock=clock)
+                closer=closer, gate=gate, work=replica, clock=clock)
     incidents = IncidentService(policy=policy, store=store, timeline=timeline, authz=authz,
-                                planner=Planner(runner, models), runs=runs, scheduler=scheduler, clock=clock)
+                                planner=Planner(runner, models), runs=runs, work=replica, clock=clock)
     detection = Detection(policy=policy, evaluator=evaluator, store=store, gate=gate, timeline=timeline,
-                          open_incident=incidents.open_detected, clock=clock)
-    recovery = Recovery(policy=policy, store=store, timeline=timeline, runs=runs,
-                        schedule_auto=incidents.schedule_auto, clock=clock)
+                          open_incident=incidents.open_detected, owns=replica.owns, clock=clock)
+    recovery = Recovery(policy=policy, store=store, timeline=timeline, runs=runs, work=replica,
+                        auto_approve=incidents.auto_approve, clock=clock)
+    handlers: dict[str, Callable[[int, bool], float | None]] = {
+        PLAN: recovery.plan, VERIFY: recovery.verify, AUTO: recovery.auto, CLOSE: recovery.close}
+    for kind, handle in handlers.items():
+        replica.handlers[kind] = functools.partial(_on_incident, handle)
+    replica.on_shards_changed.append(evaluator.forget_states)
     oncall = OnCall(policy=policy, store=store, models=models, check_approver=incidents.check_approver,
                     say=timeline.say)
     intake = Intake(policy=policy, store=store, timeline=timeline,
                     open_incident=lambda svc, reading: incidents.open_incident(svc, reading, source="alertmanager"))
     return Bot(policy, store, slack, scheduler, runner, evaluator, incidents, runs, detection, recovery, oncall,
-               intake)
+               intake, replica)
+
+
+def _on_incident(handle: Callable[[int, bool], float | None], item: WorkItem, taken_over: bool) -> float | None:
+    assert item.incident_id is not None, f"work {item.key} names no incident"
+    return handle(item.incident_id, taken_over)
 
 
 @dataclass
@@ -163,11 +202,21 @@ class Runtime:
     bolt: App
     ready: threading.Event
 
+    @functools.cached_property
+    def slack_route(self) -> SlackRoute | None:
+        """The HTTP route for Slack's requests (None in Socket Mode). Each click and command is stored before its ack
+        (the inbox, owned under this replica's lease); the replica's poll takes over a dead replica's."""
+        if self.settings.slack_app_token:
+            return None
+        route = SlackRoute(self.bolt, self.settings.slack_signing_secret, self.bot.slack, store=self.bot.store,
+                           fence=lambda: self.bot.replica.fence)
+        self.bot.replica.sweepers.append(route.take_over)
+        return route
+
     def wsgi(self) -> Callable[..., Iterable[bytes]]:
         # Socket Mode (SLACK_APP_TOKEN) receives Slack's requests over its WebSocket: HTTP then has no Slack
         # route at all, so /slack/events is a 404 like any other unknown path.
-        slack_route = None if self.settings.slack_app_token else SlackRoute(
-            self.bolt, self.settings.slack_signing_secret, self.bot.slack)
+        slack_route = self.slack_route
         alerts = alertmanager.Route(self.bot.intake, self.settings.alertmanager_token,
                                     self.settings.alertmanager_service_label)
 
@@ -175,8 +224,11 @@ class Runtime:
             path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "")
             if path == "/healthz" and method == "GET":
                 ok = self.ready.is_set()
-                start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")])
-                return [b"ok\n" if ok else b"starting\n"]
+                replica = self.bot.replica
+                body = {"status": "ok" if ok else "starting", "replica": replica.id, "epoch": replica.epoch,
+                        "leases": replica.leases()}
+                start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "application/json")])
+                return [json.dumps(body).encode() + b"\n"]
             if path == "/metrics" and method == "GET":
                 # ?name[]=rollback_evaluation_seconds&name[]=...: only those, like prometheus_client's own
                 # exposition (with 10,000 services the whole text is 20,000 SLO gauges, 250 ms to render).
@@ -210,9 +262,11 @@ def build(settings: Settings, policy: Policy, *, mlflow: Any = None) -> Runtime:
     # A query may take up to QUERY_SHARE of a cycle (one retry included, the cycle still ends in time): a grouped
     # query over 10,000 services takes seconds on a busy Prometheus, where the 5 s floor would fail every service.
     prom = Prometheus(settings.prometheus_url, timeout=max(5.0, QUERY_SHARE * policy.evaluate_every))
-    bot = wire(policy=policy, store=Store(settings.database_url), prom=prom,
-               slack=SlackOut(client), mlflow=mlflow, scheduler=Scheduler(),
-               clients=Clients(mlflow=mlflow, helm=settings.helm_bin, workdir=settings.git_workdir))
+    store, scheduler = Store(settings.database_url), Scheduler()
+    replica = Replica(store, scheduler, replica_id=settings.replica_id, ttl=settings.lease_ttl,
+                      exclusive=settings.exclusive)
+    bot = wire(policy=policy, store=store, prom=prom, slack=SlackOut(client), mlflow=mlflow, scheduler=scheduler,
+               clients=Clients(mlflow=mlflow, helm=settings.helm_bin, workdir=settings.git_workdir), replica=replica)
     # The client carries the bot token (and SLACK_API_URL); Bolt takes the token from it. No auth.test at
     # start: with Slack down (5xx, unreachable) Bolt would raise and a restarted bot would crash-loop instead
     # of picking up its incidents; Bolt checks the token on the first request instead.
@@ -261,4 +315,4 @@ def serve(runtime: Runtime, host: str = "0.0.0.0", port: int = 3000) -> None:
     try:
         http_server(runtime.wsgi(), host, port).run()
     finally:
-        runtime.bot.scheduler.shutdown()
+        runtime.bot.stop()

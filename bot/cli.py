@@ -72,6 +72,16 @@ def _serve(args: argparse.Namespace) -> int:
     except (ConfigError, OSError) as exc:
         print(f"refusing to start: {exc}", file=sys.stderr)
         return 2
+    from bot.infra import single_replica
+
+    try:
+        single_replica.hold(settings.database_url)  # SQLite: one serve per file, for the life of this process
+    except single_replica.AlreadyServing as exc:  # the message names the file and PostgreSQL
+        print(f"refusing to start: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the lock file cannot be made next to the database (no such directory, read-only)
+        print(f"refusing to start: cannot lock the SQLite database: {exc}", file=sys.stderr)
+        return 2
     handler = logging.StreamHandler()
     handler.addFilter(RedactSecrets(settings.secrets()))
     logging.basicConfig(level=logging.INFO, handlers=[handler],
@@ -81,7 +91,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         runtime = build(settings, policy)
-    except SchemaError as exc:  # PostgreSQL behind the bot's schema: the message names `rollback-bot migrate`
+    except SchemaError as exc:  # a database a newer bot migrated: the message names its revision
         print(f"refusing to start: {exc}", file=sys.stderr)
         return 2
     process.freeze_built()
@@ -118,7 +128,7 @@ def _migrate(args: argparse.Namespace) -> int:
             done = migrations.upgrade(engine)
         finally:
             engine.dispose()
-    except (SQLAlchemyError, CommandError, ImportError) as exc:
+    except (SQLAlchemyError, CommandError, ImportError, migrations.SchemaError) as exc:
         # Unreachable server, refused login, a revision this bot does not know, a missing driver: one line
         # naming the database (without its password) instead of a traceback.
         print(f"{shown}: cannot migrate: {scrub(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)}",
@@ -159,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_rules)
 
     p = sub.add_parser("migrate", help="bring DATABASE_URL's schema to the newest revision (Alembic); serve does it "
-                                       "by itself on SQLite, PostgreSQL needs this first")
+                                       "by itself too, this does it ahead of a deploy")
     p.set_defaults(func=_migrate)
 
     p = sub.add_parser("demo", help="the sandbox: a Slack-like chat page on 127.0.0.1 where the real bot rolls back "

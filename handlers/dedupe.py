@@ -9,8 +9,13 @@ It owns the three things about repeats, and nothing else in handlers/ restates t
   is already claimed with a plain 200 and X-Slack-No-Retry, running nothing; the domain's conditional
   transitions hold it once more for approvals;
 - what a retry is: Slack's X-Slack-Retry-Num header (`is_retry`, `NO_RETRY`). handlers.slack_http, which acks
-  clicks and commands before Bolt sees them, asks `is_retry` to add X-Slack-No-Retry to its early ack; it does
-  not dedupe anything itself.
+  clicks and commands before Bolt sees them, asks `is_retry` to add X-Slack-No-Retry to its early ack;
+- the inbox's claim: a click or command over HTTP that handlers.slack_http stored in the store's inbox before
+  acking it (bot.infra.store.inbox) was claimed there, by the inbox row's UNIQUE key, and reaches Bolt with
+  the internal `INBOX_HEADER` naming its row. The middleware lets it through without `claim_request`, so
+  a request re-delivered from the inbox by another replica (its first replica died after the ack) still runs.
+  Only handlers.slack_http sets that header, after the signature check, and it removes any copy of it a
+  request arrived with, so nothing from outside can skip the claim.
 
 The middleware runs inside Bolt, so it covers both ways a request arrives exactly once: over HTTP (after
 handlers.slack_http has verified the signature, so only genuine requests claim a key) and over Socket Mode's
@@ -31,6 +36,7 @@ log = logging.getLogger(__name__)
 
 RETRY_HEADER = "x-slack-retry-num"  # lower-case, as both Bolt and handlers.slack_http key their headers
 NO_RETRY = ("X-Slack-No-Retry", "1")  # "got it, do not send this one again"
+INBOX_HEADER = "x-rollback-inbox"  # set by handlers.slack_http only: "claimed by inbox row <id>"
 
 
 def is_retry(headers: Mapping[str, str | Sequence[str]]) -> bool:
@@ -55,6 +61,9 @@ def request_key(body: dict[str, Any]) -> str | None:
 def register(app: App, store: Store) -> None:
     @app.middleware
     def once(body: dict[str, Any], request: BoltRequest, next_: Callable[[], None]) -> BoltResponse | None:
+        if INBOX_HEADER in request.headers:  # claimed by its inbox row (handlers.slack_http), here or elsewhere
+            next_()
+            return None
         key = request_key(body)
         if key is None or store.claim_request(key):
             next_()

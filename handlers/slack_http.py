@@ -10,16 +10,26 @@ The path of a click (say Roll back on a warning), from bytes to the domain call:
    non-UTF-8 or cut-off body is a 401 (Bolt's adapter would decode and JSON-parse first and end some of them
    in a 500). This is the only check: bot.app builds Bolt with `request_verification_enabled=False`, and
    both ways into Bolt below (`_dispatch` and Bolt's WSGI adapter) are reached only after `_signed`.
-3. Ack first. A click or a slash command is answered at once with an empty 200 (plus X-Slack-No-Retry when
-   handlers.dedupe.is_retry says Slack is retrying) and queued on a worker: approvers' decisions (Roll back,
-   Stop, Retry step / Resume, Dismiss) on a lane of their own, so they never wait behind dry runs, commands
-   and lookups; everything else on the other. Under a burst (50 people clicking, one process, one GIL) Bolt's
-   own ack would wait behind the parsing and listener work of every request before it; this keeps each ack
-   to a signature check and a queue put.
-4. Bolt. On the worker `_dispatch` hands a BoltRequest to `App.dispatch`; Bolt parses the body and runs the global
-   middleware of handlers.dedupe, which claims the request's key in the store: a retry or a replay stops
-   there with a plain 200 and nothing runs. Then the listener matched by action_id (handlers.actions),
-   callback_id (handlers.views) or command (handlers.commands).
+3. Store, then ack. With a store and the replica's fence (bot.app passes both), a click or a slash command is
+   first written to the store's inbox (bot.infra.store.inbox: one INSERT, owned by this replica's membership
+   lease, without Slack's legacy verification token), keyed by handlers.dedupe.request_key: the row is the
+   request's idempotency claim, so a retry or a replay finds its key there and is answered 200 with
+   X-Slack-No-Retry, running nothing. A store that cannot keep the request is a 503: Slack shows the user an
+   error instead of a click acked and then lost. Then it is answered with an empty 200 (plus X-Slack-No-Retry
+   when handlers.dedupe.is_retry says Slack is retrying) and queued on a worker: approvers' decisions (Roll
+   back, Stop, Retry step / Resume, Dismiss) on a lane of their own, so they never wait behind dry runs,
+   commands and lookups; everything else on the other. Under a burst (50 people clicking, one process, one
+   GIL) Bolt's own ack would wait behind the parsing and listener work of every request before it; this keeps
+   each ack to a signature check, one parse, one INSERT and a queue put.
+4. Bolt. On the worker (after checking the row is still this replica's, under a live lease) `_dispatch` hands a
+   BoltRequest to `App.dispatch`, with the internal header handlers.dedupe.INBOX_HEADER naming the inbox row;
+   the row is marked done after. Bolt parses the body and runs the global middleware of handlers.dedupe,
+   which lets an inbox request through (already claimed) and claims the key of any other request in the
+   store: a retry or a replay stops there with a plain 200 and nothing runs. Then the listener matched by
+   action_id (handlers.actions), callback_id (handlers.views) or command (handlers.commands).
+   If the replica dies after the ack, its rows outlive it: `SlackRoute.take_over`, run by every replica's
+   work loop, takes the rows of a replica whose lease is gone (received within Slack's 5-minute window) and
+   runs them through this same step, the command's response_url answer included.
 5. The domain. The listener calls `ack()`, reads the incident id and the user, and delegates:
    `incidents.press_approve(incident_id, user)`, which opens the typed-confirm modal when its Reply carries a
    view, or a refusal told ephemerally (handlers.reply.tell). Every outbound call goes through bot.slack
@@ -55,6 +65,8 @@ from slack_bolt import App, BoltRequest, BoltResponse
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_sdk.signature import SignatureVerifier
 
+from bot.infra import metrics
+from bot.infra.store import Fence, Store
 from bot.slack import blocks
 from bot.slack.slack_out import SlackError, SlackOut
 from handlers import dedupe
@@ -69,14 +81,25 @@ WORKERS = 6
 DECISION_WORKERS = 2
 # Buttons that decide (Roll back, Stop, Retry step / Resume, Dismiss): served on their own workers.
 DECISIONS = frozenset({blocks.APPROVE, blocks.STOP, blocks.RETRY, blocks.DISMISS})
+# The headers an inbox row keeps: what Bolt reads from a Slack request (the body's type, Slack's retry marks).
+# Never the signature (the stored body has lost its token, so it would not match anyway) or a proxy's headers.
+KEPT_HEADERS = ("content-type", "x-slack-request-timestamp", dedupe.RETRY_HEADER, "x-slack-retry-reason")
+_INBOX_ENVIRON = "HTTP_" + dedupe.INBOX_HEADER.upper().replace("-", "_")
+TAKE_OVER_BATCH = 32  # inbox rows taken over per call (take_over runs every poll)
 
 
 class SlackRoute:
     """The WSGI app for Slack's requests over HTTP, in front of a Bolt app built without its own verification."""
 
-    def __init__(self, bolt: App, signing_secret: str, slack: SlackOut) -> None:
+    def __init__(self, bolt: App, signing_secret: str, slack: SlackOut, *, store: Store | None = None,
+                 fence: Callable[[], Fence] | None = None) -> None:
+        """`store` and `fence` (the replica's membership lease as held now) turn the inbox on: clicks and
+        commands are stored before their ack and can be taken over (`take_over`). Without them (both None)
+        an acked request lives only in this process, as before replicas."""
         self.bolt = bolt
         self.slack = slack
+        self.store = store
+        self.fence = fence
         self.verifier = SignatureVerifier(signing_secret)
         self.sync = SlackRequestHandler(bolt, path=PATH)  # entered only after the check in __call__
         self.workers = ThreadPoolExecutor(WORKERS, thread_name_prefix="slack-work")
@@ -85,6 +108,9 @@ class SlackRoute:
         self.decisions = ThreadPoolExecutor(DECISION_WORKERS, thread_name_prefix="slack-decide")
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        # Only this route marks a request as claimed by the inbox (step 4): a copy sent from outside is dropped
+        # here, before Bolt's adapter (step 2's synchronous path) or a worker could see it.
+        environ.pop(_INBOX_ENVIRON, None)
         try:
             raw = _read_body(environ)
         except TooLarge as exc:  # answered without keeping (or, with a Content-Length, reading) the body
@@ -103,13 +129,30 @@ class SlackRoute:
             start_response("400 Bad Request", [("Content-Type", "application/json")])
             return [b'{"error":"the body is not UTF-8"}']
         query = str(environ.get("QUERY_STRING", ""))
-        kind, response_url, action_id = _kind(body)
-        if kind in ("block_actions", "command"):  # step 3: ack first, Bolt on a worker
+        kind, response_url, action_id, key = _parse(body)
+        if kind in ("block_actions", "command"):  # step 3: store, ack, Bolt on a worker
             lane = self.decisions if action_id in DECISIONS else self.workers
-            lane.submit(self._dispatch, body, query, headers, response_url if kind == "command" else None)
             answer = [("Content-Type", "text/plain"), ("Content-Length", "0")]
-            if dedupe.is_retry(headers):  # received now; handlers.dedupe drops the repeat when Bolt runs it
+            if dedupe.is_retry(headers):  # received now; the inbox or handlers.dedupe drops the repeat
                 answer.append(dedupe.NO_RETRY)
+            reply = response_url if kind == "command" else None
+            if self.store is None or self.fence is None or key is None:  # no inbox, or no key: this process only
+                lane.submit(self._dispatch, body, query, headers, reply)
+                start_response("200 OK", answer)
+                return [b""]
+            kept = {name: headers[name] for name in KEPT_HEADERS if name in headers}
+            try:
+                owner = self.fence()
+                row_id = self.store.inbox_receive(key, kept, raw, owner)
+            except Exception:  # noqa: BLE001 - not stored, so not acked: Slack shows the user an error
+                log.exception("a Slack request could not be stored in the inbox; answered 503")
+                start_response("503 Service Unavailable", [("Content-Type", "application/json")])
+                return [b'{"error":"the request could not be stored; try again"}']
+            if row_id is None:  # its key is in the inbox already: a retry or a replay, handled once already
+                log.info("ignored a repeated Slack request (%s)", key.split(":")[0])
+                start_response("200 OK", [*answer[:2], dedupe.NO_RETRY])
+                return [b""]
+            lane.submit(self._handle, row_id, owner, body, query, kept, reply)
             start_response("200 OK", answer)
             return [b""]
         # Modal submissions and the rest: Bolt's own WSGI adapter answers them (its 404 off POST /slack/events),
@@ -124,6 +167,48 @@ class SlackRoute:
                                           headers.get("x-slack-signature"))
         except ValueError:
             return False  # a timestamp that is not a number
+
+    def take_over(self, me: Fence) -> int:
+        """Take the inbox rows a dead replica acked but may not have handled (its lease expired or moved to a
+        new epoch; received within Slack's 5-minute window) and run each on the workers as `me`, exactly as a
+        request just received: the listener, then the command's response_url answer. Returns how many were
+        taken. bot.app calls it from each replica's work loop, every poll."""
+        if self.store is None:
+            return 0
+        taken = 0
+        for row in self.store.inbox_orphans(me, TAKE_OVER_BATCH):
+            if not self.store.inbox_take(row, me):
+                continue  # another replica took it first
+            metrics.WORK_TAKEN_OVER.labels(kind="inbox").inc()
+            log.info("taking over Slack request %s (%s) from replica %s (epoch %s)", row.id,
+                     row.key.split(":")[0], row.owner, row.owner_epoch)
+            body = row.body.decode("utf-8", "replace")
+            kind, response_url, action_id, _ = _parse(body)
+            lane = self.decisions if action_id in DECISIONS else self.workers
+            lane.submit(self._handle, row.id, me, body, "", row.headers, response_url if kind == "command" else None)
+            taken += 1
+        return taken
+
+    def _handle(self, row_id: int, me: Fence, body: str, query: str, headers: dict[str, str],
+                response_url: str | None) -> None:
+        """On a worker: run an inbox request held by `me` through Bolt, then mark it done. A row that is no
+        longer `me`'s under a live lease (this replica was paused past its lease, and another one takes it
+        over) is left to its new owner."""
+        assert self.store is not None
+        try:
+            mine = self.store.inbox_owns(row_id, me)
+        except Exception:  # noqa: BLE001 - the store is unreachable: run it anyway; a lost click is the worse outcome
+            log.exception("could not check inbox row %s; handling it", row_id)
+            mine = True
+        if not mine:
+            log.info("inbox row %s is no longer this replica's (lease %s epoch %s): left to its new owner",
+                     row_id, me.name, me.epoch)
+            return
+        self._dispatch(body, query, {**headers, dedupe.INBOX_HEADER: str(row_id)}, response_url)
+        try:
+            self.store.inbox_done(row_id)
+        except Exception:  # noqa: BLE001 - it ran; only the mark is lost (a replica taking it later runs it again)
+            log.exception("could not mark inbox row %s done", row_id)
 
     def _dispatch(self, body: str, query: str, headers: dict[str, str], response_url: str | None) -> None:
         """On a worker: Bolt runs the acked request (dedupe, the listener) as if it had come in just now."""
@@ -148,23 +233,32 @@ def _answer(slack: SlackOut, response_url: str, response: BoltResponse) -> None:
         log.warning("the answer to a slash command did not reach its response_url: %s", exc)
 
 
-def _kind(body: str) -> tuple[str | None, str | None, str | None]:
-    """("command" | block_actions | view_submission | ..., response_url, clicked action_id) of a form-encoded
-    Slack request."""
+def _parse(body: str) -> tuple[str | None, str | None, str | None, str | None]:
+    """("command" | block_actions | view_submission | ..., response_url, clicked action_id, request key) of a
+    form-encoded Slack request: one parse, for the lane, the response_url and the inbox's key."""
     form = parse_qs(body, keep_blank_values=True)
     if "command" in form:
-        return "command", next(iter(form.get("response_url") or ()), None), None
+        fields = {name: values[0] for name, values in form.items() if values}
+        return "command", fields.get("response_url"), None, _key(fields)
     payload = next(iter(form.get("payload") or ()), None)
     if payload is None:
-        return None, None, None
+        return None, None, None, None
     try:
         data = json.loads(payload)
         kind = data.get("type")
         actions = data.get("actions") or [{}]
         action_id = actions[0].get("action_id") if isinstance(actions[0], dict) else None
     except (ValueError, AttributeError, TypeError, IndexError):
-        return None, None, None  # not JSON we understand: Bolt answers it
-    return (str(kind) if kind else None), None, (str(action_id) if action_id else None)
+        return None, None, None, None  # not JSON we understand: Bolt answers it
+    return (str(kind) if kind else None), None, (str(action_id) if action_id else None), _key(data)
+
+
+def _key(data: dict[str, Any]) -> str | None:
+    """handlers.dedupe's key of the request, or None for a shape it cannot key (then it is not stored)."""
+    try:
+        return dedupe.request_key(data)
+    except (AttributeError, TypeError, IndexError):
+        return None
 
 
 def _read_body(environ: dict[str, Any]) -> bytes:

@@ -4,6 +4,9 @@
 like slack.com does for the methods the bot uses. It records every call with the token masked, keeps channel
 messages, threads, ephemerals, views and uploaded files so tests and the demo can read the channel as a
 person would, and can be told to fail the next calls (429 with Retry-After, 5xx, or `ok: false`).
+Messages keep their message metadata (`{"event_type", "event_payload"}`); conversations.replies (the parent first,
+then its replies) and conversations.history (top-level messages, newest first) return it with
+`include_all_metadata`, a page at a time (`limit`, `cursor`, `has_more`, `response_metadata.next_cursor`).
 Point a client at it with `WebClient(base_url=fake.url)` or the env var `SLACK_API_URL=<fake.url>`.
 Bolt's `respond()` can be pointed at `fake.response_url`; those posts are recorded as method "response_url".
 A `response_url_for(channel, user)` URL also shows them as Slack does (ephemeral, in channel, or replacing
@@ -12,6 +15,8 @@ the original); `respond()` does the same for a slash command's ack body. The cha
 
 from __future__ import annotations
 
+import base64
+import binascii
 import copy
 import json
 import logging
@@ -21,6 +26,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -32,7 +38,8 @@ log = logging.getLogger(__name__)
 TEAM_ID, BOT_USER_ID, BOT_ID, APP_ID = "T0SANDBOX", "U0ROLLBOT", "B0ROLLBOT", "A0SANDBOX"
 AUTH_TEST = {"ok": True, "url": "https://sandbox.slack.com/", "team": "Sandbox", "user": "rollback-bot",
              "team_id": TEAM_ID, "user_id": BOT_USER_ID, "bot_id": BOT_ID}
-_JSON_FIELDS = ("blocks", "attachments", "view", "files")  # form fields whose values are JSON text
+_JSON_FIELDS = ("blocks", "attachments", "view", "files", "metadata")  # form fields whose values are JSON text
+_PAGE_LIMITS = {"conversations.replies": (1000, 1000), "conversations.history": (100, 999)}  # (default, max)
 _MESSAGE_FIELDS = ("text", "blocks", "attachments", "metadata")
 
 Params = dict[str, Any]
@@ -65,6 +72,7 @@ class FakeSlackAPI(LoopbackServer):
             "chat.update": self._update, "chat.postEphemeral": self._post_ephemeral,
             "views.open": self._open_view, "views.push": self._open_view, "views.update": self._update_view,
             "usergroups.users.list": self._usergroup_users, "conversations.info": self._conversation,
+            "conversations.replies": self._replies, "conversations.history": self._history,
             "files.getUploadURLExternal": self._upload_url,
             "files.completeUploadExternal": self._complete_upload,
             "response_url": self._response,
@@ -299,6 +307,70 @@ class FakeSlackAPI(LoopbackServer):
                 "is_member": True, "context_team_id": TEAM_ID}
         return {"ok": True, "channel": info}
 
+    def _replies(self, p: Params) -> Params:
+        """A thread: its parent first, then the replies oldest first (`ts` may name the parent or any reply; an
+        unthreaded message comes back alone)."""
+        channel = str(p.get("channel") or "")
+        if not channel:
+            return _error("channel_not_found")
+        found = self._find(channel, p.get("ts"))
+        if found is None:
+            return _error("thread_not_found")
+        parent_ts = str(found.get("thread_ts") or found["ts"])
+        msgs = self._messages.get(channel, [])
+        parent = self._find(channel, parent_ts)
+        thread = [m for m in msgs if m is not parent and m.get("thread_ts") == parent_ts and m["ts"] != parent_ts]
+        window = _window(p)
+        if window is None:
+            return _error("invalid_ts_oldest")
+        in_window = [m for m in thread if window(m)]
+        if parent is not None:
+            in_window.insert(0, parent)  # Slack answers with the parent whatever the window
+        return self._page("conversations.replies", p, [self._shown(channel, m, p) for m in in_window])
+
+    def _history(self, p: Params) -> Params:
+        """A channel's top-level messages (and replies broadcast to it), newest first, within oldest/latest."""
+        channel = str(p.get("channel") or "")
+        if not channel:
+            return _error("channel_not_found")
+        window = _window(p)
+        if window is None:
+            return _error("invalid_ts_oldest")
+        msgs = [m for m in self._messages.get(channel, [])
+                if (m.get("thread_ts") in (None, m["ts"]) or m.get("subtype") == "thread_broadcast") and window(m)]
+        msgs.sort(key=lambda m: _ts_us(m["ts"]) or 0, reverse=True)
+        return self._page("conversations.history", p, [self._shown(channel, m, p) for m in msgs])
+
+    def _shown(self, channel: str, msg: Params, p: Params) -> Params:
+        """A message as the conversations.* reads return it: a thread's parent with its reply counts, and its
+        metadata only when the call asked for include_all_metadata."""
+        shown = copy.deepcopy(msg)
+        if not _truthy(p.get("include_all_metadata")):
+            shown.pop("metadata", None)
+        replies = [m for m in self._messages.get(channel, []) if m.get("thread_ts") == msg["ts"] and m is not msg]
+        if replies:
+            shown.update(thread_ts=msg["ts"], reply_count=len(replies),
+                         reply_users=sorted({str(m.get("user")) for m in replies}),
+                         reply_users_count=len({m.get("user") for m in replies}), latest_reply=replies[-1]["ts"])
+        elif msg.get("thread_ts") and msg["thread_ts"] != msg["ts"]:
+            parent = self._find(channel, msg["thread_ts"])
+            shown["parent_user_id"] = (parent or {}).get("user", BOT_USER_ID)
+        return shown
+
+    def _page(self, method: str, p: Params, items: list[Params]) -> Params:
+        """One page of `items` from the cursor on: `has_more` and `response_metadata.next_cursor` ("" at the end)."""
+        default, most = _PAGE_LIMITS[method]
+        try:
+            limit = min(max(int(p.get("limit") or default), 1), most)
+        except (TypeError, ValueError):  # Slack ignores a limit it cannot read
+            limit = default
+        start = _offset(p.get("cursor"))
+        if start is None:
+            return _error("invalid_cursor")
+        page, rest = items[start:start + limit], items[start + limit:]
+        cursor = base64.b64encode(f"offset:{start + limit}".encode()).decode() if rest else ""
+        return {"ok": True, "messages": page, "has_more": bool(rest), "response_metadata": {"next_cursor": cursor}}
+
     def _usergroup_users(self, p: Params) -> Params:
         users = self.users_by_group.get(str(p.get("usergroup", "")))
         return _error("no_such_subteam") if users is None else {"ok": True, "users": list(users)}
@@ -405,6 +477,39 @@ def _form(text: str) -> Params:
 
 def _mimetype(name: str) -> str:
     return mimetypes.guess_type(name)[0] or "application/octet-stream"
+
+
+def _ts_us(value: Any) -> int | None:
+    """A Slack ts ("1700000000.123456") in microseconds, exact; None when it is not one."""
+    try:
+        return int(Decimal(str(value)) * 1_000_000)
+    except (InvalidOperation, ValueError):  # not a number: the caller answers like Slack does
+        return None
+
+
+def _window(p: Params) -> Callable[[Params], bool] | None:
+    """Whether a message falls within the call's oldest / latest (exclusive unless `inclusive`); None when either
+    is not a ts."""
+    oldest, latest = _ts_us(p.get("oldest") or 0), _ts_us(p.get("latest") or "9999999999")
+    if oldest is None or latest is None:
+        return None
+    inclusive = _truthy(p.get("inclusive"))
+
+    def within(msg: Params) -> bool:
+        ts = _ts_us(msg["ts"]) or 0
+        return (oldest <= ts <= latest) if inclusive else (oldest < ts < latest)
+    return within
+
+
+def _offset(cursor: Any) -> int | None:
+    """The position a cursor of ours points at (0 without one); None for a cursor we did not make."""
+    if not cursor:
+        return 0
+    try:
+        kind, _, number = base64.b64decode(str(cursor), validate=True).decode().partition(":")
+        return int(number) if kind == "offset" and int(number) >= 0 else None
+    except (binascii.Error, UnicodeDecodeError, ValueError):  # not ours: Slack answers invalid_cursor
+        return None
 
 
 def _truthy(value: Any) -> bool:

@@ -5,8 +5,8 @@ The launchers themselves live in sandbox.servers (the local demo uses them too) 
 this file only scopes them. The MLflow server takes ~6 s to start, so the whole session shares one; tests
 isolate themselves with `unique_model` instead of sharing registered-model state. Likewise PostgreSQL (~1 s
 to start) runs once per session and each test that needs a clean slate gets its own database
-(`fresh_postgres_url`, brought to the newest schema with bot.infra.migrations.upgrade: a Store on PostgreSQL
-migrates nothing by itself). `stalled_server` is a loopback TCP server that never answers (a hung git server).
+(`fresh_postgres_url`, brought to the newest schema with bot.infra.migrations.upgrade, as a Store would do
+itself). `stalled_server` is a loopback TCP server that never answers (a hung git server).
 """
 
 from __future__ import annotations
@@ -14,13 +14,15 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from uuid import uuid4
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from bot.infra import migrations
+from bot.infra.store import Store
 from sandbox.servers import MlflowServer, prometheus_binary
 from tests import pg_env
 
@@ -74,7 +76,7 @@ def postgres_url() -> Iterator[str]:
 @pytest.fixture
 def fresh_postgres_url(postgres_url: str) -> Iterator[str]:
     """A database of its own for one test (CREATE DATABASE with a unique name) at the newest schema (what
-    `rollback-bot migrate` does: a Store on PostgreSQL creates no tables), dropped afterwards."""
+    `rollback-bot migrate` does, and a Store at start), dropped afterwards."""
     url = pg_env.create_database(postgres_url)
     try:
         migrations.upgrade(url)
@@ -84,6 +86,30 @@ def fresh_postgres_url(postgres_url: str) -> Iterator[str]:
         raise
     yield url
     pg_env.drop_database(url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The database URL of this run, for tests of the store on both engines: a SQLite file, or a fresh database on
+    the session's PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'db.sqlite'}"
+    return str(request.getfixturevalue("fresh_postgres_url"))
+
+
+@pytest.fixture
+def make_store(url: str) -> Iterator[Callable[..., Store]]:
+    """Store(url, ...) for this run's database, one per call (one per replica, as separate processes would have);
+    every store made is closed (its pool disposed) afterwards."""
+    made: list[Store] = []
+
+    def make(**kwargs: object) -> Store:
+        made.append(Store(url, **kwargs))  # type: ignore[arg-type]
+        return made[-1]
+
+    yield make
+    for store in made:
+        store.engine.dispose()
 
 
 @pytest.fixture

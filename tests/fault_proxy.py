@@ -6,6 +6,9 @@ requests with that status (and a JSON error body, as MLflow sends) instead of fo
 server that accepts the connection and never replies. A rule can also match the request's query string or
 body (`match=`), so one Prometheus query can hang while the others pass. Every request is counted, with
 the rule it hit, for the test to read back.
+
+`TcpFaultProxy(port)` is the same idea one layer down, for tests/replicas_env.py: a TCP forwarder (a replica's
+PostgreSQL connection) whose traffic can be black-holed (connections stay open, nothing moves) and healed.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import select
+import socket
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
@@ -161,3 +166,108 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 FaultProxy.handler = _Handler
+
+
+class TcpFaultProxy:
+    """A plain TCP forwarder on 127.0.0.1 (a PostgreSQL connection, any protocol) that can black-hole its traffic.
+
+    Used by tests/replicas_env.py: each replica's DATABASE_URL points here instead of at PostgreSQL. While
+    `blackhole()` is on, every connection stays open on both sides but no byte moves in either direction (the
+    bytes wait in the kernel's buffers, as in a network partition), and new connections are accepted but not
+    answered, so the client sees neither an error nor a close: only silence until its own timeouts. `heal()` lets
+    the held bytes flow again in order. `cut()` closes every connection (a reset). Use as a context manager.
+    """
+
+    def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1") -> None:
+        self.upstream = (upstream_host, upstream_port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._flowing = threading.Event()
+        self._flowing.set()
+        self._closed = threading.Event()
+        self._lock = threading.Lock()
+        self._socks: list[socket.socket] = []
+        self._accepter = threading.Thread(target=self._accept, daemon=True, name=f"tcp-proxy-{self.port}")
+        self._accepter.start()
+
+    # -- faults ------------------------------------------------------------------------------------
+    def blackhole(self) -> None:
+        self._flowing.clear()
+
+    def heal(self) -> None:
+        self._flowing.set()
+
+    @property
+    def blackholed(self) -> bool:
+        return not self._flowing.is_set()
+
+    def cut(self) -> None:
+        """Close every connection now (both sides see a reset or EOF); new ones are still accepted."""
+        with self._lock:
+            socks, self._socks = self._socks, []
+        for sock in socks:
+            _close(sock)
+
+    def connections(self) -> int:
+        with self._lock:
+            return len(self._socks) // 2
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def stop(self) -> None:
+        self._closed.set()
+        self._flowing.set()
+        _close(self._listener)
+        self.cut()
+        self._accepter.join(timeout=5)
+
+    def __enter__(self) -> TcpFaultProxy:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # -- forwarding --------------------------------------------------------------------------------
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # the listener was closed: the proxy is stopping
+            try:
+                server = socket.create_connection(self.upstream, timeout=10)
+            except OSError:
+                _close(client)  # upstream down: the client sees the refusal as a close
+                continue
+            server.settimeout(None)
+            with self._lock:
+                self._socks += [client, server]
+            for src, dst in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while not self._closed.is_set():
+                if not self._flowing.wait(0.2):
+                    continue  # black-holed: read nothing, so the bytes wait and nothing is answered
+                ready, _, _ = select.select([src], [], [], 0.2)
+                if not ready or not self._flowing.is_set():
+                    continue
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except (OSError, ValueError):
+            pass  # one side closed (or cut()): end this direction, the other follows
+        finally:
+            _close(src)
+            _close(dst)
+            with self._lock:
+                self._socks = [s for s in self._socks if s is not src and s is not dst]
+
+
+def _close(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # never connected or already shut: closing is all that is left
+    sock.close()

@@ -87,14 +87,15 @@ class HandlerEnv:
     """One runtime served over HTTP; `start()` / `stop()` bracket a test."""
 
     def __init__(self, workdir: Path, slack: FakeSlackAPI, mlflow: MlflowClient, models: dict[str, str], *,
-                 mlflow_url: str, extra: dict[str, str] | None = None, policy: str | None = None) -> None:
+                 mlflow_url: str, extra: dict[str, str] | None = None, policy: str | None = None,
+                 database_url: str | None = None) -> None:
         self.slack = slack
         self.mlflow = mlflow
         self.models = models
         self.settings = Settings(
             slack_bot_token=TOKEN, slack_signing_secret=SECRET, slack_api_url=slack.url,
             prometheus_url=f"http://127.0.0.1:{free_port()}",  # nothing listens: no Prometheus in these tests
-            mlflow_tracking_uri=mlflow_url, database_url=f"sqlite:///{workdir / 'bot.db'}")
+            mlflow_tracking_uri=mlflow_url, database_url=database_url or f"sqlite:///{workdir / 'bot.db'}")
         text = policy if policy is not None else policy_yaml(models, extra)
         self.runtime: Runtime = build(self.settings, parse_policy(text), mlflow=mlflow)
         self.store = self.runtime.bot.store
@@ -108,11 +109,11 @@ class HandlerEnv:
         self.events_url = f"{self.url}/slack/events"
         self._thread = threading.Thread(target=self._server.run, name="waitress", daemon=True)
         self._thread.start()
-        self.runtime.bot.scheduler.start()
+        self.runtime.bot.start_work()
         return self
 
     def stop(self) -> None:
-        self.runtime.bot.scheduler.shutdown()
+        self.runtime.bot.stop()
         if self._server is not None and self._thread is not None:
             close_waitress(self._server, self._thread)
         self.store.engine.dispose()

@@ -1,7 +1,8 @@
 """Builders shared by the story tests: a policy file, the simulated model service with its registry, a real
 Prometheus scraping it, and a real `rollback-bot serve` process wired to the fake Slack Web API.
 
-Used by tests/test_story.py (and later restart/fault stories). Everything listens on 127.0.0.1.
+Used by tests/test_story.py, the restart and fault stories, tests/replicas_env.py (several BotProcess on one
+PostgreSQL database) and the benchmarks. Everything listens on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -74,9 +75,19 @@ class BotProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30, poll: float = 0.1) -> BotProcess:
+        self.launch()
+        return self.wait_ready(timeout, poll)
+
+    def launch(self) -> BotProcess:
+        """Start the process without waiting for it (tests/replicas_env.py starts several at once)."""
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed in stop()
         self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)
         self._log = log
+        return self
+
+    def wait_ready(self, timeout: float = 30, poll: float = 0.1) -> BotProcess:
+        """Wait until the launched process answers GET /healthz with 200; RuntimeError with its log if it exits."""
+        assert self.proc is not None, "not launched"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -4,6 +4,7 @@ verdicts, the progress message, and a failing executor that must tell the thread
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
@@ -173,7 +174,7 @@ def _failing_bot(tmp_path: Path, slack: FakeSlackAPI, client: MlflowClient, mode
     prom = StubProm({LATENCY: (0.5,), AUC: (0.9,)})
     text = _policy_text(model, f"      - {step}\n      - mlflow_alias: {{model: {model}}}")
     bot = _bot(tmp_path, slack, client, text, prom, clock)
-    bot.scheduler.start()
+    bot.start_work()
     bot.detection.evaluate_once()
     incident = bot.store.active_incident("model-svc")
     assert incident is not None
@@ -206,7 +207,7 @@ def test_a_failing_step_halts_the_plan_tells_the_thread_and_stop_ends_it(
         assert bot.incidents.stop(halted.id, "U0APPROVER").ok
         assert not bot.incidents.stop(halted.id, "U0APPROVER").ok, "a second Stop finds nothing to stop"
     finally:
-        bot.scheduler.shutdown()
+        bot.stop()
     done = bot.store.incident(halted.id)
     assert done.state == "failed" and done.active_service is None
     assert any(e.kind == "summary" and "Rollback failed" in e.text for e in bot.store.events(done.id))
@@ -227,7 +228,7 @@ def test_retry_step_runs_the_failed_step_again_and_goes_on(
         assert not bot.incidents.retry(halted.id, "U0APPROVER").ok, "the second Retry finds the plan already running"
         wait_until(lambda: bot.store.incident(halted.id).state == "verifying", 15, "the retried plan")
     finally:
-        bot.scheduler.shutdown()
+        bot.stop()
     steps = bot.store.steps(halted.id)
     assert [(s.position, s.status) for s in steps] == [(0, "done"), (1, "failed"), (1, "done"), (2, "done")], \
         "step 1 is not run again; step 2 is retried; step 3 follows"
@@ -265,11 +266,15 @@ def test_a_verdict_whose_close_never_ran_is_closed_on_restart(tmp_path: Path, sl
 
     again = _bot(tmp_path, slack, mlflow_client, _policy_text(unique_model), prom, clock)
     again.start()
-    again.scheduler.shutdown()
+    # The dead process's verification row is taken over at once (its lease ended with it): its close runs.
+    wait_until(lambda: any(e.kind == "summary" for e in again.store.events(incident.id)), 10, "the close")
+    again.stop()
     events = [e.kind for e in again.store.events(incident.id)]
     assert events.count("summary") == 1 and "checklist" in events and "frozen" in events
     frozen = again.store.frozen("model-svc")
     assert frozen is not None and frozen.reason == f"rollback incident #{incident.id}"
-    again.start()  # a second restart finds nothing left to close
-    again.scheduler.shutdown()
+    third = _bot(tmp_path, slack, mlflow_client, _policy_text(unique_model), prom, clock)
+    third.start()  # a second restart finds nothing left to close
+    time.sleep(1.5)  # three polls of the work table
+    third.stop()
     assert [e.kind for e in again.store.events(incident.id)].count("summary") == 1

@@ -1,6 +1,8 @@
 """The store's schema comes from the Alembic revisions (bot.infra.migrations), and they describe exactly what the code
 queries with (bot.infra.store.metadata); databases from before Alembic keep their rows; `rollback-bot migrate`
-upgrades, reruns and never prints a password; a Store on PostgreSQL never migrates by itself.
+upgrades, reruns and never prints a password; a Store brings any database to head by itself (as `serve` does),
+under the database's lock, so three processes starting together against an empty PostgreSQL database all come
+up; a database a newer bot migrated is refused, naming its revision.
 
 Each database test runs on SQLite and on a real PostgreSQL server (tests/pg_env.py): `bare_url` is an empty
 database (for PostgreSQL a fresh one that, unlike `fresh_postgres_url`, is not migrated).
@@ -223,11 +225,7 @@ def test_revision_0001_is_the_schema_of_a8443bc(engine: Engine) -> None:
 def test_database_from_before_alembic_keeps_its_rows_and_gains_the_new_columns(bare_url: str, engine: Engine) -> None:
     schema_at_a8443bc().create_all(engine)
     old_id = old_incident(engine)
-    if engine.dialect.name == "sqlite":
-        store = Store(bare_url)  # SQLite: the store upgrades by itself, as `serve` does
-    else:
-        assert migrations.upgrade(bare_url) == migrations.Upgrade(before=None, stamped=migrations.INITIAL, after=HEAD)
-        store = Store(bare_url)
+    store = Store(bare_url)  # the store stamps and upgrades by itself, as `serve` does
     try:
         assert migrations.current(engine) == HEAD
         assert schema_differences(engine, metadata) == []
@@ -264,8 +262,8 @@ def test_database_made_by_create_all_of_todays_schema_is_stamped_at_head(bare_ur
 
 # -- concurrency --------------------------------------------------------------------------------------------
 def test_several_stores_upgrading_one_database_at_once(bare_url: str, engine: Engine) -> None:
-    """Four threads upgrade the same new database at the same moment (on SQLite by building a Store each, as
-    several stores in one process do): none fails, the schema is made once."""
+    """Four threads upgrade the same new database at the same moment, by building a Store each (as several
+    stores in one process do): none fails, the schema is made once."""
     barrier = threading.Barrier(4)
     errors: list[BaseException] = []
     stores: list[Store] = []
@@ -273,10 +271,7 @@ def test_several_stores_upgrading_one_database_at_once(bare_url: str, engine: En
     def one() -> None:
         barrier.wait(timeout=30)
         try:
-            if engine.dialect.name == "sqlite":
-                stores.append(Store(bare_url))
-            else:
-                migrations.upgrade(bare_url)
+            stores.append(Store(bare_url))
         except BaseException as exc:  # collected, so the assertion below shows every thread's failure
             errors.append(exc)
 
@@ -355,7 +350,7 @@ def test_migrate_command_on_an_unreachable_server_says_so_without_the_password(t
     assert PASSWORD not in done.stdout + done.stderr
 
 
-# -- PostgreSQL is never migrated implicitly --------------------------------------------------------------
+# -- a Store migrates by itself, PostgreSQL included ----------------------------------------------------------
 @pytest.fixture
 def bare_postgres_url(postgres_url: str) -> Iterator[str]:
     url = pg_env.create_database(postgres_url)
@@ -363,36 +358,95 @@ def bare_postgres_url(postgres_url: str) -> Iterator[str]:
     pg_env.drop_database(url)
 
 
-def _refusal(url: str) -> str:
-    with pytest.raises(migrations.SchemaError) as raised:
-        Store(url)
-    message = str(raised.value)
-    assert PASSWORD not in message
-    assert f"the bot needs {HEAD}: run `rollback-bot migrate` (DATABASE_URL)" in message
-    assert make_url(url).render_as_string(hide_password=True) in message
-    return message
-
-
-def test_store_on_a_postgres_database_never_migrated_names_the_command(bare_postgres_url: str) -> None:
-    assert "is at revision none (empty)" in _refusal(bare_postgres_url)
+def test_store_on_an_empty_postgres_database_makes_the_schema(bare_postgres_url: str) -> None:
     engine = create_engine(bare_postgres_url)
     try:
-        assert inspect(engine).get_table_names() == []  # the refusal created nothing
-        schema_at_a8443bc().create_all(engine)
-        assert "is at revision none (tables from before Alembic)" in _refusal(bare_postgres_url)
+        assert inspect(engine).get_table_names() == []
+        Store(bare_postgres_url).engine.dispose()
+        assert migrations.current(engine) == HEAD
+        assert schema_differences(engine, metadata) == []
     finally:
         engine.dispose()
 
 
-def test_store_on_a_postgres_database_one_revision_behind_names_the_command(bare_postgres_url: str) -> None:
+def test_store_on_a_postgres_database_one_revision_behind_upgrades_it(bare_postgres_url: str) -> None:
     engine = create_engine(bare_postgres_url)
     try:
         upgrade_to(engine, migrations.INITIAL)
+        old_id = old_incident(engine)
+        store = Store(bare_postgres_url)
+        try:
+            assert migrations.current(engine) == HEAD
+            assert store.incident(old_id).trigger == "p95_latency"
+        finally:
+            store.engine.dispose()
     finally:
         engine.dispose()
-    assert f"is at revision {migrations.INITIAL}," in _refusal(bare_postgres_url)
-    migrations.upgrade(bare_postgres_url)
-    Store(bare_postgres_url).engine.dispose()  # after `migrate`, the store starts
+
+
+def test_a_database_a_newer_bot_migrated_is_refused_naming_its_revision(bare_url: str, tmp_path: Path,
+                                                                          engine: Engine) -> None:
+    """A revision this bot does not have (a newer bot's, during a rolling deploy) is neither upgraded nor
+    downgraded: the Store raises SchemaError (serve refuses to start) and `migrate` says so in one line."""
+    migrations.upgrade(engine)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0099_future'")
+    with pytest.raises(migrations.SchemaError) as raised:
+        Store(bare_url)
+    message = str(raised.value)
+    assert "is at revision 0099_future, which this bot does not know" in message and HEAD in message
+    assert PASSWORD not in message and make_url(bare_url).render_as_string(hide_password=True) in message
+    done = run_migrate(bare_url, tmp_path)
+    assert done.returncode == 1 and "cannot migrate" in done.stderr and "0099_future" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and PASSWORD not in done.stdout + done.stderr
+    assert migrations.current(engine) == "0099_future"
+
+
+# Imports the store (the slow part of a start), says so, then builds a Store on the URL when told to.
+_STARTER = """
+import sys
+from bot.infra.store import Store
+print("imported", flush=True)
+sys.stdin.readline()
+Store(sys.argv[1]).engine.dispose()
+print("up", flush=True)
+"""
+
+
+def test_three_processes_starting_on_an_empty_postgres_database_all_come_up(postgres_url: str) -> None:
+    """What three replicas started together do: each process builds a Store on the same empty database at
+    the same moment (released together once all three have imported the bot). Five rounds, a new database
+    each: every process comes up, the schema is made once."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for _round in range(5):
+        url = pg_env.create_database(postgres_url)
+        try:
+            procs = [subprocess.Popen([sys.executable, "-c", _STARTER, url], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                     for _ in range(3)]
+            try:
+                for proc in procs:
+                    assert proc.stdout is not None and proc.stdout.readline().strip() == "imported"
+                for proc in procs:  # the start signal, to all three within microseconds
+                    assert proc.stdin is not None
+                    proc.stdin.write("\n")
+                    proc.stdin.flush()
+                outputs = [proc.communicate(timeout=60) for proc in procs]
+            finally:
+                for proc in procs:
+                    if proc.poll() is None:  # a failed assertion above: do not leave it running
+                        proc.kill()
+                        proc.wait(10)
+            assert [proc.returncode for proc in procs] == [0, 0, 0], outputs
+            assert [out.strip() for out, _err in outputs] == ["up"] * 3
+            check = create_engine(url)
+            try:
+                assert migrations.current(check) == HEAD
+                assert schema_differences(check, metadata) == []
+            finally:
+                check.dispose()
+        finally:
+            pg_env.drop_database(url)
 
 
 # -- packaging ------------------------------------------------------------------------------------------------

@@ -34,7 +34,8 @@ def test_manifest_declares_command_interactivity_and_scopes() -> None:
     settings = manifest["settings"]
     assert settings["interactivity"] == {"is_enabled": True, "request_url": command["url"]}
     assert settings["socket_mode_enabled"] is False
-    assert {"chat:write", "commands", "usergroups:read", "files:write"} <= set(manifest["oauth_config"]["scopes"]["bot"])
+    assert {"chat:write", "commands", "usergroups:read", "files:write", "channels:history", "groups:history"} <= set(
+        manifest["oauth_config"]["scopes"]["bot"])
 
 
 def test_console_script_entry_point() -> None:

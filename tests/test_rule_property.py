@@ -8,7 +8,7 @@ member, a stranger and whoever requested the rollback, on services with and with
   confirmed approval by an approver (two different approvers with two_person; a requester who is not an
   approver counts for nothing), or the automatic mode armed by detection or Alertmanager and not stopped;
 - at most one active incident per service;
-- no incident is `executing` unless its plan run is queued or running;
+- no incident is `executing` unless its plan run is a durable row (to run, running, or to take over);
 - every refusal is audited (a non-approver's decision adds a `refused` audit row).
 
 Requests go through the real Bolt app and handlers (signed bodies, `App.dispatch`), the real IncidentService,
@@ -143,13 +143,12 @@ def policy_text() -> str:
 
 # -- a scheduler that runs jobs when the test says so ---------------------------------------------------
 class StepScheduler:
-    """soon() queues; due jobs run on `run_due()`; `every()` jobs (verification) run on `tick()`. A restart
-    drops everything queued, as a killed process would."""
+    """The local ticker, run by the test: `every()` jobs (the evaluation) run on `tick()`. The durable work
+    (plan runs, verification, timers) is in the store; the test runs it with the replica's `run_due`."""
 
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
         self.lock = threading.RLock()
-        self.queue: list[tuple[float, str | None, Callable[..., Any], tuple[Any, ...]]] = []
         self.periodic: dict[str, tuple[Callable[..., Any], tuple[Any, ...]]] = {}
 
     def start(self) -> None:
@@ -157,42 +156,20 @@ class StepScheduler:
 
     def shutdown(self) -> None:
         with self.lock:
-            self.queue.clear()
             self.periodic.clear()
 
     def every(self, job_id: str, seconds: float, fn: Callable[..., Any], *args: Any) -> None:
         with self.lock:
             self.periodic[job_id] = (fn, args)
 
-    def soon(self, fn: Callable[..., Any], *args: Any, delay: float = 0.0, job_id: str | None = None) -> None:
-        with self.lock:
-            if job_id is not None:
-                self.queue = [j for j in self.queue if j[1] != job_id]
-            self.queue.append((self.clock() + delay, job_id, fn, args))
-
     def cancel(self, job_id: str) -> None:
         with self.lock:
-            self.queue = [j for j in self.queue if j[1] != job_id]
             self.periodic.pop(job_id, None)
 
-    def pending_runs(self) -> set[int]:
-        """Incident ids whose plan run (execute) is queued."""
-        with self.lock:
-            return {args[0] for _, _, fn, args in self.queue if getattr(fn, "__name__", "") == "execute" and args}
-
-    def run_due(self) -> None:
-        for _ in range(50):  # jobs queue more jobs (an approval queues the run); bounded
-            with self.lock:
-                due = [j for j in self.queue if j[0] <= self.clock()]
-                self.queue = [j for j in self.queue if j[0] > self.clock()]
-            if not due:
-                return
-            for _, _, fn, args in due:
-                fn(*args)
-
     def tick(self) -> None:
+        """The periodic jobs but the replica's own (heartbeat, work poll): the test runs the work itself."""
         with self.lock:
-            jobs = list(self.periodic.values())
+            jobs = [job for job_id, job in self.periodic.items() if not job_id.startswith(("heartbeat-", "work-"))]
         for fn, args in jobs:
             fn(*args)
 
@@ -308,8 +285,8 @@ class RuleMachine(RuleBasedStateMachine):
         clicked = self._click(service, user, blocks.APPROVE)
         if clicked is not None and not typed and user in IS_APPROVER and clicked.state == "open":
             self.world.approvals.setdefault(clicked.id, set()).add(user)  # confirmed in Slack's dialog
-        if then_work:  # the scheduler picks the run up at once, as it would in `serve`
-            self.scheduler.run_due()
+        if then_work:  # the replica picks the run up at once, as it would in `serve`
+            self._run_due()
 
     @rule(service=st.sampled_from([n for n, (_, _, c) in SERVICES.items() if c == "typed"]),
           user=st.sampled_from(USERS), right=st.booleans())
@@ -376,8 +353,9 @@ class RuleMachine(RuleBasedStateMachine):
 
     @rule()
     def background_work(self) -> None:
-        self.scheduler.run_due()
+        self._run_due()
         self._detected(self.scheduler.tick)  # the ticks include the evaluation job
+        self._run_due()
 
     @rule(n=st.integers(1, 2))
     def executor_breaks(self, n: int) -> None:
@@ -385,9 +363,16 @@ class RuleMachine(RuleBasedStateMachine):
 
     @rule()
     def restart(self) -> None:
-        """The process dies (queued work is lost) and a new one starts on the same database."""
+        """The process dies and a new one starts on the same database: its durable work (plan runs, verification,
+        timers) is taken over by the new process, which halts a plan that was in flight as interrupted."""
         self.scheduler.shutdown()
         self._boot()
+
+    def _run_due(self) -> None:
+        """Run the durable work that is due, and what it makes due (an approval's plan run, its first tick)."""
+        for _ in range(50):  # bounded: work makes more work due
+            if not self.bot.replica.run_due(wait=True):
+                return
 
     # -- invariants -----------------------------------------------------------------------------------
     @invariant()
@@ -403,9 +388,9 @@ class RuleMachine(RuleBasedStateMachine):
 
     @invariant()
     def nothing_executing_without_a_run(self) -> None:
-        running = self.scheduler.pending_runs()
         for incident in self.store.incidents_in(("executing",)):
-            assert incident.id in running, f"incident {incident.id} is executing with nothing running"
+            plans = [w for w in self.store.pending_work(incident.id) if w.kind == "plan"]
+            assert plans, f"incident {incident.id} is executing with no plan run to take"
 
 
 EXAMPLES = int(os.environ.get("HYPOTHESIS_RULE_EXAMPLES", "100"))

@@ -7,9 +7,8 @@ database per test), the two databases the README promises.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
@@ -17,28 +16,6 @@ from bot.infra.store import Store
 from tests.stubs import Clock
 
 MakeStore = Callable[..., Store]
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The database URL of this run: a SQLite file, or a fresh database on the session's PostgreSQL."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'db.sqlite'}"
-    return str(request.getfixturevalue("fresh_postgres_url"))
-
-
-@pytest.fixture
-def make_store(url: str) -> Iterator[MakeStore]:
-    """Store(url, ...) for this run's database; every store made is closed (its pool disposed) afterwards."""
-    made: list[Store] = []
-
-    def make(**kwargs: object) -> Store:
-        made.append(Store(url, **kwargs))  # type: ignore[arg-type]
-        return made[-1]
-
-    yield make
-    for store in made:
-        store.engine.dispose()
 
 
 @pytest.fixture

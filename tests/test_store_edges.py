@@ -42,14 +42,6 @@ from tests.test_alertmanager import AM_TOKEN, alert, results, send, webhook
 LONG = "x" * 10_000
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """This run's database: a SQLite file, or a fresh database on the session's PostgreSQL server."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'db.sqlite'}"
-    return str(request.getfixturevalue("fresh_postgres_url"))
-
-
 @pytest.fixture
 def store(url: str) -> Iterator[Store]:
     store = Store(url, clock=Clock())

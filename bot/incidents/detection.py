@@ -34,13 +34,15 @@ Open = Callable[[Service, Reading], Any]  # opens (or finds) the service's incid
 
 class Detection:
     def __init__(self, *, policy: Policy, evaluator: Evaluator, store: Store, gate: Gate, timeline: Timeline,
-                 open_incident: Open, clock: Callable[[], float] = time.time) -> None:
+                 open_incident: Open, owns: Callable[[str], bool] = lambda _: True,
+                 clock: Callable[[], float] = time.time) -> None:
         self.policy = policy
         self.evaluator = evaluator
         self.store = store
         self.gate = gate
         self.timeline = timeline
         self.open_incident = open_incident
+        self.owns = owns  # whether this replica evaluates a service this cycle (its shard's lease)
         self.clock = clock
         self._openers = ThreadPoolExecutor(OPENERS, thread_name_prefix="open")
         self._opening: set[str] = set()
@@ -48,10 +50,12 @@ class Detection:
         self._exported: dict[tuple[str, str], int] = {}
 
     def evaluate_once(self) -> dict[str, list[Reading]]:
-        """One evaluation cycle: read every SLO, open incidents for sustained breaches, run the gate."""
+        """One evaluation cycle over the services this replica's shards hold: read their SLOs, open incidents for
+        sustained breaches, run their gate; then retry what did not reach Slack."""
         started = time.perf_counter()
         metrics.EVALUATION_STARTED.set(time.time())
-        readings = self.evaluator.evaluate(self.policy, now=self.clock())
+        mine = [svc for svc in self.policy.services.values() if self.owns(svc.name)]
+        readings = self.evaluator.evaluate(self.policy, now=self.clock(), services=mine) if mine else {}
         active = self.store.active_services()
         opening: list[Future[None]] = []
         for name, service_readings in readings.items():
@@ -62,11 +66,12 @@ class Detection:
                 if new:
                     opening.extend(self._open_detected(self.policy.services[name], new[0]))
         wait(opening, timeout=OPEN_WAIT)  # the rest go on in the background; their warnings follow
-        for svc, decision in self.gate.consider_all(self.policy.services.values()):
+        for svc, decision in self.gate.consider_all(mine):
             if decision.promoted:
                 self.timeline.say(svc.channel, wording.promoted(svc, decision.version, decision.previous))
         self.timeline.flush_all()
         self.store.forget_requests(older_than=self.clock() - SEEN_REQUESTS_KEPT)
+        self.store.forget_inbox(older_than=self.clock() - SEEN_REQUESTS_KEPT)
         took = time.perf_counter() - started
         metrics.EVALUATION_SECONDS.observe(took)
         metrics.EVALUATION_LAST.set(took)

@@ -1,8 +1,9 @@
 """Plan runs and what follows them: run an approved plan step by step, halt it when a step fails, verify the SLOs
 until they are back, and close the incident.
 
-Called by bot.incidents.service (an approval, Retry step / Resume) and by the scheduler (a plan run, the
-verification ticks); bot.incidents.recovery re-schedules verification after a restart. Who may run a plan is
+Called by bot.incidents.service (an approval, Retry step / Resume) and by bot.incidents.recovery, which runs the
+durable work rows (a plan run, the verification ticks, a close) that `run_soon`, `schedule_verification` and
+`close_soon` leave for whichever replica takes them (bot.infra.replica). Who may run a plan is
 asked of the one rule in bot.incidents.authorization once more right before anything reaches an executor; a
 run that fails outside its steps halts the incident (Retry step / Stop), so nothing stays `executing` with
 nothing running.
@@ -18,12 +19,12 @@ from typing import Any
 from bot.incidents.authorization import Authorization
 from bot.incidents.close import Closer
 from bot.incidents.runner import Runner, stored_outcome
-from bot.incidents.states import State, move, verify_job
+from bot.incidents.states import CLOSE, PLAN, VERIFY, State, move
 from bot.incidents.verify import Verifier
 from bot.infra.actors import AUTO_ACTOR
 from bot.infra.plans import Baseline
-from bot.infra.scheduler import Scheduler
-from bot.infra.store import Incident, Step, Store
+from bot.infra.replica import Replica
+from bot.infra.store import Fenced, Incident, Step, Store
 from bot.slack import wording
 from bot.slack.timeline import Timeline
 from bot.slo.gate import Gate
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 
 class Runs:
     def __init__(self, *, policy: Policy, store: Store, timeline: Timeline, runner: Runner, authz: Authorization,
-                 verifier: Verifier, closer: Closer, gate: Gate, scheduler: Scheduler,
+                 verifier: Verifier, closer: Closer, gate: Gate, work: Replica,
                  clock: Callable[[], float] = time.time) -> None:
         self.policy = policy
         self.store = store
@@ -45,23 +46,26 @@ class Runs:
         self.verifier = verifier
         self.closer = closer
         self.gate = gate
-        self.scheduler = scheduler
+        self.work = work
         self.clock = clock
 
     def run_soon(self, incident_id: int) -> None:
-        """Hand an incident just moved to `executing` to a scheduler thread; if that fails, halt it at once so
-        it never sits in `executing` with nothing running."""
+        """Leave the plan run of an incident just moved to `executing` for a replica to take (a durable row); if
+        that fails, halt it at once so it never sits in `executing` with nothing running."""
         try:
-            self.scheduler.soon(self.execute, incident_id)
-        except Exception as exc:  # noqa: BLE001 - e.g. the scheduler shut down: the incident must not be stuck
+            self.work.schedule(PLAN, incident_id)
+        except Exception as exc:  # noqa: BLE001 - e.g. the database is unreachable: the incident must not be stuck
             self.halt_unexpected(incident_id, exc)
 
     def execute(self, incident_id: int) -> None:
-        """Run the approved plan (scheduler thread), from the first step not yet done. Never raises: the
-        outcome goes to the thread, and any failure around a step (the freeze, the store, the timeline)
-        halts the incident with its cause, *Retry step* and *Stop*."""
+        """Run the approved plan (a replica's work thread), from the first step not yet done. Never raises but
+        Fenced: the outcome goes to the thread, and any failure around a step (the freeze, the store, the
+        timeline) halts the incident with its cause, *Retry step* and *Stop*. Fenced (this replica lost its
+        lease meanwhile) ends the run where it is: the replica that took the plan over halts it as interrupted."""
         try:
             self._execute(incident_id)
+        except Fenced:
+            raise
         except Exception as exc:  # noqa: BLE001 - the invariant: no incident stays executing with nothing running
             log.exception("incident %s: the plan run failed outside its steps", incident_id)
             self.halt_unexpected(incident_id, exc)
@@ -140,17 +144,32 @@ class Runs:
 
     # -- verification and the close --------------------------------------------------------------------------
     def schedule_verification(self, incident_id: int, svc: Service) -> None:
-        self.scheduler.every(verify_job(incident_id), svc.verify.every, self.verify_tick, incident_id)
+        self.work.schedule(VERIFY, incident_id, every=svc.verify.every, keep_here=True)
 
-    def verify_tick(self, incident_id: int) -> None:
+    def verify_tick(self, incident_id: int) -> float | None:
+        """One verification tick; the seconds until the next one, or None once the verdict is in and closed."""
         incident = self.store.incident(incident_id)
         svc = self.policy.services.get(incident.service)
         if svc is None or incident.state != State.VERIFYING:
-            self.scheduler.cancel(verify_job(incident_id))
-            return
+            return None
         if self.verifier.tick(incident_id, svc):
-            self.scheduler.cancel(verify_job(incident_id))
             self.finish(self.store.incident(incident_id), svc)
+            return None
+        return svc.verify.every
+
+    def close_guarded(self, incident_id: int) -> None:
+        """Close an incident that ended without verification (Stop) now, with a close row due a lease ttl later
+        as the guard: if this replica dies before the close is done, another one closes it."""
+        self.work.schedule(CLOSE, incident_id, due_in=self.work.ttl)
+        self.close(incident_id)
+        self.work.cancel(CLOSE, incident_id)
+
+    def close(self, incident_id: int) -> None:
+        """Close an incident whose end is stored (freeze, checklist, summary), unless its summary is written."""
+        incident = self.store.incident(incident_id)
+        svc = self.policy.services.get(incident.service)
+        if svc and not any(e.kind == "summary" for e in self.store.events(incident_id)):
+            self.finish(incident, svc)
 
     def finish(self, incident: Incident, svc: Service) -> None:
         self.closer.close(incident, svc)

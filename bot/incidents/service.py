@@ -19,11 +19,11 @@ from bot.incidents.authorization import Authorization, arms_automatic
 from bot.incidents.planning import Planner
 from bot.incidents.replies import Reply
 from bot.incidents.runs import Runs
-from bot.incidents.states import State, auto_job, move
+from bot.incidents.states import AUTO, State, move
 from bot.infra import metrics
 from bot.infra.actors import AUTO_ACTOR
 from bot.infra.plans import Baseline
-from bot.infra.scheduler import Scheduler
+from bot.infra.replica import Replica
 from bot.infra.store import Incident, Store
 from bot.slack import blocks, wording
 from bot.slack.timeline import Timeline
@@ -33,14 +33,14 @@ from bot.slo.policy import Policy, Service
 
 class IncidentService:
     def __init__(self, *, policy: Policy, store: Store, timeline: Timeline, authz: Authorization, planner: Planner,
-                 runs: Runs, scheduler: Scheduler, clock: Callable[[], float] = time.time) -> None:
+                 runs: Runs, work: Replica, clock: Callable[[], float] = time.time) -> None:
         self.policy = policy
         self.store = store
         self.timeline = timeline
         self.authz = authz
         self.planner = planner
         self.runs = runs
-        self.scheduler = scheduler
+        self.work = work
         self.clock = clock
 
     # -- lookups -----------------------------------------------------------------------------------------
@@ -86,6 +86,8 @@ class IncidentService:
             existing = self.store.active_incident(svc.name)
             assert existing is not None
             return existing
+        if auto_at is not None:  # the timer is a row before anything else can fail or the replica die
+            self.schedule_auto(incident)
         if reading is not None:
             self.timeline.record(incident.id, "detected", wording.detected(reading))
         else:
@@ -96,7 +98,6 @@ class IncidentService:
         incident = self.timeline.post_warning(incident)
         if auto_at is not None:
             self.timeline.record(incident.id, "auto_armed", wording.auto_armed(auto_at, svc.auto_rollback_grace))
-            self.schedule_auto(incident)
         return incident
 
     def request_rollback(self, service: str, user: str, channel: str, *, to: str | None = None) -> Reply:
@@ -209,7 +210,7 @@ class IncidentService:
                      first_approver_other_than=user if svc.two_person else None)
         if moved is None:
             return self._past_approval(incident_id, user)
-        self.scheduler.cancel(auto_job(incident_id))
+        self.work.cancel(AUTO, incident_id)
         self.store.audit(actor=user, action="approve", result="ok", incident_id=incident_id)
         self.timeline.record(incident_id, "approved",
                              wording.approved(user, moved.first_approver if svc.two_person else None))
@@ -224,8 +225,7 @@ class IncidentService:
         return Reply(False, wording.past_approval(incident_id, blocks.status_line(current)))
 
     def schedule_auto(self, incident: Incident) -> None:
-        delay = max(0.0, (incident.auto_at or 0) - self.clock())
-        self.scheduler.soon(self.auto_approve, incident.id, delay=delay, job_id=auto_job(incident.id))
+        self.work.schedule(AUTO, incident.id, due_in=max(0.0, (incident.auto_at or 0) - self.clock()))
 
     def auto_approve(self, incident_id: int) -> None:
         """The grace period of an automatic rollback ran out with nobody pressing Stop: run the plan."""
@@ -241,7 +241,7 @@ class IncidentService:
                          detail={"automatic": True})
         self.timeline.record(incident_id, "approved", wording.AUTO_APPROVED)
         self.timeline.refresh_warning(incident_id)
-        self.runs.execute(incident_id)
+        self.runs.run_soon(incident_id)
 
     def dismiss(self, incident_id: int, user: str) -> Reply:
         incident, refusal = self.authorize(incident_id, user, action="dismiss")
@@ -251,7 +251,7 @@ class IncidentService:
         if moved is None:
             return Reply(False, wording.cannot_dismiss(incident_id,
                                                        blocks.status_line(self.store.incident(incident_id))))
-        self.scheduler.cancel(auto_job(incident_id))
+        self.work.cancel(AUTO, incident_id)
         self.store.audit(actor=user, action="dismiss", result="ok", incident_id=incident_id)
         self.timeline.record(incident_id, "dismissed", wording.dismissed(user))
         self.timeline.refresh_warning(incident_id)
@@ -266,7 +266,7 @@ class IncidentService:
         if incident.state == State.OPEN:
             if self.store.set_if(incident_id, State.OPEN.value, "auto_at", incident.auto_at, None) is None:
                 return Reply(False, wording.no_auto_to_stop(incident_id))
-            self.scheduler.cancel(auto_job(incident_id))
+            self.work.cancel(AUTO, incident_id)
             self.store.audit(actor=user, action="stop_auto", result="ok", incident_id=incident_id)
             self.timeline.record(incident_id, "auto_stopped", wording.auto_stopped(user))
             self.timeline.refresh_warning(incident_id)
@@ -276,9 +276,7 @@ class IncidentService:
             return Reply(False, wording.nothing_to("stop", incident_id, blocks.status_line(incident)))
         self.store.audit(actor=user, action="stop", result="ok", incident_id=incident_id)
         self.timeline.record(incident_id, "stopped", wording.stopped(user, moved.error))
-        svc = self.service(moved.service)
-        if svc:
-            self.runs.finish(moved, svc)
+        self.runs.close_guarded(incident_id)
         return Reply(True, wording.stopped_reply(incident_id))
 
     def retry(self, incident_id: int, user: str) -> Reply:

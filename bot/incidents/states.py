@@ -56,11 +56,8 @@ def move(store: Store, incident_id: int, start: State, end: State, **fields: Any
     return store.transition(incident_id, (start.value,), end.value, **fields)
 
 
-def auto_job(incident_id: int) -> str:
-    """The scheduler job that runs an automatic rollback when its grace period ends."""
-    return f"auto-{incident_id}"
-
-
-def verify_job(incident_id: int) -> str:
-    """The scheduler job that ticks an incident's verification."""
-    return f"verify-{incident_id}"
+# The kinds of an incident's durable work (bot.infra.replica runs them; bot.incidents.recovery handles them):
+PLAN = "plan"  # run the approved plan (taken over from a dead replica: halted as interrupted)
+VERIFY = "verify"  # one verification tick, due again every verify.every until the verdict and its close
+AUTO = "auto"  # the automatic rollback, due when its grace period ends
+CLOSE = "close"  # the close of an incident ended without verification (Stop)

@@ -29,6 +29,10 @@ class Settings:
     # time). Kubernetes credentials come from KUBECONFIG or the in-cluster service account, read by executors.
     helm_bin: str = "helm"
     git_workdir: str | None = None
+    # Many replicas on one PostgreSQL database (bot.infra.replica): this replica's id (default hostname-pid; a
+    # restarted replica may reuse it) and the lease ttl in seconds (a dead replica's work moves after at most this).
+    replica_id: str | None = None
+    lease_ttl: float = 15.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -55,9 +59,36 @@ class Settings:
             alertmanager_service_label=label,
             helm_bin=env.get("HELM_BIN") or "helm",
             git_workdir=env.get("GIT_WORKDIR") or None,
+            replica_id=_replica_id(env.get("ROLLBACK_REPLICA_ID")),
+            lease_ttl=_lease_ttl(env.get("ROLLBACK_LEASE_TTL")),
         )
+
+    @property
+    def exclusive(self) -> bool:
+        """Whether this database can have one replica only (SQLite: one `serve` per file)."""
+        return self.database_url.startswith("sqlite")
 
     def secrets(self) -> list[str]:
         """Values that must never be printed; used by the log filter."""
         return [s for s in (self.slack_bot_token, self.slack_signing_secret, self.slack_app_token,
                             self.alertmanager_token) if s]
+
+
+def _replica_id(value: str | None) -> str | None:
+    if not value:
+        return None
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}", value):
+        raise ConfigError(f"ROLLBACK_REPLICA_ID must be 1-100 letters, digits or . _ : - (got {value[:120]!r})")
+    return value
+
+
+def _lease_ttl(value: str | None) -> float:
+    if not value:
+        return 15.0
+    try:
+        ttl = float(value)
+    except ValueError:
+        raise ConfigError(f"ROLLBACK_LEASE_TTL must be a number of seconds, got {value[:40]!r}") from None
+    if not 1.0 <= ttl <= 600.0:
+        raise ConfigError(f"ROLLBACK_LEASE_TTL must be between 1 and 600 seconds, got {ttl:g}")
+    return ttl

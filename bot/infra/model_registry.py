@@ -99,6 +99,8 @@ class ModelRegistry:
         """Point `to` at `version`, and `previous` at what `to` pointed at before. Returns that old version."""
         old = self.by_alias(model, to)
         try:
+            if old is not None and old.version == version:  # promoted meanwhile: previous must stay the one before
+                return None
             if old is not None:
                 self.client.set_registered_model_alias(model, previous, old.version)
             self.client.set_registered_model_alias(model, to, version)

@@ -1,5 +1,7 @@
-"""Everything the bot says in Slack goes through here: posts, thread replies, in-place updates, ephemerals,
-modals, file uploads (files_upload_v2), user-group lookups and a slash command's answer to its response_url.
+"""Everything the bot says in Slack goes through here: posts (with message metadata), thread replies, in-place
+updates, ephemerals, modals, file uploads (files_upload_v2), user-group lookups, a slash command's answer to its
+response_url, and the reads that find what another replica already posted (conversations.replies / .history with
+include_all_metadata, every page).
 
 Called by bot.slack.timeline, bot.slack.chart, bot.incidents.approvers (user groups), handlers.slack_http (response_url
 answers) and handlers/ (ephemeral replies, the typed-confirm modal) with a slack_sdk WebClient whose base_url comes from
@@ -28,7 +30,11 @@ from bot.slack.blocks import escape
 
 
 class SlackError(Exception):
-    """A Slack Web API call failed after its retries."""
+    """A Slack Web API call failed after its retries; `code` is Slack's error name when it answered one."""
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def make_client(token: str, base_url: str | None = None) -> WebClient:
@@ -47,7 +53,9 @@ def idempotent_copy(client: WebClient) -> WebClient:
     return copy
 
 
-IDEMPOTENT = frozenset({"chat.update", "usergroups.users.list"})
+IDEMPOTENT = frozenset({"chat.update", "usergroups.users.list", "conversations.replies", "conversations.history"})
+_PAGE = 200  # messages per page of conversations.replies / .history (Slack: 1000 and 999 at most)
+_MAX_PAGES = 50  # a bound on one read: 10,000 messages, far more than an incident's thread or a channel's day
 
 
 class SlackOut:
@@ -64,7 +72,8 @@ class SlackOut:
             response = getattr(client, method.replace(".", "_"))(**params)
         except SlackApiError as exc:
             # Slack answered ok=false (or an HTTP error after retries): reported to the caller by name.
-            raise SlackError(self._redact(f"{method}: {exc.response.get('error', exc.response.status_code)}")) from exc
+            error = exc.response.get("error", exc.response.status_code)
+            raise SlackError(self._redact(f"{method}: {error}"), code=str(error)) from exc
         except (SlackClientError, OSError) as exc:
             # Transport failure (connection refused, timeout): the caller records it and carries on.
             raise SlackError(self._redact(f"{method}: {type(exc).__name__}: {exc}")) from exc
@@ -77,12 +86,16 @@ class SlackOut:
         return redact.redact(text.replace(token, "***") if token else text)
 
     def post(self, channel: str, text: str, blocks: list[dict[str, Any]] | None = None,
-             thread_ts: str | None = None) -> str:
+             thread_ts: str | None = None, metadata: dict[str, Any] | None = None) -> str:
+        """chat.postMessage; `metadata` is Slack message metadata, {"event_type": ..., "event_payload": {...}}
+        (the timeline names each event's id in it, so a thread read with `replies` shows what was posted)."""
         params: dict[str, Any] = {"channel": channel, "text": escape(text), "unfurl_links": False}
         if blocks is not None:
             params["blocks"] = blocks
         if thread_ts:
             params["thread_ts"] = thread_ts
+        if metadata is not None:
+            params["metadata"] = metadata
         ts = self._call("chat.postMessage", **params).get("ts")
         if not ts:
             raise SlackError("chat.postMessage: the answer carried no ts, so the thread cannot be found")
@@ -136,6 +149,32 @@ class SlackOut:
         """`user_id` in `team_id` per auth.test: whether Slack accepts the token."""
         answer = self._call("auth.test")
         return f"{answer.get('user_id', '?')} in {answer.get('team_id', '?')}"
+
+    def replies(self, channel: str, ts: str) -> list[dict[str, Any]]:
+        """The thread of message `ts` (the parent first, then its replies, oldest first), each message with its
+        `metadata`: conversations.replies with include_all_metadata, every page (response_metadata.next_cursor)."""
+        return self._pages("conversations.replies", channel=channel, ts=ts)
+
+    def history(self, channel: str, oldest: float) -> list[dict[str, Any]]:
+        """The channel's top-level messages since `oldest` (unix seconds), newest first, each with its `metadata`:
+        conversations.history with include_all_metadata, every page."""
+        return self._pages("conversations.history", channel=channel, oldest=f"{oldest:.6f}")
+
+    def _pages(self, method: str, **params: Any) -> list[dict[str, Any]]:
+        messages: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        cursor = ""
+        for _ in range(_MAX_PAGES):
+            page = self._call(method, include_all_metadata=True, limit=_PAGE, **params,
+                              **({"cursor": cursor} if cursor else {}))
+            for message in page.get("messages") or []:
+                if isinstance(message, dict) and str(message.get("ts")) not in seen:  # a parent repeated per page
+                    seen.add(str(message.get("ts")))
+                    messages.append(message)
+            cursor = str((page.get("response_metadata") or {}).get("next_cursor") or "")
+            if not cursor:
+                return messages
+        raise SlackError(f"{method}: more than {_MAX_PAGES} pages of {_PAGE} messages")
 
     def usergroup_users(self, usergroup: str) -> list[str]:
         return [str(u) for u in self._call("usergroups.users.list", usergroup=usergroup).get("users", [])]

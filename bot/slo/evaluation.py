@@ -215,9 +215,12 @@ class Evaluator:
         """Read the stored SLO states again at the next cycle (someone else changed them)."""
         self._states = None
 
-    def evaluate(self, policy: Policy, now: float | None = None) -> dict[str, list[Reading]]:
+    def evaluate(self, policy: Policy, now: float | None = None,
+                 services: Iterable[Service] | None = None) -> dict[str, list[Reading]]:
+        """Read and track the SLOs of `services` (default: every service of the policy)."""
         now = now or time.time()
-        fresh = read(self.prom, policy.services.values(), group=self.group, grouper=self.grouper)
+        chosen = policy.services.values() if services is None else services
+        fresh = read(self.prom, chosen, group=self.group, grouper=self.grouper)
         previous = self._states if self._states is not None else self.store.slo_states()
         self._states = None  # until this cycle's changes are stored
         healthy_since = self.store.healthy_since_all()

@@ -49,10 +49,12 @@ class Decision:
 
 class Gate:
     def __init__(self, store: Store, registry: ModelRegistry, clock: Callable[[], float] = time.time,
-                 alias_ttl: float = ALIAS_TTL) -> None:
+                 alias_ttl: float = ALIAS_TTL, may_act: Callable[[str], bool] = lambda _: True) -> None:
         self.store = store
         self.registry = registry
         self.clock = clock
+        # Whether this replica still holds the lease of the service's shard, asked right before aliases move.
+        self.may_act = may_act
         self.aliases = AliasCache(registry, alias_ttl)
 
     def freeze(self, service: Service, *, incident_id: int, bad_version: str | None, reason: str,
@@ -127,10 +129,17 @@ class Gate:
             self.aliases.note_blocked(service.model, candidate.version)
             metrics.PROMOTIONS.labels(service=service.name, result="refused_blocked").inc()
             return Decision(False, f"version {candidate.version} is rollback_blocked")
+        if not self.may_act(service.name):
+            return Decision(False, "this replica no longer evaluates the service (its shard moved)")
+        # One promotion per candidate, whichever replica gets here: the first to claim the key promotes.
+        claim = f"promote:{service.model}:{candidate.version}:{promote.to}"
+        if not self.store.claim_request(claim):
+            return Decision(False, f"version {candidate.version} is being promoted by another replica")
         try:
             previous = self.registry.promote(service.model, version=candidate.version, to=promote.to,
                                              previous=promote.previous)
         except RegistryError as exc:
+            self.store.release_request(claim)  # not promoted: a later cycle may try again
             return Decision(False, f"promotion failed: {exc}")
         finally:
             self.aliases.forget(service.model)

@@ -1,17 +1,22 @@
 """The store's schema migrations (Alembic), and the small API the bot uses to apply them.
 
-bot.infra.store's `Store.__init__` calls `upgrade` on SQLite (so `serve` and every test keep creating their database
-by themselves) and `require_current` on any other database; `rollback-bot migrate` (bot.cli) calls `upgrade`
-on DATABASE_URL. The revisions are hand-written files in bot/infra/migrations/versions, run by bot/infra/migrations/env.py
-on the connection this module opens; Alembic is configured in code (`config`), no alembic.ini.
+bot.infra.store's `Store.__init__` calls `upgrade` on every database (so `serve`, each of its replicas and every
+test bring their database to head by themselves); `rollback-bot migrate` (bot.cli) calls `upgrade` on
+DATABASE_URL, to migrate ahead of a deploy. The revisions are hand-written files in bot/infra/migrations/versions,
+run by bot/infra/migrations/env.py on the connection this module opens; Alembic is configured in code (`config`),
+no alembic.ini.
 
 A database created before Alembic (the tables exist, alembic_version does not) is stamped with the revision
 its tables already match, then upgraded, so existing SQLite files keep their rows and gain the new columns.
 The whole upgrade is one transaction that first takes the database's write lock (SQLite: BEGIN IMMEDIATE;
-PostgreSQL: an advisory lock), so two stores or two processes upgrading the same database wait for each
-other instead of both creating the tables; the one that waited finds the schema at head and does nothing.
+PostgreSQL: a transaction-level advisory lock), and reads the revision again only once it holds it, so two
+stores or processes upgrading the same database (three replicas started together against an empty one) wait
+for each other instead of both creating the tables (alembic_version included); the one that waited finds the
+schema at head and does nothing. The unlocked read before it only skips the lock when the database is at head
+already (PostgreSQL's DDL is transactional: tables being made by another upgrade are not seen until it commits).
 A race lost anyway (SQLite refuses a new connection's switch to WAL while another one creates the file) is
-retried a few times after a short pause.
+retried a few times after a short pause. A database at a revision this bot does not know (a newer bot migrated
+it) is refused with SchemaError, never downgraded.
 """
 
 from __future__ import annotations
@@ -43,7 +48,8 @@ _RETRY_PAUSE = 0.05  # seconds before the second attempt; then 0.1, 0.15, 0.2
 
 
 class SchemaError(RuntimeError):
-    """The database's schema is not the one the bot needs, and the bot does not migrate it by itself."""
+    """The database's schema is not the one the bot needs, and the bot cannot migrate it (`upgrade` of a database
+    at a revision newer than this bot's)."""
 
 
 class Upgrade(NamedTuple):
@@ -102,14 +108,6 @@ def shown(engine: Engine) -> str:
     return engine.url.render_as_string(hide_password=True)
 
 
-def require_current(engine: Engine) -> None:
-    """Raise SchemaError, naming the command that fixes it, unless the database is at the head revision."""
-    if is_current(engine):
-        return
-    raise SchemaError(f"the database at {shown(engine)} is at revision {describe(engine)}, the bot needs {head()}: "
-                      f"run `rollback-bot migrate` (DATABASE_URL)")
-
-
 def engine_for(url: str | URL) -> Engine:
     """An engine for `url` as `upgrade` opens one (SQLite waits for another writer like bot.infra.store's engine)."""
     parsed = make_url(url)
@@ -136,6 +134,7 @@ def _upgrade(engine: Engine) -> Upgrade:
             revision = current(engine)
             if revision == target:  # the usual case (every restart): no lock, no Alembic environment
                 return Upgrade(revision, None, target)
+            _require_known(engine, revision)
             return _upgrade_locked(engine)
         except DBAPIError:
             # Another store or process got in first: it created the tables despite the lock, or (SQLite) it was
@@ -155,7 +154,8 @@ def _upgrade_locked(engine: Engine) -> Upgrade:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
         elif conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})  # freed at commit
-        before = current(conn)
+        before = current(conn)  # read again under the lock: another upgrade may have finished meanwhile
+        _require_known(engine, before)
         stamped = _unversioned_revision(conn) if before is None else None
         cfg = config(conn)
         if stamped is not None:
@@ -164,6 +164,20 @@ def _upgrade_locked(engine: Engine) -> Upgrade:
             command.upgrade(cfg, "head")
         conn.commit()
     return Upgrade(before, stamped, head())
+
+
+def _require_known(engine: Engine, revision: str | None) -> None:
+    """Raise SchemaError when `revision` is not one of this bot's (a newer bot migrated the database): Alembic
+    could neither upgrade nor describe it, and a downgrade would lose what the newer bot stored."""
+    if revision is None or revision in _revisions():
+        return
+    raise SchemaError(f"the database at {shown(engine)} is at revision {revision}, which this bot does not know "
+                      f"(its newest is {head()}): a newer rollback-bot migrated it; run that version")
+
+
+@functools.cache
+def _revisions() -> frozenset[str]:
+    return frozenset(script.revision for script in ScriptDirectory.from_config(config()).walk_revisions())
 
 
 def _unversioned_revision(conn: Connection) -> str | None:

@@ -15,6 +15,8 @@ callers write `store.method(...)`:
 - freezes.py: services whose automatic promotion is off
 - requests.py / alerts.py: the Slack requests and Alertmanager alerts already handled
 - leases.py / work.py: replicas' leases (with fencing epochs) and the durable work they share (bot.infra.replica)
+- budgets.py: rate budgets and a cache shared by every replica (chat.update slots, user-group members)
+- inbox.py: Slack requests stored before their ack, for another replica to handle if the acking one died
 
 What must happen once is decided by the database (conditional UPDATEs, a UNIQUE column, primary-key claims), so
 it holds across threads and across processes sharing the database. Tested on SQLite and PostgreSQL 15: every
@@ -33,10 +35,12 @@ from sqlalchemy.engine import Engine
 
 from bot.infra.store.alerts import Alerts
 from bot.infra.store.audit import AuditLog
+from bot.infra.store.budgets import Budgets, SharedCache
 from bot.infra.store.database import Database, Fence, Fenced, current_fence, fenced
 from bot.infra.store.events import Event, Events
 from bot.infra.store.fitting import _FiniteJSON, _FittedString, _FittedText, finite_json, fit, guard_columns
 from bot.infra.store.freezes import Freeze, Freezes
+from bot.infra.store.inbox import Inbox
 from bot.infra.store.incidents import ACTIVE_STATES, FINAL_STATES, Incident, Incidents
 from bot.infra.store.leases import Leases
 from bot.infra.store.requests import SeenRequests
@@ -106,12 +110,15 @@ class Store:
         # -- Slack requests and Alertmanager alerts already handled (requests.py, alerts.py)
         self.claim_request = seen.claim_request
         self.forget_requests = seen.forget_requests
+        self.release_request = seen.release_request
         self.claim_alert = alerts.claim_alert
         self.update_alert = alerts.update_alert
         # -- leases and durable work, for many replicas on one database (leases.py, work.py)
         self.acquire_lease = leases.acquire
         self.renew_lease = leases.renew
         self.release_lease = leases.release
+        self.renew_leases = leases.renew_many
+        self.expire_leases = leases.expire_others
         self.holds_lease = leases.holds
         self.live_leases = leases.live
         self.schedule_work = work.schedule
@@ -121,6 +128,27 @@ class Store:
         self.take_work = work.take
         self.work_again = work.again
         self.work_done = work.done
+        # -- the outbox's claims, shared budgets and cache, for many replicas on one database (events.py,
+        #    incidents.py, budgets.py)
+        self.claim_event = events.claim_event
+        self.release_event = events.release_event
+        self.claim_warning = incidents.claim_warning
+        self.release_warning = incidents.release_warning
+        self.mark_warned = incidents.mark_warned
+        budget, shared = Budgets(self.db), SharedCache(self.db)
+        self.take_slot = budget.take_slot
+        self.take_slots = budget.take_slots
+        self.extend_slot = budget.extend_slot
+        self.cached = shared.cached
+        self.cache = shared.cache
+        # -- Slack requests stored before their ack, taken over when their replica died (inbox.py)
+        inbox = Inbox(self.db)
+        self.inbox_receive = inbox.receive
+        self.inbox_owns = inbox.owns
+        self.inbox_done = inbox.done
+        self.inbox_orphans = inbox.orphans
+        self.inbox_take = inbox.take
+        self.forget_inbox = inbox.forget
 
     @property
     def engine(self) -> Engine:

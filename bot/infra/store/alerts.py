@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import select, update
 
 from bot.infra.store.database import Database
 from bot.infra.store.tables import alerts
@@ -23,15 +22,15 @@ class Alerts:
     def claim_alert(self, fingerprint: str, starts_at: str, *, service: str, alertname: str,
                     resolved_at: float | None = None) -> bool:
         """True the first time an alert (fingerprint + startsAt) is seen; False for a repeat send of it."""
-        try:
-            with self.db.begin() as conn:
-                conn.execute(insert(alerts).values(fingerprint=fingerprint, starts_at=starts_at, service=service,
-                                                   alertname=alertname, received_at=self.db.clock(),
-                                                   resolved_at=resolved_at))
-        except IntegrityError:
-            # Primary key taken: this alert was already handled (here or by another process).
-            return False
-        return True
+        stmt = self.db.insert(alerts).values(fingerprint=fingerprint, starts_at=starts_at, service=service,
+                                             alertname=alertname, received_at=self.db.clock(), resolved_at=resolved_at)
+        with self.db.begin() as conn:
+            # Primary key taken (a repeat send, handled here or by another replica): nothing inserted. A claim
+            # another replica has not committed yet is waited for (PostgreSQL): taken if it commits.
+            claimed = conn.execute(stmt.on_conflict_do_nothing(index_elements=[alerts.c.fingerprint,
+                                                                               alerts.c.starts_at])
+                                   .returning(alerts.c.fingerprint)).first()
+        return claimed is not None
 
     def update_alert(self, fingerprint: str, starts_at: str, *, unresolved_only: bool = False,
                      **values: Any) -> dict[str, Any] | None:

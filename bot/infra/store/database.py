@@ -2,8 +2,8 @@
 helpers that turn a result into a typed record or an inserted row's id.
 
 `Store` (bot.infra.store) opens one `Database` and hands it to each per-aggregate part; nothing else builds one.
-Opening it brings a SQLite database to the head revision and refuses any other database that is not at head
-(bot.infra.migrations; `rollback-bot migrate` upgrades those).
+Opening it brings the database (SQLite or PostgreSQL) to the head revision, under the database's lock so several
+replicas starting at once each succeed (bot.infra.migrations; `rollback-bot migrate` does the same upgrade).
 """
 
 from __future__ import annotations
@@ -69,6 +69,18 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+# PostgreSQL: enough pooled connections for a burst of acks (each stores its request) next to the work threads,
+# and a timeout on everything: connecting, a statement or lock wait that never ends, and a connection that is
+# black-holed (no answer, no reset): TCP keepalives and tcp_user_timeout end it within ~10 s, so a replica cut
+# off from the database fails its writes and heartbeats instead of hanging while the others take over.
+POSTGRES_ENGINE: dict[str, Any] = {
+    "pool_size": 20, "max_overflow": 20, "pool_timeout": 10,
+    "connect_args": {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
+                     "keepalives_count": 3, "tcp_user_timeout": 10_000,
+                     "options": "-c statement_timeout=30000 -c lock_timeout=10000"},
+}
+
+
 class Database:
     """The engine for `url` (SQLite: WAL, waits up to 10 s for another writer) and the clock of every timestamp."""
 
@@ -77,22 +89,22 @@ class Database:
         kwargs: dict[str, Any] = {"future": True}
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 10}
+        elif url.startswith("postgresql"):
+            kwargs.update(POSTGRES_ENGINE)
         self.engine: Engine = create_engine(url, **kwargs)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         # The schema comes from the Alembic revisions (bot.infra.migrations), which match the tables' `metadata`.
-        # SQLite (the default, and every test) is brought to head here; any other database is migrated only by
-        # `rollback-bot migrate`, and a store on one that is behind refuses to start, naming that command.
-        if self.engine.dialect.name == "sqlite":
+        # Every database is brought to head here: SQLite (the default, and every test) and PostgreSQL alike, under
+        # the database's lock, so replicas started together against an empty database wait for the first one's
+        # upgrade and then find the schema made. A database this bot cannot use (a newer bot's revision) raises
+        # SchemaError; `rollback-bot migrate` does the same upgrade ahead of a deploy.
+        try:
             migrations.upgrade(self.engine)
-        else:
-            try:
-                migrations.require_current(self.engine)
-            except (migrations.SchemaError, DBAPIError):
-                # Not usable, or not reachable: close the pooled connection now rather than at garbage collection.
-                self.engine.dispose()
-                raise
-
+        except (migrations.SchemaError, DBAPIError):
+            # Not usable, or not reachable: close the pooled connection now rather than at garbage collection.
+            self.engine.dispose()
+            raise
 
     @property
     def dialect(self) -> str:

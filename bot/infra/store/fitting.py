@@ -65,6 +65,7 @@ class _FittedText(_FittedString):
     errors and reasons carry what executors and libraries said, URLs included; bot.infra.redact)."""
 
     impl = Text
+    cache_ok = True  # as its base: the type holds no state that changes the SQL
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
         return redact(fit(value)) if isinstance(value, str) else value

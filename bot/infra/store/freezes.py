@@ -2,14 +2,15 @@
 
 Called through `Store` by bot.slo.gate (`freeze` when a plan starts and when an incident closes, `frozen` before
 promoting), bot.incidents.oncall (/rollback freeze, unfreeze and status), bot.incidents.close (the checklist)
-and the demo (sandbox.demo). Freezing a frozen service replaces its row.
+and the demo (sandbox.demo). Freezing a frozen service replaces its row (every column but the service): one
+INSERT … ON CONFLICT DO UPDATE, so replicas freezing one service at once each succeed and the last one wins.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import select
 
 from bot.infra.store.database import Database, to_record
 from bot.infra.store.tables import freezes
@@ -31,15 +32,16 @@ class Freezes:
 
     def freeze(self, *, service: str, reason: str, actor: str, incident_id: int | None = None,
                blocked_version: str | None = None) -> Freeze:
+        """Freeze `service` (or replace its freeze); the row as this call wrote it, read back in the same
+        transaction (which holds the row's lock), so a freeze another replica writes right after is not it."""
         values = dict(frozen_at=self.db.clock(), reason=reason, incident_id=incident_id,
                       blocked_version=blocked_version, actor=actor)
+        stmt = self.db.insert(freezes).values(service=service, **values)
         with self.db.begin() as conn:
-            changed = conn.execute(update(freezes).where(freezes.c.service == service).values(**values))
-            if changed.rowcount == 0:
-                conn.execute(insert(freezes).values(service=service, **values))
-        frozen = self.frozen(service)
-        assert frozen is not None
-        return frozen
+            conn.execute(stmt.on_conflict_do_update(index_elements=[freezes.c.service], set_=values))
+            # Read back rather than RETURNING: a RETURNING of the Text column (its fitted type) has no cache key.
+            row = conn.execute(select(freezes).where(freezes.c.service == service)).one()
+        return to_record(Freeze, row)
 
     def frozen(self, service: str) -> Freeze | None:
         with self.db.engine.connect() as conn:

@@ -9,7 +9,7 @@ lease has not expired: a holder paused past its expiry has lost it for good and 
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
 from bot.infra.store.database import Database, Fence
@@ -40,6 +40,25 @@ class Leases:
             result = conn.execute(update(leases).where(*_held(fence), leases.c.expires_at >= now)
                                   .values(expires_at=now + ttl))
         return result.rowcount == 1
+
+    def renew_many(self, fences: list[Fence], ttl: float) -> set[str]:
+        """Renew several leases of one owner in one statement; the names still held (renewed)."""
+        if not fences:
+            return set()
+        now = self.db.now()
+        held = or_(*(and_(leases.c.name == f.name, leases.c.epoch == f.epoch) for f in fences))
+        with self.db.engine.begin() as conn:
+            rows = conn.execute(update(leases).where(held, leases.c.owner == fences[0].owner,
+                                                     leases.c.expires_at >= now)
+                                .values(expires_at=now + ttl).returning(leases.c.name)).all()
+        return {r.name for r in rows}
+
+    def expire_others(self, except_owner: str) -> int:
+        """End every lease not held by `except_owner`: for the one replica a SQLite database can have, whose
+        earlier processes are dead (bot.infra.single_replica's lock proves it)."""
+        with self.db.engine.begin() as conn:
+            return int(conn.execute(update(leases).where(leases.c.owner != except_owner)
+                                    .values(owner=None, expires_at=self.db.now())).rowcount)
 
     def release(self, fence: Fence) -> None:
         """Give a lease up now (a shard handed to a newer replica, a replica stopping): free for anyone."""

@@ -7,9 +7,6 @@ key taken and does nothing a second time, in any process sharing the database) a
 
 from __future__ import annotations
 
-from sqlalchemy import insert
-from sqlalchemy.exc import IntegrityError
-
 from bot.infra.store.database import Database
 from bot.infra.store.tables import seen_requests
 
@@ -26,10 +23,15 @@ class SeenRequests:
 
     def claim_request(self, key: str) -> bool:
         """True the first time `key` is claimed, False for a retry or replay of the same Slack request."""
-        try:
-            with self.db.begin() as conn:
-                conn.execute(insert(seen_requests).values(key=key[:255], at=self.db.clock()))
-        except IntegrityError:
-            # Primary key taken: this request was already handled (here or by another process).
-            return False
-        return True
+        stmt = self.db.insert(seen_requests).values(key=key[:255], at=self.db.clock())
+        with self.db.begin() as conn:
+            # Key taken (a retry or replay, handled here or by another replica): nothing inserted. A claim another
+            # replica has not committed yet is waited for (PostgreSQL): taken if it commits.
+            claimed = conn.execute(stmt.on_conflict_do_nothing(index_elements=[seen_requests.c.key])
+                                   .returning(seen_requests.c.key)).first()
+        return claimed is not None
+
+    def release_request(self, key: str) -> None:
+        """Give a claim back: what it guarded did not happen (a promotion the registry refused), so it may again."""
+        with self.db.begin() as conn:
+            conn.execute(seen_requests.delete().where(seen_requests.c.key == key[:255]))

@@ -3,9 +3,10 @@
 Called through `Store` by bot.infra.replica (which takes due rows and runs them) and by bot.incidents through the
 replica's `WorkQueue` (which schedules and cancels them). A row is owned by the replica that took it, named by
 its membership lease (`replica:<owner>`) and that lease's epoch; a row whose owner's lease expired, or was
-re-acquired under a newer epoch by a restarted replica, is anyone's to take over. Due times and liveness are read
-with the database's clock. Taking a row is one conditional UPDATE (on PostgreSQL after SELECT … FOR UPDATE SKIP
-LOCKED), so two replicas never both take it.
+re-acquired under a newer epoch by a restarted replica, is anyone's to take over. Liveness is read with the
+database's clock (safety); due times with the store's clock (the bot's own, like the incidents' auto_at).
+Taking a row is one conditional UPDATE (on PostgreSQL after SELECT … FOR UPDATE SKIP LOCKED), so two replicas
+never both take it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from bot.infra.store.database import Database, Fence
 from bot.infra.store.tables import leases, work
 
 REPLICA = "replica:"  # the prefix of a replica's membership lease: replica:<owner>
+ORPHANED = "(a stopped bot)"  # the owner of adopted in-flight work: never a live replica's id
 
 
 @dataclass(frozen=True)
@@ -43,18 +45,21 @@ class Work:
         self.db = db
 
     def schedule(self, kind: str, incident_id: int, *, due_in: float = 0.0, every: float | None = None,
-                 keep: bool = False) -> None:
-        """Make (kind, incident) due in `due_in` seconds, owned by nobody (any replica takes it). An existing row
-        is replaced, or with `keep` left as it is (picking up in-flight work never moves a live replica's row)."""
-        now = self.db.now()
+                 keep: bool = False, orphan: bool = False, owner: Fence | None = None) -> None:
+        """Make (kind, incident) due in `due_in` seconds, owned by nobody (any replica takes it) or by `owner`. An
+        existing row is replaced, or with `keep` left as it is (picking up in-flight work never moves a live
+        replica's row). `orphan`: the new row is owned by a replica that no longer exists (ORPHANED), so whoever
+        takes it takes it over (work in flight when a bot from before replicas stopped)."""
+        now = self.db.clock()
+        held = (ORPHANED, 0) if orphan else (owner.owner, owner.epoch) if owner else (None, None)
+        owned = {"owner": held[0], "owner_epoch": held[1]}
         stmt = self.db.insert(work).values(key=work_key(kind, incident_id), kind=kind, incident_id=incident_id,
-                                           due_at=now + due_in, every=every)
+                                           due_at=now + due_in, every=every, **owned)
         if keep:
             stmt = stmt.on_conflict_do_nothing(index_elements=[work.c.key])
         else:
             stmt = stmt.on_conflict_do_update(index_elements=[work.c.key], set_={
-                "kind": kind, "due_at": now + due_in, "every": every, "owner": None, "owner_epoch": None,
-                "taken_at": None})
+                "kind": kind, "due_at": now + due_in, "every": every, **owned, "taken_at": None})
         with self.db.begin() as conn:
             conn.execute(stmt)
 
@@ -70,10 +75,9 @@ class Work:
 
     def due(self, me: Fence, limit: int = 64, exclude: frozenset[str] = frozenset()) -> list[WorkItem]:
         """Rows due now that `me` may run: its own, nobody's, and those of a replica whose lease is gone."""
-        now = self.db.now()
         owner_alive = exists().where(leases.c.name == literal(REPLICA) + work.c.owner,
-                                     leases.c.epoch == work.c.owner_epoch, leases.c.expires_at >= now)
-        query = (select(work).where(work.c.due_at <= now,
+                                     leases.c.epoch == work.c.owner_epoch, leases.c.expires_at >= self.db.now())
+        query = (select(work).where(work.c.due_at <= self.db.clock(),
                                     or_(work.c.owner.is_(None),
                                         and_(work.c.owner == me.owner, work.c.owner_epoch == me.epoch),
                                         ~owner_alive))
@@ -97,13 +101,13 @@ class Work:
             result = conn.execute(update(work).where(work.c.key == item.key,
                                                      work.c.owner.is_not_distinct_from(item.owner),
                                                      work.c.owner_epoch.is_not_distinct_from(item.owner_epoch))
-                                  .values(owner=me.owner, owner_epoch=me.epoch, taken_at=self.db.now()))
+                                  .values(owner=me.owner, owner_epoch=me.epoch, taken_at=self.db.clock()))
         return result.rowcount == 1
 
     def again(self, item: WorkItem, me: Fence, due_in: float) -> bool:
         """Keep `me`'s row and make it due again in `due_in` seconds (the next verification tick)."""
         with self.db.begin() as conn:
-            result = conn.execute(update(work).where(*_mine(item.key, me)).values(due_at=self.db.now() + due_in))
+            result = conn.execute(update(work).where(*_mine(item.key, me)).values(due_at=self.db.clock() + due_in))
         return result.rowcount == 1
 
     def done(self, item: WorkItem, me: Fence) -> None:
