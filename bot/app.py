@@ -223,10 +223,10 @@ class Runtime:
         def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
             path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "")
             if path == "/healthz" and method == "GET":
-                ok = self.ready.is_set()
                 replica = self.bot.replica
-                body = {"status": "ok" if ok else "starting", "replica": replica.id, "epoch": replica.epoch,
-                        "leases": replica.leases()}
+                ok = self.ready.is_set() and not replica.stale
+                status = "ok" if ok else "lease lost" if replica.stale else "starting"
+                body = {"status": status, "replica": replica.id, "epoch": replica.epoch, "leases": replica.leases()}
                 start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "application/json")])
                 return [json.dumps(body).encode() + b"\n"]
             if path == "/metrics" and method == "GET":

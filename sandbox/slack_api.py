@@ -11,6 +11,9 @@ Point a client at it with `WebClient(base_url=fake.url)` or the env var `SLACK_A
 Bolt's `respond()` can be pointed at `fake.response_url`; those posts are recorded as method "response_url".
 A `response_url_for(channel, user)` URL also shows them as Slack does (ephemeral, in channel, or replacing
 the original); `respond()` does the same for a slash command's ack body. The chat page reads all of this.
+`hold_responses(method, seconds=…, count=…, channel=…)` handles the next calls of a method at once (a posted message
+is stored and readable) but answers them late, with the caller's address kept (`held()`): a client that dies while
+it waits never learns its post was taken (tests/test_replicas.py).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from http.server import BaseHTTPRequestHandler
 from typing import Any
@@ -45,6 +48,36 @@ _MESSAGE_FIELDS = ("text", "blocks", "attachments", "metadata")
 Params = dict[str, Any]
 _Headers = dict[str, str]
 _Failure = tuple[int, str, "int | None"]  # HTTP status, Slack error, Retry-After seconds
+
+
+@dataclass
+class Hold:
+    """Answer the next `count` calls of `method` (in `channel`, whose text contains `text`, when given) `seconds`
+    after they were handled, or when `FakeSlackAPI.release_holds` is called; `held` lists those it held."""
+
+    method: str
+    seconds: float
+    count: int
+    channel: str | None = None
+    text: str | None = None
+    held: list[HeldCall] = field(default_factory=list)
+    released: threading.Event = field(default_factory=threading.Event)
+
+    def matches(self, method: str, params: Params) -> bool:
+        return (len(self.held) < self.count and method == self.method
+                and self.channel in (None, str(params.get("channel") or ""))
+                and (self.text is None or self.text in str(params.get("text") or "")))
+
+
+@dataclass
+class HeldCall:
+    """A call whose answer was held: the call as recorded, what it was answered, the caller's (host, port) (the
+    test finds the process by it) and when the answer went (None while it waits)."""
+
+    call: Call
+    answer: Params
+    peer: tuple[str, int] | None
+    answered_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -90,7 +123,7 @@ class FakeSlackAPI(LoopbackServer):
         return f"{self.base}/response"
 
     def reset(self) -> None:
-        """Forget calls, messages, ephemerals, views, files and pending failures (users_by_group is kept)."""
+        """Forget calls, messages, ephemerals, views, files, pending failures and holds (users_by_group is kept)."""
         with self._cond:
             self._calls: list[Call] = []
             self._messages: dict[str, list[Params]] = {}
@@ -98,6 +131,8 @@ class FakeSlackAPI(LoopbackServer):
             self._views: dict[str, Params] = {}
             self._files: dict[str, Params] = {}
             self._failures: dict[str, deque[_Failure]] = {}
+            self._holds: list[Hold] = []
+            self._held: list[HeldCall] = []
 
     def calls(self, method: str | None = None) -> list[Call]:
         """Calls received so far, oldest first, optionally only those of one method."""
@@ -129,6 +164,28 @@ class FakeSlackAPI(LoopbackServer):
         failure = (status, error or ("ratelimited" if status == 429 else "internal_error"), retry_after)
         with self._cond:
             self._failures.setdefault(method, deque()).extend([failure] * times)
+
+    def hold_responses(self, method: str, *, seconds: float, count: int = 1, channel: str | None = None,
+                       text: str | None = None) -> Hold:
+        """Handle the next `count` calls of `method` (only those in `channel` / whose text contains `text`, when
+        given) at once, a posted message stored and visible to conversations.replies and history, but send the
+        answer only `seconds` later (or at `release_holds()`), as when Slack took a post and the reply is slow."""
+        hold = Hold(method, seconds, count, channel, text)
+        with self._cond:
+            self._holds.append(hold)
+        return hold
+
+    def release_holds(self) -> None:
+        """Answer every held call now and drop the holds still waiting for calls."""
+        with self._cond:
+            holds, self._holds = self._holds, []
+        for hold in holds:
+            hold.released.set()
+
+    def held(self, method: str | None = None) -> list[HeldCall]:
+        """The calls held so far (answered or not), oldest first."""
+        with self._cond:
+            return [h for h in self._held if method in (None, h.call.method)]
 
     def messages(self, channel: str) -> list[Params]:
         """Top-level messages of a channel in order (thread replies only when broadcast)."""
@@ -168,7 +225,14 @@ class FakeSlackAPI(LoopbackServer):
 
     def _handle(self, method: str, params: Params, headers: _Headers) -> tuple[int, _Headers, Params]:
         """Answer one call (a pending failure first), record it with secrets masked, wake wait_for()."""
+        status, extra, body, _ = self._handle_call(method, params, headers)
+        return status, extra, body
+
+    def _handle_call(self, method: str, params: Params, headers: _Headers, peer: tuple[str, int] | None = None
+                     ) -> tuple[int, _Headers, Params, tuple[Hold, HeldCall] | None]:
+        """`_handle`, and the hold the answer must wait for (hold_responses), if one takes this call."""
         with self._cond:
+            hold = next((h for h in self._holds if h.matches(method, params)), None)
             queue = self._failures.get(method)
             status, error, retry_after = queue.popleft() if queue else (200, None, None)
             authed = params.get("token") or any(k.lower() == "authorization" for k in headers)
@@ -180,9 +244,16 @@ class FakeSlackAPI(LoopbackServer):
                 body = self._methods.get(method, lambda p: {"ok": True})(params)
             masked = {k: ("Bearer ***" if k.lower() == "authorization" else v) for k, v in headers.items()}
             params = {k: ("***" if k == "token" else v) for k, v in params.items()}
-            self._calls.append(Call(method, params, masked, time.time()))
+            call = Call(method, params, masked, time.time())
+            self._calls.append(call)
+            held = None
+            if hold is not None and status == 200 and body.get("ok"):
+                held = HeldCall(call, body, peer)
+                hold.held.append(held)
+                self._held.append(held)
             self._cond.notify_all()
-        return status, ({"Retry-After": str(retry_after)} if retry_after is not None else {}), body
+        extra = {"Retry-After": str(retry_after)} if retry_after is not None else {}
+        return status, extra, body, ((hold, held) if hold is not None and held is not None else None)
 
     def respond(self, channel: str, user: str, body: Params, *, message_ts: str | None = None,
                 thread_ts: str | None = None) -> None:
@@ -420,7 +491,17 @@ class _Handler(BaseHTTPRequestHandler):
                 self._reply(200, json.dumps(_error("invalid_json")).encode(), "application/json")
                 return
             method = api_method if is_api else "response_url"
-            status, extra, body = self.fake._handle(method, params, dict(self.headers.items()))
+            peer = (str(self.client_address[0]), int(self.client_address[1]))
+            status, extra, body, held = self.fake._handle_call(method, params, dict(self.headers.items()), peer)
+            if held is not None:
+                hold, call = held
+                hold.released.wait(hold.seconds)  # stored already: only the answer waits
+                call.answered_at = time.time()
+                try:
+                    self._reply(status, json.dumps(body).encode(), "application/json; charset=utf-8", extra)
+                except (BrokenPipeError, ConnectionResetError):
+                    log.debug("fake slack: the caller of a held %s is gone", method)  # killed while it waited
+                return
             if is_api:
                 self._reply(status, json.dumps(body).encode(), "application/json; charset=utf-8", extra)
             else:

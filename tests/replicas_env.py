@@ -16,7 +16,8 @@ Used by tests/test_replicas.py (and benchmarks/failover.py). What it builds, eve
   `blackhole` / `heal` (the replica's database connection: open, silent), `restart` (the same id, port and
   environment; its old leases are not its own again: a new epoch). `ensure_up` undoes every fault between tests.
 - Reads for the checks, once things settle: the database with plain SQL (`sql`, `work`, `leases`), each replica's
-  `/healthz` JSON and `/metrics`, and the fake Slack's channels (`warnings`, `thread_event_ids`).
+  `/healthz` JSON and `/metrics`, and the fake Slack's channels (`warnings`, `thread_event_ids`). `holder_of(port)`
+  names the replica whose open TCP connection has that local port (a call the fake Slack holds: `HeldCall.peer`).
 """
 
 from __future__ import annotations
@@ -338,6 +339,22 @@ class Cluster:
                                       headers={**signed_headers(SECRET, body), **(headers or {})})
         return replica, answer
 
+    def holder_of(self, local_port: int) -> Replica | None:
+        """The live replica with an open TCP connection from 127.0.0.1:`local_port` (read from /proc: the socket's
+        inode, then which process has it open), None when none has."""
+        inodes = _socket_inodes(local_port)
+        for replica in self.replicas.values():
+            if not replica.alive():
+                continue
+            fds = Path(f"/proc/{replica.pid}/fd")
+            try:
+                links = {os.readlink(fd) for fd in fds.iterdir()}
+            except OSError:
+                continue  # it exited meanwhile: not the holder
+            if any(f"socket:[{inode}]" in links for inode in inodes):
+                return replica
+        return None
+
     def log_lines(self, *needles: str, limit: int = 40) -> str:
         """The lines of every replica's log that contain one of `needles` (for failure messages)."""
         out = []
@@ -366,6 +383,21 @@ class Cluster:
     def lease_rows(self, prefix: str = "") -> list[dict[str, Any]]:
         return [r for r in self.sql("SELECT *, expires_at >= extract(epoch FROM clock_timestamp()) AS live "
                                     "FROM leases ORDER BY name") if str(r["name"]).startswith(prefix)]
+
+
+def _socket_inodes(local_port: int) -> set[str]:
+    """The inodes of the TCP sockets (IPv4 and IPv6) whose local port is `local_port`."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue  # no IPv6 on this host
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and int(fields[1].rsplit(":", 1)[1], 16) == local_port:
+                found.add(fields[9])
+    return found
 
 
 def _replica_id(owner: str) -> str:

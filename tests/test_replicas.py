@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import requests
 
 from bot.infra.replica import SHARDS, shard_of
 from sandbox.servers import MlflowServer
@@ -52,7 +53,16 @@ SPECS = [
     ServiceSpec("svc-auto", "C0RAUTO", extra=f"auto_rollback: true\nauto_rollback_grace: {AUTO_GRACE:g}s"),
     ServiceSpec("svc-promote", "C0RPROMO", extra="promote: {from: candidate, to: champion, healthy_for: 3s}",
                 profiles=(("1", FAST), ("2", FAST), ("3", FAST))),
+    ServiceSpec("svc-cutoff", "C0RCUTOFF", stable_for="14s"),
+    ServiceSpec("svc-held-approved", "C0RHAPPR"),
+    ServiceSpec("svc-held-stable", "C0RHSTBL", stable_for="4s"),
+    ServiceSpec("svc-held-verdict", "C0RHVRDT"),
 ]
+# The bot's own database timeouts (bot.infra.store.database.POSTGRES_ENGINE): connect_timeout 5 s, TCP keepalives and
+# tcp_user_timeout ~10 s, lock_timeout 10 s, statement_timeout 30 s. A live replica waits on a black-holed one only
+# through a row lock it left held: lock_timeout bounds that wait.
+DB_LOCK_TIMEOUT = 10.0
+BLACKHOLE_FOR = 15.0  # past keepalives / tcp_user_timeout, to see whether the cut-off replica notices by itself
 TIMES: dict[str, float] = {}
 
 
@@ -417,3 +427,161 @@ def test_every_service_evaluated_by_exactly_one_replica_each_cycle(s: Stack) -> 
         grown = replica.metric("rollback_evaluation_seconds_count") - counts[rid]
         if claims[rid]:
             assert grown >= 2, f"{rid} holds shards and evaluates every second ({grown:g} cycles in 3 s)"
+
+
+# -- (j) -------------------------------------------------------------------------------------------------------------
+
+def test_database_of_the_verify_owner_black_holed_another_takes_over_and_it_rejoins_under_a_new_epoch(
+        s: Stack) -> None:
+    service = "svc-cutoff"
+    channel = s.services[service].spec.channel
+    warning, incident_id = approve(s, service)
+    s.wait_state(incident_id, "verifying", timeout=30)
+    progress_ts = wait_until(lambda: s.incident(incident_id)["progress_ts"], 15, "the progress message")
+    owner = wait_until(lambda: s.cluster.work_owner(incident_id, "verify"), 10, "the verify work's owner")
+    wait_until(lambda: updates_of(s.slack, channel, progress_ts), 10, "a first progress edit")
+    cut = s.cluster[owner]
+    health = cut.healthz()
+    assert health is not None
+    epoch_before = int(health[1]["epoch"])
+    rejections_before = cut.metric("rollback_fencing_rejections_total")
+    log_before = len(cut.log())
+
+    cut_at = time.time()
+    s.cluster.blackhole(owner)
+    new_owner = wait_until(lambda: (o := s.cluster.work_owner(incident_id, "verify")) not in (None, owner) and o,
+                           TTL + DB_LOCK_TIMEOUT + 5, "the verify work taken over from the cut-off replica",
+                           interval=0.05)
+    taken_at = time.time()
+    TIMES["black hole verify owner -> work taken over (s)"] = taken_at - cut_at
+    bound = TTL + VERIFY_EVERY + EDIT_INTERVAL + DB_LOCK_TIMEOUT
+    seen = wait_until(lambda: visible_progress(s, service, warning["ts"], progress_ts, taken_at), bound + 10,
+                      "verification visibly going on after the black hole", interval=0.05)
+    TIMES["black hole verify owner -> visible progress (s)"] = seen - cut_at
+    assert seen - cut_at <= bound, f"visible again {seen - cut_at:.2f}s after the black hole (bound {bound:g}s)"
+
+    # Held a while past the bot's keepalives / tcp_user_timeout: does the cut-off replica notice by itself?
+    noticed: float | None = None
+    answers: list[int | None] = []
+    while time.time() < cut_at + BLACKHOLE_FOR:
+        answer = cut.healthz(timeout=1)
+        answers.append(answer[0] if answer else None)
+        if noticed is None and any(n in cut.log()[log_before:] for n in ("heartbeat failed", "OperationalError")):
+            noticed = time.time() - cut_at
+        time.sleep(0.5)
+    TIMES["black hole: cut-off replica's first database error (s, -1: none)"] = -1.0 if noticed is None else noticed
+    TIMES["black hole: cut-off replica /healthz 200 answers while cut off (%)"] = \
+        100.0 * answers.count(200) / max(1, len(answers))
+
+    healed_at = time.time()
+    s.cluster.heal(owner)
+    rejoin_bound = 2 * TTL + DB_LOCK_TIMEOUT
+    rejoined = wait_until(lambda: (h := cut.healthz()) is not None and h[0] == 200
+                          and int(h[1].get("epoch") or 0) > epoch_before and f"replica:{owner}" in h[1]["leases"]
+                          and h[1], rejoin_bound + 10, "the healed replica rejoined under a new epoch", interval=0.1)
+    TIMES["black hole healed -> rejoined under a new epoch (s)"] = time.time() - healed_at
+    assert time.time() - healed_at <= rejoin_bound, f"rejoined {time.time() - healed_at:.2f}s after the heal"
+    members = {r["name"]: r for r in s.cluster.lease_rows("replica:")}
+    assert members[f"replica:{owner}"]["live"] and int(members[f"replica:{owner}"]["epoch"]) == rejoined["epoch"]
+
+    done = s.wait_state(incident_id, "recovered", "verify_failed", timeout=60)
+    assert done["state"] == "recovered" and done["progress_ts"] == progress_ts
+    settled(s, incident_id)
+    wait_until(lambda: any("*Summary —" in t for t in thread_texts(s.slack, channel, warning["ts"])), 30, "the summary")
+    time.sleep(2)  # two more cycles on every replica, the healed one included: nothing more may arrive
+    assert_once_each(s, service, warning, incident_id)
+    assert steps_done_once(s, incident_id) == {0: 1}, "the alias step ran once"
+    kinds = [e["kind"] for e in s.events(incident_id)]
+    assert kinds.count("recovered") == 1 and kinds.count("summary") == 1, kinds
+    rejected = cut.metric("rollback_fencing_rejections_total") - rejections_before
+    TIMES["black hole: fencing rejections on the healed replica"] = rejected
+    print(f"\nblack hole on {owner}'s database for {healed_at - cut_at:.1f}s: verify taken over by {new_owner} after "
+          f"{taken_at - cut_at:.2f}s; cut-off replica noticed: "
+          f"{'never' if noticed is None else f'after {noticed:.1f}s'}; /healthz while cut off: {set(answers)}; "
+          f"epoch {epoch_before} -> {rejoined['epoch']}; {rejected:g} stale write(s) rejected")
+
+
+# -- (k) -------------------------------------------------------------------------------------------------------------
+
+HOLD_FOR = 8.0  # how long the fake Slack holds the answer to the post: the poster is killed well inside it
+HELD_POINTS = {  # point -> (service, a text only that post has, the event's kind)
+    "approved": ("svc-held-approved", "Approved by", "approved"),
+    "stable": ("svc-held-stable", "All SLOs within target", "stable"),
+    "verdict": ("svc-held-verdict", "Recovered: every SLO", "recovered"),
+}
+
+
+@pytest.mark.parametrize("point", list(HELD_POINTS))
+def test_sigkill_after_slack_took_a_post_before_it_was_marked_another_replica_finds_it_and_never_reposts(
+        s: Stack, point: str) -> None:
+    service, text, kind = HELD_POINTS[point]
+    channel = s.services[service].spec.channel
+    s.break_service(service)
+    warning, incident_id = s.warning(service)
+    hold = s.slack.hold_responses("chat.postMessage", seconds=HOLD_FOR, channel=channel, text=text)
+    clicker = threading.Thread(target=_click_approve, args=(s, service, warning["ts"], incident_id), daemon=True)
+    try:
+        clicker.start()  # in a thread: the post the hold takes may be made before the click's answer
+        held = wait_until(lambda: next(iter(hold.held), None), 60, f"the '{point}' post taken and held",
+                          interval=0.02)
+        assert held.peer is not None
+        poster = s.cluster.holder_of(held.peer[1])
+        assert poster is not None, f"no replica holds the connection from port {held.peer[1]}"
+        assert held.answered_at is None, "killed before the answer went"
+        killed_at = s.cluster.kill(poster.id)
+    finally:
+        s.slack.release_holds()
+    clicker.join(timeout=15)
+    ts = str(held.answer["ts"])
+    event_id = int(held.call.params["metadata"]["event_payload"]["event_id"])
+    assert s.slack.message(channel, ts)["thread_ts"] == warning["ts"], "the held post is in the thread"
+
+    def marked() -> str | None:
+        rows = s.cluster.sql("SELECT slack_ts FROM events WHERE id = %s", event_id)
+        return str(rows[0]["slack_ts"]) if rows and rows[0]["slack_ts"] else None
+
+    found = wait_until(marked, TTL + 20, f"event {event_id} ({point}) marked posted after its poster died",
+                       interval=0.1)
+    took = TIMES[f"held '{point}' post: kill -> marked posted (s)"] = time.time() - killed_at
+    assert found == ts, f"marked with {found}, not the ts Slack gave the held post ({ts}): posted again?"
+    assert [e["kind"] for e in s.events(incident_id) if e["id"] == event_id] == [kind]
+    reads = [c for c in s.slack.calls("conversations.replies") if c.params.get("channel") == channel
+             and c.params.get("ts") == warning["ts"] and c.at > killed_at]
+    assert reads, "another replica read the thread before deciding not to post the event again"
+    assert thread_event_ids(s.slack, channel, warning["ts"])[event_id] == 1, "the event once in the thread"
+
+    if point == "approved":  # its poster died before running the plan: halted as interrupted, resumed by a person
+        halted = s.wait_state(incident_id, "halted", "verifying", "recovered", timeout=2 * TTL + 15)
+        if halted["state"] == "halted":
+            assert halted["halt_kind"] == "interrupted", halted
+            wait_until(lambda: _button_or_none(s.slack.message(channel, warning["ts"]), "rollback_retry"), 15,
+                       "the Resume button")
+            _, answer = s.click(service, warning["ts"], "rollback_retry", incident_id, user=GROUP_MEMBER)
+            assert answer.status_code == 200
+    try:
+        done = s.wait_state(incident_id, "recovered", "verify_failed", timeout=60)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: incident {s.incident(incident_id)}; work {s.cluster.work(incident_id)}; events "
+                             f"{[(e['id'], e['kind'], e['slack_ts']) for e in s.events(incident_id)]}\n"
+                             f"{s.cluster.log_lines(f'incident {incident_id}', 'ERROR', 'Traceback')}") from None
+    assert done["state"] == "recovered"
+    settled(s, incident_id)
+    wait_until(lambda: any("*Summary —" in t for t in thread_texts(s.slack, channel, warning["ts"])), 30, "the summary")
+    time.sleep(2)
+    assert_once_each(s, service, warning, incident_id)
+    assert steps_done_once(s, incident_id) == {0: 1}, "the alias step ran once"
+    print(f"\nheld '{point}' post of event {event_id}: poster {poster.id} killed; marked {ts} by another replica "
+          f"{took:.2f}s later")
+    repeated = [e["kind"] for e in s.events(incident_id)].count(kind)
+    # Said once: Verifier.tick stores a new streak (stable_since) before it tells the thread, so the replica that
+    # takes the tick over goes on with the streak instead of starting and announcing it again.
+    assert repeated == 1, f"the '{kind}' line said {repeated} times (as different events)"
+    assert repeated == 1, f"one '{kind}' event"
+
+
+def _click_approve(s: Stack, service: str, warning_ts: str, incident_id: int) -> None:
+    """Press Roll back, not caring whether the answer comes: its replica may be killed before it answers."""
+    try:
+        s.click(service, warning_ts, "rollback_approve", incident_id)
+    except requests.RequestException:
+        pass  # the replica was killed mid-request: the click was stored before the ack, or it was never acked

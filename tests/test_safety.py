@@ -91,7 +91,9 @@ def test_slack_retries_of_one_click_run_the_rollback_once(env: HandlerEnv) -> No
 
     responses = _concurrently(10, send)
     assert [r.status_code for r in responses] == [200] * 10
-    assert sum(r.headers.get("X-Slack-No-Retry") == "1" for r in responses) == 9, "9 answered as repeats"
+    # Every retry is told not to retry again, and so is the first send when a retry was stored before it (the
+    # inbox keeps whichever came first and answers the rest as repeats).
+    assert sum(r.headers.get("X-Slack-No-Retry") == "1" for r in responses) in (9, 10), "answered as repeats"
     wait_until(lambda: env.audits(incident.id, "execute:mlflow_alias"), "the rollback to run")
     time.sleep(SETTLE)
     assert env.champion() == GOOD_VERSION

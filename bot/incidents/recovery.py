@@ -28,6 +28,7 @@ from bot.slack import blocks, wording
 from bot.slack.timeline import Timeline
 from bot.slo.policy import Policy
 
+INTERRUPTED = "the bot running the plan stopped (restarted, killed or cut off) before it finished"
 UNCLOSED_WITHIN = 86_400.0  # seconds: older verdicts without a close are left as they are
 
 
@@ -101,7 +102,7 @@ class Recovery:
         resume_from = first_not_done(steps, svc)
         running = [s for s in steps if s.status == "running"]
         moved = move(self.store, incident.id, State.EXECUTING, State.HALTED, resume_from=resume_from,
-                     halt_kind="interrupted", error="the bot restarted while the plan was running")
+                     halt_kind="interrupted", error=INTERRUPTED)
         if moved is None:
             return
         names = blocks.step_names(svc.rollback) if svc else []

@@ -52,11 +52,15 @@ class Verifier:
         readings = evaluation.read(self.prom, [service])[service.name]
         within_target = all(r.within_target for r in readings)
         was_stable = v.get("stable_since")
+        # A change of streak is stored before the thread is told: a replica taking the verification over after this
+        # one died in between goes on with the streak instead of starting (and announcing) it again.
         if within_target and not was_stable:
             v["stable_since"] = now
+            self.store.update_incident(incident_id, verification=v)
             self.timeline.record(incident_id, "stable", wording.stable(readings, service.verify.stable_for))
         elif not within_target and was_stable:
             v["stable_since"] = None
+            self.store.update_incident(incident_id, verification=v)
             self.timeline.record(incident_id, "unstable", wording.unstable(readings))
         stable_for = now - v["stable_since"] if v.get("stable_since") else 0.0
         elapsed = now - started

@@ -25,6 +25,7 @@ import math
 import os
 import socket
 import threading
+import time
 import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -80,6 +81,8 @@ class Replica:
         self._membership: Fence | None = None
         self._shards: dict[int, Fence] = {}
         self._running: set[str] = set()
+        self._started = False
+        self._renewed = 0.0  # time.monotonic() of the last join or renewal of the membership lease
         self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="work")
 
     # -- what the domain uses ---------------------------------------------------------------------------
@@ -105,6 +108,7 @@ class Replica:
         """Join: take the membership lease (a new epoch), then heartbeat and poll on the local ticker."""
         self.join()
         self.rebalance()
+        self._started = True
         self.ticker.every(f"heartbeat-{self.id}", self.ttl / 3, self.heartbeat)
         self.ticker.every(f"work-{self.id}", POLL, self.poll)
 
@@ -131,6 +135,7 @@ class Replica:
             self.store.expire_leases(self.id)
         with self._lock:
             self._membership = fence
+        self._renewed = time.monotonic()
         log.info("replica %s joined (epoch %s)", self.id, fence.epoch)
         self._export()
         return fence
@@ -144,6 +149,12 @@ class Replica:
             return fence
         with self._joining:
             return self._membership or self.join()
+
+    @property
+    def stale(self) -> bool:
+        """Whether a started replica has not renewed its lease for a whole ttl (its database is unreachable or
+        hangs): the others have taken its work, and a load balancer should stop sending it requests."""
+        return self._started and time.monotonic() - self._renewed > self.ttl
 
     @property
     def epoch(self) -> int | None:
@@ -160,7 +171,9 @@ class Replica:
     def heartbeat(self) -> None:
         try:
             membership = self._membership
-            if membership is None or not self.store.renew_lease(membership, self.ttl):
+            if membership is not None and self.store.renew_lease(membership, self.ttl):
+                self._renewed = time.monotonic()
+            else:
                 if membership is not None:
                     log.warning("replica %s lost its lease (epoch %s): joining again under a new one",
                                 self.id, membership.epoch)

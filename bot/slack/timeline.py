@@ -233,10 +233,9 @@ class Timeline:
             channel, text, body, fence = self._pending.pop(key)
             self._last_edit[incident_id] = started = time.monotonic()
         try:
-            if fence is not None and self.store is not None and not self.store.holds_lease(fence):
-                metrics.FENCING_REJECTIONS.inc()
-                log.warning("incident %s: edit of %s dropped: %s epoch %s is no longer held", incident_id, key[1],
-                            fence.name, fence.epoch)
+            if fence is not None and not self._still_held(fence):
+                log.warning("incident %s: edit of %s dropped: %s epoch %s is not known to be held", incident_id,
+                            key[1], fence.name, fence.epoch)
             else:
                 self.slack.update(channel, key[1], text, body)
         except SlackError as exc:
@@ -253,6 +252,20 @@ class Timeline:
             self._extend_shared(incident_id)  # the same for the other replicas: their next edit counts from now
         if more:
             self._send_edit(incident_id)  # schedules the next waiting edit one interval later
+
+    def _still_held(self, fence: Fence) -> bool:
+        """Whether the lease an edit was made under is still held; False too when the database cannot say (the
+        next verification tick renders the message again)."""
+        if self.store is None:
+            return True
+        try:
+            held = self.store.holds_lease(fence)
+        except SQLAlchemyError as exc:
+            log.warning("could not check lease %s before an edit: %s", fence.name, exc)
+            return False
+        if not held:
+            metrics.FENCING_REJECTIONS.inc()
+        return held
 
     def _schedule_edit(self, incident_id: int, wait: float) -> None:
         """Send the incident's waiting edit in `wait` seconds (once: a timer already set will)."""

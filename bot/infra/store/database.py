@@ -70,14 +70,17 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 # PostgreSQL: enough pooled connections for a burst of acks (each stores its request) next to the work threads,
-# and a timeout on everything: connecting, a statement or lock wait that never ends, and a connection that is
-# black-holed (no answer, no reset): TCP keepalives and tcp_user_timeout end it within ~10 s, so a replica cut
-# off from the database fails its writes and heartbeats instead of hanging while the others take over.
+# and a timeout on everything: connecting, a statement or lock wait that never ends, a connection black-holed on
+# the network (TCP keepalives and tcp_user_timeout end it within ~10 s), and the server's side of a replica cut off
+# mid-transaction (idle_in_transaction_session_timeout frees its row locks, e.g. on the shared edit budget). Behind
+# a proxy that keeps acknowledging, a cut-off replica's calls may hang until healed: the others take over when its
+# lease expires either way, and its /healthz turns 503 once its lease is older than the ttl.
 POSTGRES_ENGINE: dict[str, Any] = {
     "pool_size": 20, "max_overflow": 20, "pool_timeout": 10,
     "connect_args": {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
                      "keepalives_count": 3, "tcp_user_timeout": 10_000,
-                     "options": "-c statement_timeout=30000 -c lock_timeout=10000"},
+                     "options": "-c statement_timeout=30000 -c lock_timeout=10000 "
+                                "-c idle_in_transaction_session_timeout=15000"},
 }
 
 
