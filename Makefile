@@ -24,7 +24,7 @@ demo-headless: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/pytest -q
 
-# The ten benchmarks of README's "Benchmarks" (about 25 minutes; 10, failover, runs 3 replicas on PostgreSQL and
+# The ten benchmarks of README's "Benchmarks" (about 23 minutes; 10, failover, runs 3 replicas on PostgreSQL and
 # kills the working one 20 times with the default 15 s lease TTL); prints the table.
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/run_all.py

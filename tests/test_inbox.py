@@ -95,6 +95,30 @@ def test_a_request_is_stored_once_by_its_key(store: Store) -> None:
     assert abs(row.received_at - store.db.clock_now()) < 5  # the database's clock
 
 
+def test_requests_arriving_together_share_a_commit_and_a_key_twice_is_stored_once(store: Store) -> None:
+    a = join(store, "a")
+    keys = [f"action:burst{n}" for n in range(40)] + ["action:burst7"] * 10  # ten repeats of one key among them
+    start = threading.Barrier(len(keys))
+    got: dict[int, int | None] = {}
+
+    def send(n: int) -> None:
+        start.wait()
+        got[n] = store.inbox_receive(keys[n], {"content-type": FORM}, click_body(), a)
+
+    threads = [threading.Thread(target=send, args=(n,)) for n in range(len(keys))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stored = {r.key: r.id for r in rows(store)}
+    assert len(stored) == 40
+    for n, key in enumerate(keys):
+        if key != "action:burst7":
+            assert got[n] == stored[key]
+    assert [got[n] for n, key in enumerate(keys) if key == "action:burst7"].count(stored["action:burst7"]) == 1, \
+        "of eleven sends of one key, one is stored and handled; the rest are repeats"
+
+
 def test_the_legacy_token_is_never_stored_and_the_body_parses_the_same(store: Store) -> None:
     a = join(store, "a")
     command = slash_command_body(text="model-svc --to 3", user_id=APPROVER, channel_id=MODEL_CHANNEL)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_plus
@@ -50,32 +51,84 @@ class InboxRow:
     owner_epoch: int | None
 
 
+class _GroupCommit:
+    """Requests arriving together are stored together: one INSERT of every row waiting, in one transaction, by
+    whichever HTTP thread finds no insert under way (its own row included); the others wait for that commit and
+    return with it. A burst of 50 clicks is then a few commits instead of 50 in a row (SQLite has one writer at a
+    time; PostgreSQL commits each transaction on its own)."""
+
+    def __init__(self, flush: Callable[[list[dict[str, Any]]], list[int | None]]) -> None:
+        self._flush = flush
+        self._cond = threading.Condition()
+        self._waiting: list[_Pending] = []
+        self._busy = False
+
+    def store(self, row: dict[str, Any]) -> int | None:
+        mine = _Pending(row)
+        with self._cond:
+            self._waiting.append(mine)
+            while not mine.done and self._busy:
+                self._cond.wait()
+            if mine.done:
+                return mine.result()
+            self._busy = True
+            batch, self._waiting = self._waiting, []
+        try:
+            ids = self._flush([p.row for p in batch])
+            error: Exception | None = None
+        except Exception as exc:  # noqa: BLE001 - every request of the batch is refused (answered 503) with it
+            ids, error = [None] * len(batch), exc
+        with self._cond:
+            for pending, row_id in zip(batch, ids, strict=True):
+                pending.finish(row_id, error)
+            self._busy = False
+            self._cond.notify_all()
+        return mine.result()
+
+
+class _Pending:
+    def __init__(self, row: dict[str, Any]) -> None:
+        self.row = row
+        self.done = False
+        self._id: int | None = None
+        self._error: Exception | None = None
+
+    def finish(self, row_id: int | None, error: Exception | None) -> None:
+        self._id, self._error, self.done = row_id, error, True
+
+    def result(self) -> int | None:
+        if self._error is not None:
+            raise self._error
+        return self._id
+
+
 class Inbox:
     def __init__(self, db: Database) -> None:
         self.db = db
-        # SQLite has one writer at a time, and a writer that finds the database locked sleeps in steps of up to
-        # 100 ms before trying again: the HTTP threads of a burst queue here instead, woken the moment it is free.
-        self._one_writer = threading.Lock() if db.dialect == "sqlite" else None
+        self._commits = _GroupCommit(self._insert)
 
     def receive(self, key: str, headers: dict[str, str], body: bytes | str, owner: Fence) -> int | None:
         """Store a request as received now and owned by `owner`; its row id, or None when its key is already
-        there (a Slack retry or a replayed request: handled, or being handled, already)."""
+        there (a Slack retry or a replayed request: handled, or being handled, already). Requests arriving at
+        the same moment share one INSERT and one commit (_GroupCommit)."""
         raw = body.encode("utf-8") if isinstance(body, str) else body
-        stmt = (self.db.insert(inbox)
-                .values(key=key, received_at=self.db.now(), headers=dict(headers), body=without_token(raw),
-                        owner=owner.owner, owner_epoch=owner.epoch)
-                .on_conflict_do_nothing(index_elements=[inbox.c.key])
-                .returning(inbox.c.id))
-        if self._one_writer is None:
-            row_id = self._insert(stmt)
-        else:
-            with self._one_writer:
-                row_id = self._insert(stmt)
-        return None if row_id is None else int(row_id)
+        return self._commits.store({"key": key, "headers": dict(headers), "body": without_token(raw),
+                                    "owner": owner.owner, "owner_epoch": owner.epoch})
 
-    def _insert(self, stmt: Any) -> Any:
+    def _insert(self, rows: list[dict[str, Any]]) -> list[int | None]:
+        """Insert the rows whose keys are new; each row's id, or None for a key already stored (or stored by an
+        earlier row of the same batch: a retry that came with its original)."""
+        first: dict[str, int] = {}
+        for position, row in enumerate(rows):
+            first.setdefault(row["key"], position)
+        now = self.db.now()
+        stmt = (self.db.insert(inbox).values([{**rows[p], "received_at": now} for p in first.values()])
+                .on_conflict_do_nothing(index_elements=[inbox.c.key])
+                .returning(inbox.c.id, inbox.c.key))
         with self.db.begin() as conn:
-            return conn.execute(stmt).scalar_one_or_none()
+            stored = {str(r.key): int(r.id) for r in conn.execute(stmt)}
+        return [stored.get(row["key"]) if first[row["key"]] == position else None
+                for position, row in enumerate(rows)]
 
     def done(self, row_id: int) -> None:
         """The request was handled (its listener ran, or failed and logged why): never taken over again."""
