@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from bot.incidents.approvers import Approvers
-from bot.infra.store import Incident, Store
+from bot.infra.store import Incident, Store, fenced
 from bot.slack import slack_out
 from bot.slack.slack_out import SlackOut, make_client
 from bot.slack.timeline import EVENT_TYPE, WARNING_TYPE, Timeline
@@ -308,6 +308,30 @@ def test_the_workspace_edit_budget_spaces_chat_update_across_incidents_and_repli
     at = [c.at for c in slack.calls("chat.update")]
     assert len(at) == 4 and all(later - earlier >= 0.4 for earlier, later in zip(at, at[1:], strict=False)), at
     assert [slack.message(CHANNEL, ts)["text"] for ts in messages] == [f"edited {n}" for n in range(4)]
+
+
+def test_an_edit_made_under_a_lost_lease_is_dropped_and_leaves_the_shared_slot_to_the_new_owner(
+        make_store: MakeStore, slack: FakeSlackAPI) -> None:
+    a, b = make_store(), make_store()
+    ta, tb = _timeline(a, slack, "replica-a", update_every=3.0), _timeline(b, slack, "replica-b", update_every=3.0)
+    ts = _out(slack).post(CHANNEL, "progress")
+    stale = a.acquire_lease("replica:replica-a", "replica-a", 15)
+    assert stale is not None
+    again = a.acquire_lease("replica:replica-a", "replica-a", 15)  # it rejoined: the old epoch is over
+    assert again is not None and again.epoch == stale.epoch + 1
+    owner = b.acquire_lease("replica:replica-b", "replica-b", 15)
+    began = time.time()
+    with fenced(stale):  # a verification tick of the old epoch, resumed after a pause
+        ta.edit(1, CHANNEL, ts, "old text", [])
+    with fenced(owner):  # the replica that took the verification over, a moment later
+        tb.edit(1, CHANNEL, ts, "new text", [])
+    deadline = time.monotonic() + 5
+    while not slack.calls("chat.update") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    calls = slack.calls("chat.update")
+    assert [c.params["text"] for c in calls] == ["new text"]
+    assert calls[0].at - began < 1.5, "at once: the dropped edit did not take the incident's 3 s slot"
 
 
 # -- the user-group cache

@@ -1,15 +1,14 @@
-"""APScheduler 3.x wiring: the evaluation loop, one verification job per incident, and one-off background
-work (running an approved plan) so Slack handlers return right after their ack.
+"""APScheduler 3.x wiring: each replica's local ticker (the evaluation loop, its heartbeat and its work poll).
 
-Created by bot.app for `serve`. Jobs live in memory (APScheduler's MemoryJobStore), so each process schedules
-its own; one process per database until the many-replica issue (13) decides who runs what. A restarted process
-re-creates its jobs from the store (bot.incidents.recovery).
+Created by bot.app for `serve`. Its jobs live in memory and are the same in every replica; what must happen once
+(plan runs, verification ticks, timers, closes) is durable work in the store, which bot.infra.replica takes and
+runs, so nothing is lost with a process.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -36,11 +35,6 @@ class Scheduler:
         """Run fn every `seconds`, first right away; replaces a job with the same id."""
         self._s.add_job(fn, "interval", args=args, id=job_id, replace_existing=True,
                         seconds=seconds, next_run_time=datetime.now(timezone.utc))
-
-    def soon(self, fn: Callable[..., Any], *args: Any, delay: float = 0.0, job_id: str | None = None) -> None:
-        """Run fn once after `delay` seconds; with a `job_id` it replaces (and can be cancelled like) a job."""
-        self._s.add_job(fn, "date", args=args, run_date=datetime.now(timezone.utc) + timedelta(seconds=delay),
-                        id=job_id, replace_existing=job_id is not None, misfire_grace_time=None)
 
     def cancel(self, job_id: str) -> None:
         if self._s.get_job(job_id):

@@ -222,6 +222,20 @@ class Timeline:
                 self._schedule_edit(incident_id, wait)
                 return
             self._in_flight.add(incident_id)  # held while the shared budget is asked, outside this lock
+            checked = self._pending[waiting[0]][3]
+        # An edit made under a lease this replica lost (it was paused, then resumed after a take-over) is dropped
+        # before it takes the incident's shared slot, which the replica now ticking needs.
+        if checked is not None and not self._still_held(checked):
+            with self._edits_lock:
+                for key in [k for k, v in self._pending.items() if k[0] == incident_id and v[3] == checked]:
+                    del self._pending[key]
+                self._in_flight.discard(incident_id)
+                more = any(k[0] == incident_id for k in self._pending)
+            log.warning("incident %s: edits made under %s epoch %s dropped: the lease is not known to be held",
+                        incident_id, checked.name, checked.epoch)
+            if more:
+                self._send_edit(incident_id)
+            return
         wait = self._shared_wait(incident_id)
         with self._edits_lock:
             if wait > 0:  # another replica edited this incident, or the workspace's budget is spent: later
@@ -233,7 +247,7 @@ class Timeline:
             channel, text, body, fence = self._pending.pop(key)
             self._last_edit[incident_id] = started = time.monotonic()
         try:
-            if fence is not None and not self._still_held(fence):
+            if fence is not None and fence != checked and not self._still_held(fence):
                 log.warning("incident %s: edit of %s dropped: %s epoch %s is not known to be held", incident_id,
                             key[1], fence.name, fence.epoch)
             else:

@@ -27,12 +27,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_plus
 
-from sqlalchemy import delete, exists, literal, or_, select, update
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy import delete, exists, or_, select, update
 
 from bot.infra.store.database import Database, Fence
 from bot.infra.store.tables import inbox, leases
-from bot.infra.store.work import REPLICA
+from bot.infra.store.work import owner_alive
 
 WINDOW = 300.0  # seconds: Slack's signature window; a request received longer ago is never taken over
 LEGACY_TOKEN = "token"  # Slack's deprecated verification token, sent in every request body
@@ -153,7 +152,7 @@ class Inbox:
         (expired, or re-acquired under a newer epoch): `me` may take them over. Oldest first."""
         now = self.db.now()
         query = (select(inbox).where(inbox.c.done_at.is_(None), inbox.c.received_at >= now - WINDOW,
-                                     or_(inbox.c.owner.is_(None), ~_owner_alive(now)),
+                                     or_(inbox.c.owner.is_(None), ~owner_alive(inbox, now)),
                                      or_(inbox.c.owner.is_distinct_from(me.owner),
                                          inbox.c.owner_epoch.is_distinct_from(me.epoch)))
                  .order_by(inbox.c.received_at, inbox.c.id).limit(limit))
@@ -181,12 +180,6 @@ class Inbox:
         with self.db.begin() as conn:
             return int(conn.execute(delete(inbox).where(inbox.c.received_at < older_than,
                                                         inbox.c.received_at < self.db.now() - WINDOW)).rowcount)
-
-
-def _owner_alive(now: ColumnElement[float]) -> ColumnElement[bool]:
-    """The row's owner holds its replica lease, unexpired, under the epoch the row names (as in Work.due)."""
-    return exists().where(leases.c.name == literal(REPLICA) + inbox.c.owner, leases.c.epoch == inbox.c.owner_epoch,
-                          leases.c.expires_at >= now)
 
 
 def without_token(body: bytes) -> bytes:

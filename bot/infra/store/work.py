@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import and_, delete, exists, literal, or_, select, update
+from sqlalchemy import Table, and_, delete, exists, literal, or_, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
 from bot.infra.store.database import Database, Fence
@@ -75,12 +75,10 @@ class Work:
 
     def due(self, me: Fence, limit: int = 64, exclude: frozenset[str] = frozenset()) -> list[WorkItem]:
         """Rows due now that `me` may run: its own, nobody's, and those of a replica whose lease is gone."""
-        owner_alive = exists().where(leases.c.name == literal(REPLICA) + work.c.owner,
-                                     leases.c.epoch == work.c.owner_epoch, leases.c.expires_at >= self.db.now())
         query = (select(work).where(work.c.due_at <= self.db.clock(),
                                     or_(work.c.owner.is_(None),
                                         and_(work.c.owner == me.owner, work.c.owner_epoch == me.epoch),
-                                        ~owner_alive))
+                                        ~owner_alive(work, self.db.now())))
                  .order_by(work.c.due_at).limit(limit))
         if exclude:
             query = query.where(work.c.key.not_in(sorted(exclude)))
@@ -114,6 +112,13 @@ class Work:
         """`me` finished `item`: remove its row (not one scheduled anew meanwhile, which nobody owns yet)."""
         with self.db.begin() as conn:
             conn.execute(delete(work).where(*_mine(item.key, me)))
+
+
+def owner_alive(table: Table, now: ColumnElement[float]) -> ColumnElement[bool]:
+    """The row's owner (`owner`, `owner_epoch` columns of `table`: work, inbox) still holds its replica lease,
+    unexpired, under the epoch the row names."""
+    return exists().where(leases.c.name == literal(REPLICA) + table.c.owner, leases.c.epoch == table.c.owner_epoch,
+                          leases.c.expires_at >= now)
 
 
 def _mine(key: str, me: Fence) -> tuple[ColumnElement[bool], ...]:
