@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import insert, select, update
-from sqlalchemy.sql.elements import ColumnElement
 
+from bot.infra.store.claims import Claim, ClaimColumns, claim, release
 from bot.infra.store.database import Database, inserted_id, to_record
 from bot.infra.store.tables import events
+
+_CLAIM = ClaimColumns(events, events.c.id, events.c.slack_ts, events.c.claimed_by, events.c.claim_until)
 
 
 @dataclass(frozen=True)
@@ -31,19 +33,6 @@ class Event:
     text: str
     data: dict[str, Any]
     slack_ts: str | None
-
-
-@dataclass(frozen=True)
-class Claim:
-    """A claim on an event (or an incident's warning, bot.infra.store.incidents.claim_warning) as it was taken:
-    held by `owner` until `until` (the database's clock). `taken_over`: an earlier claim, by `previous_owner`
-    (possibly this same replica), had expired unposted, so that message may be in Slack already."""
-
-    key: int
-    owner: str
-    until: float
-    taken_over: bool
-    previous_owner: str | None
 
 
 class Events:
@@ -63,36 +52,14 @@ class Events:
             conn.execute(update(events).where(events.c.id == event_id).values(slack_ts=slack_ts))
 
     def claim_event(self, event_id: int, replica_id: str, ttl: float) -> Claim | None:
-        """Claim the unposted event `event_id` for `replica_id` for `ttl` seconds; None when it is posted, claimed
-        by someone else right now, or gone. The claim is one conditional UPDATE on the claim as it was read (its
-        holder and expiry), so of two replicas racing for it exactly one wins and the winner knows whether an
-        earlier, expired claim existed."""
-        with self.db.engine.connect() as conn:  # read outside the write: SQLite cannot upgrade a stale read snapshot
-            seen = conn.execute(select(events.c.claimed_by, events.c.claim_until)
-                                .where(events.c.id == event_id, events.c.slack_ts.is_(None))).first()
-        if seen is None:
-            return None
-        now = self.db.now()
-        with self.db.begin() as conn:
-            result = conn.execute(
-                update(events).where(events.c.id == event_id, events.c.slack_ts.is_(None),
-                                     *_claim_free(events.c.claim_until, now),
-                                     events.c.claimed_by.is_not_distinct_from(seen.claimed_by),
-                                     events.c.claim_until.is_not_distinct_from(seen.claim_until))
-                .values(claimed_by=replica_id, claim_until=now + ttl).returning(events.c.claim_until))
-            until = result.scalar_one_or_none()
-        if until is None:
-            return None
-        return Claim(event_id, replica_id, float(until), seen.claimed_by is not None, seen.claimed_by)
+        """Claim the unposted event for `replica_id` for `ttl` seconds (bot.infra.store.claims); None when it is
+        posted, claimed by someone else right now, or gone."""
+        return claim(self.db, _CLAIM, event_id, replica_id, ttl)
 
     def release_event(self, event_id: int, replica_id: str) -> None:
-        """Give `replica_id`'s claim up now (its post failed): anyone may claim the event at once. The claimer's
-        name stays, so the next claim counts as taken over and reads the thread first (a post that timed out may
-        have reached Slack)."""
-        with self.db.begin() as conn:
-            conn.execute(update(events).where(events.c.id == event_id, events.c.claimed_by == replica_id,
-                                              events.c.slack_ts.is_(None))
-                         .values(claim_until=None))
+        """Give `replica_id`'s claim up now (its post failed): the next claim reads the thread first (a post that
+        timed out may have reached Slack)."""
+        release(self.db, _CLAIM, event_id, replica_id)
 
     def events(self, incident_id: int) -> list[Event]:
         with self.db.engine.connect() as conn:
@@ -107,8 +74,3 @@ class Events:
         with self.db.engine.connect() as conn:
             rows = conn.execute(query).all()
         return [to_record(Event, r) for r in rows]
-
-
-def _claim_free(claim_until: ColumnElement[float], now: ColumnElement[float]) -> tuple[ColumnElement[bool]]:
-    """The claim column is unset or expired by the database's clock `now`."""
-    return (claim_until.is_(None) | (claim_until < now),)

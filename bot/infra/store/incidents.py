@@ -15,9 +15,12 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from bot.infra.store.claims import Claim, ClaimColumns, claim, release
 from bot.infra.store.database import Database, inserted_id, to_record
-from bot.infra.store.events import Claim
 from bot.infra.store.tables import incidents
+
+_WARNING_CLAIM = ClaimColumns(incidents, incidents.c.id, incidents.c.message_ts, incidents.c.warn_claimed_by,
+                              incidents.c.warn_claim_until)
 
 # halted: a step failed or the bot restarted mid-plan; it waits for an approver to retry/resume or stop.
 ACTIVE_STATES = ("open", "executing", "halted", "verifying")
@@ -169,36 +172,12 @@ class Incidents:
 
     def claim_warning(self, incident_id: int, replica_id: str, ttl: float) -> Claim | None:
         """Claim posting the warning of `incident_id` (still without message_ts) for `replica_id` for `ttl` seconds
-        by the database's clock; None when it is posted, claimed by another replica right now, or gone. Like
-        bot.infra.store.events.claim_event: one conditional UPDATE on the claim as it was read, so exactly one of
-        racing replicas wins, and `taken_over` tells that an earlier claim expired (its warning may be in Slack)."""
-        with self.db.engine.connect() as conn:  # read outside the write: SQLite cannot upgrade a stale read snapshot
-            seen = conn.execute(select(incidents.c.warn_claimed_by, incidents.c.warn_claim_until)
-                                .where(incidents.c.id == incident_id, incidents.c.message_ts.is_(None))).first()
-        if seen is None:
-            return None
-        now = self.db.now()
-        until_col = incidents.c.warn_claim_until
-        with self.db.begin() as conn:
-            until = conn.execute(
-                update(incidents).where(incidents.c.id == incident_id, incidents.c.message_ts.is_(None),
-                                        until_col.is_(None) | (until_col < now),
-                                        incidents.c.warn_claimed_by.is_not_distinct_from(seen.warn_claimed_by),
-                                        until_col.is_not_distinct_from(seen.warn_claim_until))
-                .values(warn_claimed_by=replica_id, warn_claim_until=now + ttl).returning(until_col)
-            ).scalar_one_or_none()
-        if until is None:
-            return None
-        return Claim(incident_id, replica_id, float(until), seen.warn_claimed_by is not None, seen.warn_claimed_by)
+        (bot.infra.store.claims); None when it is posted, claimed by another replica right now, or gone."""
+        return claim(self.db, _WARNING_CLAIM, incident_id, replica_id, ttl)
 
     def release_warning(self, incident_id: int, replica_id: str) -> None:
-        """Give `replica_id`'s warning claim up now (its post failed). The claimer's name stays, so the next claim
-        counts as taken over and searches the channel first (a post that timed out may have reached Slack)."""
-        with self.db.begin() as conn:
-            conn.execute(update(incidents).where(incidents.c.id == incident_id,
-                                                 incidents.c.warn_claimed_by == replica_id,
-                                                 incidents.c.message_ts.is_(None))
-                         .values(warn_claim_until=None))
+        """Give `replica_id`'s warning claim up now (its post failed): the next claim searches the channel first."""
+        release(self.db, _WARNING_CLAIM, incident_id, replica_id)
 
     def mark_warned(self, incident_id: int, message_ts: str, warned_at: float) -> Incident | None:
         """Store the warning's ts once: None when the incident already has one (set by another replica)."""
