@@ -39,7 +39,9 @@ log = logging.getLogger(__name__)
 EVENT_TYPE, WARNING_TYPE = "rollback_event", "rollback_warning"  # the metadata event_type of each kind of post
 # Answers saying the bot can never read this channel (not a member of a public one it posts to with
 # chat:write.public, no history scope): then a message whose poster died is posted again rather than never.
-UNREADABLE = frozenset({"not_in_channel", "missing_scope", "channel_not_found", "thread_not_found"})
+# conversations.history / replies document channel_not_found, thread_not_found, missing_scope and no_permission
+# ("make sure your app is a member of the conversation"); not_in_channel is what a non-member bot gets in practice.
+UNREADABLE = frozenset({"not_in_channel", "no_permission", "missing_scope", "channel_not_found", "thread_not_found"})
 WARNING_LOOKBACK = 120.0  # how far before an incident opened its channel's history is searched (clock skew)
 
 
