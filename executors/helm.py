@@ -254,4 +254,4 @@ def _build(config: HelmConfig, clients: Clients) -> Helm:
 
 
 SPEC = ExecutorSpec(name=Helm.name, config=HelmConfig, build=_build,
-                    target=Target(r"[0-9]{1,9}", "a helm revision number, e.g. `4`"))
+                    target=Target(r"[0-9]{1,9}", "a helm revision number, e.g. `4`", was="from_revision"))

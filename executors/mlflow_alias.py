@@ -126,4 +126,5 @@ def _build(config: MlflowAliasConfig, clients: Clients) -> MlflowAlias:
 
 
 SPEC = ExecutorSpec(name=MlflowAlias.name, config=MlflowAliasConfig, build=_build,
-                    target=Target(r"[0-9]{1,9}", "an MLflow model version number, e.g. `3`"))
+                    target=Target(r"[0-9]{1,9}", "an MLflow model version number, e.g. `3`",
+                                  was="from_version"))

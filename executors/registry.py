@@ -36,6 +36,10 @@ class Registry:
         """Names of the executors `--to` can pin, in registration order."""
         return [name for name, spec in self._specs.items() if spec.target is not None]
 
+    def restorable(self) -> list[str]:
+        """Names of the executors a staging drill can move back to where they were (`restore: true`)."""
+        return [name for name, spec in self._specs.items() if spec.target is not None and spec.target.was]
+
     def reports_traffic(self, name: str) -> bool:
         return name in self._specs and self._specs[name].reports_traffic
 

@@ -30,10 +30,13 @@ class Clients:
 @dataclass(frozen=True)
 class Target:
     """What `/rollback <service> --to <value>` may name for a targetable executor: a full-match regex for the
-    value's kind and the words that say what it accepts (shown when a value is refused)."""
+    value's kind and the words that say what it accepts (shown when a value is refused). `was` is the key of the
+    plan's data naming the value the step moves away from (a value of the same kind), so a staging drill with
+    `restore: true` can move it back (bot.incidents.drills)."""
 
     pattern: str
     accepts: str
+    was: str | None = None
 
     def admits(self, value: str) -> bool:
         return re.fullmatch(self.pattern, value) is not None

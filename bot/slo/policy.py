@@ -134,11 +134,18 @@ class BurnRate(_Model):
         return ", ".join(window.target_text() for window in self.windows)
 
 
+SloKind = Literal["latency", "errors", "throughput", "quality", "other"]
+
+
 class Slo(_Model):
     """A PromQL query and the threshold it must stay on the right side of, for `for_` seconds; or, with
-    `burn_rate:` instead of query and threshold, an error-budget burn rate judged by bot.slo.burn."""
+    `burn_rate:` instead of query and threshold, an error-budget burn rate judged by bot.slo.burn.
+
+    `kind` says what the SLO watches, for readiness (bot.incidents.readiness wants a quality SLO and a latency or
+    errors one); a burn-rate SLO counts errors unless it says otherwise."""
 
     name: str = Field(min_length=1)
+    kind: SloKind = "other"
     query: str | None = Field(default=None, min_length=1)
     burn_rate: BurnRate | None = None
     above: float | None = Field(default=None, allow_inf_nan=False)
@@ -148,6 +155,13 @@ class Slo(_Model):
     # service's name), so many services sharing one query text cost one Prometheus query per cycle.
     by: LabelName | None = None
     match: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _burn_rate_counts_errors(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("burn_rate") is not None and "kind" not in data:
+            return {**data, "kind": "errors"}
+        return data
 
     @model_validator(mode="after")
     def _grouping(self) -> Slo:
@@ -228,6 +242,32 @@ class Promote(_Model):
         return self
 
 
+class FreezeWindow(_Model):
+    """A change freeze: from every time `cron` matches (UTC), for `duration`, the gate promotes nothing
+    (bot.slo.windows). Rollbacks stay allowed."""
+
+    cron: str = Field(min_length=1)
+    duration: Duration = Field(gt=0)
+    reason: str = Field(default="change freeze", min_length=1, max_length=200)
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        from croniter import croniter
+
+        text = " ".join(value.split())
+        if len(text.split()) != 5 or not croniter.is_valid(text):
+            raise ValueError(f"expected a cron expression of five fields (minute hour day month weekday, in UTC), "
+                             f"e.g. '0 17 * * FRI'; got {value!r}")
+        return text
+
+
+class Targets(_Model):
+    """What the service promises after a breach: `recover`, alert to stable (null: no target)."""
+
+    recover: Duration | None = Field(default=300.0, gt=0)
+
+
 class RollbackStep(_Model):
     """One `rollback:` item `{executor_name: {args}}`; `config` is that executor's own config model."""
 
@@ -267,6 +307,40 @@ class RollbackStep(_Model):
         return config_type.model_validate(value, context=info.context)
 
 
+class Drill(_Model):
+    """Rollback drills (bot.incidents.drills): after each promotion (`on_promotion`, default on when `promote:` is
+    set) the whole rollback plan is dry-run against the new release. With `rollback:` (a staging plan) a drill runs
+    that plan for real, verifies `slos` (default the service's) per `verify`, and with `restore` rolls staging
+    forward again."""
+
+    on_promotion: bool | None = None
+    rollback: tuple[RollbackStep, ...] | None = Field(default=None, min_length=1)
+    verify: Verify = Verify()
+    slos: tuple[Slo, ...] | None = Field(default=None, min_length=1)
+    restore: bool = False
+
+    @model_validator(mode="after")
+    def _staging_only(self) -> Drill:
+        if self.rollback is None:
+            given = [key for key in ("verify", "slos", "restore") if key in self.model_fields_set]
+            if given:
+                raise _error_at("Drill", (given[0],), getattr(self, given[0]),
+                                f"'{given[0]}:' is for a staging drill; add 'rollback:', the staging plan it runs")
+        return self
+
+    @model_validator(mode="after")
+    def _restore_targets(self, info: ValidationInfo) -> Drill:
+        if not self.restore or not self.rollback:
+            return self
+        restorable = _registry(info).restorable()
+        for index, step in enumerate(self.rollback):
+            if step.executor not in restorable:
+                raise _error_at("Drill", ("rollback", index), step.executor,
+                                f"'restore: true' moves each step back to where it was, which {step.executor} "
+                                f"cannot do; restorable steps: {', '.join(restorable)}")
+        return self
+
+
 class Service(_Model):
     """One watched service; `name` is its key under `services:`."""
 
@@ -282,6 +356,16 @@ class Service(_Model):
     rollback: tuple[RollbackStep, ...] = Field(min_length=1)
     verify: Verify = Verify()
     promote: Promote | None = None
+    targets: Targets = Targets()
+    drill: Drill = Drill()
+    freeze_windows: tuple[FreezeWindow, ...] = ()
+
+    @property
+    def drills_on_promotion(self) -> bool:
+        """Whether each promotion is followed by a drill: `drill.on_promotion`, by default when `promote:` is set."""
+        if self.drill.on_promotion is not None:
+            return self.drill.on_promotion and self.promote is not None
+        return self.promote is not None
 
     @field_validator("slos")
     @classmethod
@@ -299,6 +383,9 @@ class Policy(_Model):
     """The whole policy file: how often to evaluate SLOs, and the services by name."""
 
     evaluate_every: Duration = Field(default=15.0, gt=0)
+    # Who may freeze and unfreeze every service at once (`/rollback freeze --all`); nobody when empty.
+    admins: tuple[ApproverId, ...] = ()
+    freeze_windows: tuple[FreezeWindow, ...] = ()  # for every service, besides each service's own
     services: dict[ServiceName, Service] = Field(min_length=1)
 
     @model_validator(mode="before")

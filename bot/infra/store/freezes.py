@@ -15,6 +15,9 @@ from sqlalchemy import select
 from bot.infra.store.database import Database, to_record
 from bot.infra.store.tables import freezes
 
+# The service of the org-wide stop's row (`/rollback freeze --all`): no service is named "*".
+ALL = "*"
+
 
 @dataclass(frozen=True)
 class Freeze:

@@ -2,13 +2,17 @@
 
 Called through `Store` by handlers.dedupe (`claim_request`: a Slack retry or a replayed signed request finds its
 key taken and does nothing a second time, in any process sharing the database) and by bot.incidents.detection
-(`forget_requests`, the periodic clean-up of old keys each evaluation cycle).
+(`forget_requests`, the periodic clean-up of old keys each evaluation cycle), and by bot.slo.gate for what it says
+once per candidate (a `once:` key, never forgotten).
 """
 
 from __future__ import annotations
 
 from bot.infra.store.database import Database
 from bot.infra.store.tables import seen_requests
+
+# Keys under this prefix are kept: a notice said once per candidate (bot.slo.gate) must stay said.
+KEPT = "once:"
 
 
 class SeenRequests:
@@ -19,7 +23,8 @@ class SeenRequests:
         """Drop request keys claimed before `older_than`: Slack stops retrying within minutes, and Bolt refuses
         a replay whose signed timestamp is over 5 minutes old, so old keys can never match again."""
         with self.db.begin() as conn:
-            return int(conn.execute(seen_requests.delete().where(seen_requests.c.at < older_than)).rowcount)
+            return int(conn.execute(seen_requests.delete().where(
+                seen_requests.c.at < older_than, ~seen_requests.c.key.startswith(KEPT, autoescape=True))).rowcount)
 
     def claim_request(self, key: str) -> bool:
         """True the first time `key` is claimed, False for a retry or replay of the same Slack request."""

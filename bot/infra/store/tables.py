@@ -8,7 +8,7 @@ Text and JSON column gets its fitted type (bot.infra.store.fitting) once, after 
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, Column, Float, Integer, LargeBinary, MetaData, String, Table, Text
+from sqlalchemy import JSON, Boolean, Column, Float, Index, Integer, LargeBinary, MetaData, String, Table, Text
 
 from bot.infra.store.fitting import guard_columns
 
@@ -201,6 +201,30 @@ shared_cache = Table(
     Column("key", String(255), primary_key=True),
     Column("value", JSON, nullable=False, default=dict),
     Column("expires_at", Float, nullable=False),
+)
+
+# Rollback drills (bot.infra.store.drills, bot.incidents.drills): a dry run of the rollback plan after a promotion
+# or on /rollback drill (mode dry_run), or a staging plan run for real, verified and maybe restored (staging).
+drills = Table(
+    "drills", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("service", String(128), nullable=False),
+    Column("mode", String(16), nullable=False),
+    Column("trigger", String(16), nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("version", String(64), nullable=True),
+    Column("baseline", String(64), nullable=True),
+    Column("ok", Boolean, nullable=False),
+    Column("steps_planned", Integer, nullable=False),
+    Column("steps_total", Integer, nullable=False),
+    Column("planning_seconds", Float, nullable=False),
+    Column("recover_seconds", Float, nullable=True),
+    Column("restored", Boolean, nullable=True),
+    Column("summary", Text, nullable=False),
+    Column("detail", JSON, nullable=False, default=dict),
+    Column("started_at", Float, nullable=False),
+    Column("finished_at", Float, nullable=False),
+    Index("ix_drills_service_started_at", "service", "started_at"),
 )
 
 
