@@ -29,9 +29,12 @@ from bot.incidents.approvers import Approvers
 from bot.incidents.authorization import Authorization
 from bot.incidents.close import Closer
 from bot.incidents.detection import Detection
+from bot.incidents.drills import DrillRunner
 from bot.incidents.oncall import OnCall
 from bot.incidents.planning import Planner
+from bot.incidents.readiness import Readiness
 from bot.incidents.recovery import Recovery
+from bot.incidents.report import Reports
 from bot.incidents.runner import Runner
 from bot.incidents.runs import Runs
 from bot.incidents.service import IncidentService
@@ -161,11 +164,16 @@ def wire(*, policy: Policy, store: Store, prom: Prometheus, slack: SlackOut, mlf
     only replica of its database (the id hostname-pid)."""
     replica = replica or Replica(store, scheduler, exclusive=True)
     timeline = Timeline(store, slack, policy.services.get, replica_id=replica.id, claim_ttl=replica.ttl)
-    authz = Authorization(Approvers(slack.usergroup_users, store=store))
+    approvers = Approvers(slack.usergroup_users, store=store)
+    authz = Authorization(approvers)
     registry = registry or default_registry()
     runner = Runner(registry, clients or Clients(mlflow=mlflow), store)
     models = ModelRegistry(mlflow)
-    gate = Gate(store, models, clock=clock, may_act=replica.may_act)
+    readiness = Readiness(runner=runner, models=models, prom=prom, approvers=approvers)
+    gate = Gate(store, models, clock=clock, may_act=replica.may_act, policy=policy,
+                readiness=lambda svc, candidate, outgoing: readiness.check(svc, promoting=(candidate, outgoing)))
+    drills = DrillRunner(store=store, runner=runner, prom=prom, authz=authz, say=timeline.say,
+                         mention=timeline.mention_approvers, clock=clock)
     evaluator = Evaluator(store, prom)
     verifier = Verifier(store, prom, timeline, clock=clock)
     closer = Closer(store=store, prom=prom, slack=slack, timeline=timeline, gate=gate, registry=registry)
@@ -174,7 +182,8 @@ def wire(*, policy: Policy, store: Store, prom: Prometheus, slack: SlackOut, mlf
     incidents = IncidentService(policy=policy, store=store, timeline=timeline, authz=authz,
                                 planner=Planner(runner, models), runs=runs, work=replica, clock=clock)
     detection = Detection(policy=policy, evaluator=evaluator, store=store, gate=gate, timeline=timeline,
-                          open_incident=incidents.open_detected, owns=replica.owns, clock=clock)
+                          open_incident=incidents.open_detected, owns=replica.owns,
+                          after_promotion=drills.after_promotion, clock=clock)
     recovery = Recovery(policy=policy, store=store, timeline=timeline, runs=runs, work=replica,
                         auto_approve=incidents.auto_approve, clock=clock)
     handlers: dict[str, Callable[[int, bool], float | None]] = {
@@ -183,7 +192,8 @@ def wire(*, policy: Policy, store: Store, prom: Prometheus, slack: SlackOut, mlf
         replica.handlers[kind] = functools.partial(_on_incident, handle)
     replica.on_shards_changed.append(evaluator.forget_states)
     oncall = OnCall(policy=policy, store=store, models=models, check_approver=incidents.check_approver,
-                    say=timeline.say)
+                    check_admin=incidents.check_admin, say=timeline.say, readiness=readiness, drills=drills,
+                    reports=Reports(policy=policy, store=store, clock=clock), clock=clock)
     intake = Intake(policy=policy, store=store, timeline=timeline,
                     open_incident=lambda svc, reading: incidents.open_incident(svc, reading, source="alertmanager"))
     return Bot(policy, store, slack, scheduler, runner, evaluator, incidents, runs, detection, recovery, oncall,

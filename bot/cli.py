@@ -1,19 +1,26 @@
-"""The `rollback-bot` command: serve, check-policy, rules, migrate, demo.
+"""The `rollback-bot` command: serve, check-policy, rules, readiness, migrate, demo.
 
 Entry point declared in pyproject.toml. Exit codes: 0 ok, 1 runtime failure, 2 bad input (policy or
-environment), with a message that names what is wrong.
+environment), with a message that names what is wrong. `readiness` exits 1 when a service's way back is not
+ready, so a CI pipeline can refuse to ship a release that cannot be rolled back.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from bot.infra.config import ConfigError, Settings
 from bot.slo.evaluation import grouping_plan
 from bot.slo.policy_file import PolicyError, load_policy, load_policy_in_child
+
+if TYPE_CHECKING:
+    from bot.incidents.readiness import ReadinessReport
+    from bot.slo.policy import Service
 
 
 def _check_policy(args: argparse.Namespace) -> int:
@@ -100,6 +107,76 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _readiness(args: argparse.Namespace) -> int:
+    """One line per item and service, then "ready" or "NOT READY: n of m services"; reads MLflow, Prometheus,
+    helm, Kubernetes, git and Slack (user groups) from the environment like `serve`, and changes nothing."""
+    try:
+        policy = load_policy(args.policy)
+    except PolicyError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if args.service is not None and args.service not in policy.services:
+        print(f"unknown service {args.service!r}; known services: {', '.join(policy.services)}", file=sys.stderr)
+        return 2
+    # Slack is only asked for the members of user groups named as approvers: without a bot token that item
+    # fails with the reason instead of the whole command refusing to run.
+    token = os.environ.get("SLACK_BOT_TOKEN") or ""
+    env = {**os.environ, "SLACK_BOT_TOKEN": token or "unset", "SLACK_SIGNING_SECRET": "not used by readiness"}
+    try:
+        settings = Settings.from_env(env)
+    except ConfigError as exc:
+        print(f"readiness: {exc}", file=sys.stderr)
+        return 2
+    from bot.infra import redact
+
+    # What is printed may carry a credential (a git URL with a token in an error): redacted like the bot's logs.
+    redact.configure(dataclasses.replace(settings, slack_bot_token=token, slack_signing_secret=""), policy)
+    services = [policy.services[args.service]] if args.service else list(policy.services.values())
+    reports = _readiness_reports(settings, services, has_token=bool(token))
+    width = max(len(svc.name) for svc in services)
+    for report in reports:
+        for item in report.items:
+            print(f"{report.service:<{width}}  {item.status:<7}  {item.name:<14}  {redact.redact(item.detail)}")
+    not_ready = sum(1 for report in reports if not report.ready)
+    print("ready" if not not_ready else f"NOT READY: {not_ready} of {len(reports)} services")
+    return 1 if not_ready else 0
+
+
+def _readiness_reports(settings: Settings, services: list[Service], *, has_token: bool) -> list[ReadinessReport]:
+    # MLflow's client retries 7 times with backoff by default; the same fail-fast defaults as bot.app.build.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    from mlflow import MlflowClient
+
+    from bot.incidents.approvers import Approvers
+    from bot.incidents.readiness import Readiness
+    from bot.incidents.runner import Runner
+    from bot.infra.model_registry import ModelRegistry
+    from bot.infra.prom import Prometheus
+    from bot.infra.store import Store
+    from bot.slack.slack_out import SlackOut, make_client
+    from executors.registry import Clients, default_registry
+
+    mlflow = MlflowClient(tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri)
+    slack = SlackOut(make_client(settings.slack_bot_token, settings.slack_api_url))
+
+    def list_group(group: str) -> list[str]:
+        if not has_token:
+            raise RuntimeError("SLACK_BOT_TOKEN is not set, so the user group's members cannot be read")
+        return slack.usergroup_users(group)
+
+    prom = Prometheus(settings.prometheus_url, timeout=5.0)
+    # Planning never writes the store (only a run records its steps): an in-memory database serves the Runner.
+    runner = Runner(default_registry(), Clients(mlflow=mlflow, helm=settings.helm_bin, workdir=settings.git_workdir),
+                    Store("sqlite://"))
+    readiness = Readiness(runner=runner, models=ModelRegistry(mlflow), prom=prom, approvers=Approvers(list_group))
+    try:
+        return [readiness.check(svc) for svc in services]
+    finally:
+        prom.close()
+
+
 def _migrate(args: argparse.Namespace) -> int:
     from alembic.util import CommandError
     from sqlalchemy.engine import make_url
@@ -167,6 +244,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--policy", required=True, help="policy YAML file")
     p.add_argument("--out", help="rules file to write (default: standard output)")
     p.set_defaults(func=_rules)
+
+    p = sub.add_parser("readiness", help="check each service's way back now (baseline, dry run, SLO data and "
+                                         "kinds, approvers, recover target); exit 1 when one is not ready")
+    p.add_argument("--policy", required=True, help="policy YAML file")
+    p.add_argument("service", nargs="?", help="only this service (default: every service)")
+    p.set_defaults(func=_readiness)
 
     p = sub.add_parser("migrate", help="bring DATABASE_URL's schema to the newest revision (Alembic); serve does it "
                                        "by itself too, this does it ahead of a deploy")

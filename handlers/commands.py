@@ -42,21 +42,32 @@ HELP = (
     "• `/rollback freeze <service> [reason]` — stop auto-promotion (approvers only)\n"
     "• `/rollback unfreeze <service> [--unblock <version>]` — allow auto-promotion again; `--unblock` also "
     "lifts rollback_blocked from that version (approvers only)\n"
+    "• `/rollback freeze --all [reason]` / `/rollback unfreeze --all` — stop / allow auto-promotion of every "
+    "service at once (the policy's admins only)\n"
     "• `/rollback policy <service>` — trigger, action and verification in three lines\n"
+    "• `/rollback readiness <service>` — the way back checked now: baseline, dry run, SLO data and kinds, "
+    "approvers, recover target\n"
+    "• `/rollback drill <service>` — dry-run the whole rollback plan now (and a staging drill if the policy has "
+    "one) and post the result (approvers only)\n"
+    "• `/rollback report [service] [--days N]` — incidents, median and worst time to recover, share within "
+    "target, last drill (default 30 days)\n"
     "• `/rollback help` — this message\n"
     "Known services: {known}"
 )
 
-SUBCOMMANDS = ("help", "status", "history", "freeze", "unfreeze", "policy")
+SUBCOMMANDS = ("help", "status", "history", "freeze", "unfreeze", "policy", "readiness", "drill", "report")
+MAX_DAYS = 366
 
 
 @dataclass(frozen=True)
 class Command:
-    verb: str  # help | status | history | freeze | unfreeze | policy | rollback
+    verb: str  # help | status | history | freeze | unfreeze | freeze_all | unfreeze_all | policy | readiness
+    #            | drill | report | rollback
     service: str | None = None
     reason: str = ""
     version: str | None = None
     dry_run: bool = False
+    days: int = 30
 
 
 class BadCommand(ValueError):
@@ -95,15 +106,21 @@ def parse(text: str) -> Command:
         if len(words) > 1:
             raise BadCommand(f"`/rollback status` takes at most one service; got `{_echo(' '.join(words))}`.")
         return Command("status", _service(words[0]) if words else None)
-    if verb in ("history", "policy", "freeze", "unfreeze"):
+    if verb == "report":
+        return _report(words)
+    if verb in ("freeze", "unfreeze") and words and words[0] == "--all":
+        words.pop(0)
+        if verb == "unfreeze":
+            if words:
+                raise BadCommand(f"`/rollback unfreeze --all` takes nothing after it; got `{_echo(' '.join(words))}`.")
+            return Command("unfreeze_all")
+        return Command("freeze_all", reason=_reason(words))
+    if verb in ("history", "policy", "freeze", "unfreeze", "readiness", "drill"):
         if not words:
             raise BadCommand(f"`/rollback {verb}` needs a service: `/rollback {verb} <service>`.")
         service = _service(words.pop(0))
         if verb == "freeze":
-            reason = " ".join(words)
-            if len(reason) > MAX_REASON:
-                raise BadCommand(f"The reason is {len(reason)} characters; keep it under {MAX_REASON}.")
-            return Command("freeze", service, reason=reason)
+            return Command("freeze", service, reason=_reason(words))
         if verb == "unfreeze":
             version = None
             if words and words[0] == "--unblock":
@@ -129,6 +146,32 @@ def parse(text: str) -> Command:
     return Command("rollback", service, version=version, dry_run=dry_run)
 
 
+def _reason(words: list[str]) -> str:
+    reason = " ".join(words)
+    if len(reason) > MAX_REASON:
+        raise BadCommand(f"The reason is {len(reason)} characters; keep it under {MAX_REASON}.")
+    return reason
+
+
+def _report(words: list[str]) -> Command:
+    """`report [service] [--days N]`, in either order."""
+    service, days = None, 30
+    usage = "`/rollback report [service] [--days N]`"
+    while words:
+        word = words.pop(0)
+        if word == "--days":
+            value = words.pop(0) if words else ""
+            if not value.isdigit() or not 1 <= int(value) <= MAX_DAYS:
+                raise BadCommand(f"`--days` needs a whole number of days from 1 to {MAX_DAYS}; got "
+                                 f"`{_echo(value) or 'nothing'}`.")
+            days = int(value)
+        elif service is None and not word.startswith("-"):
+            service = _service(word)
+        else:
+            raise BadCommand(f"{usage}; did not expect `{_echo(word)}`.")
+    return Command("report", service, days=days)
+
+
 def run(incidents: IncidentService, oncall: OnCall, command: Command, user: str, channel: str) -> Reply:
     """Carry out a parsed command whose service (if any) is known."""
     service = command.service or ""
@@ -142,6 +185,16 @@ def run(incidents: IncidentService, oncall: OnCall, command: Command, user: str,
         return oncall.freeze(service, user, command.reason)
     if command.verb == "unfreeze":
         return oncall.unfreeze(service, user, command.version)
+    if command.verb == "freeze_all":
+        return oncall.freeze_all(user, command.reason)
+    if command.verb == "unfreeze_all":
+        return oncall.unfreeze_all(user)
+    if command.verb == "readiness":
+        return oncall.readiness(service)
+    if command.verb == "drill":
+        return oncall.drill(service, user)
+    if command.verb == "report":
+        return oncall.report(command.service, command.days)
     if command.dry_run:
         return incidents.plan_preview(service, user, to=command.version)
     return incidents.request_rollback(service, user, channel, to=command.version)

@@ -63,10 +63,12 @@ services:
     model: {MODEL}
     slos:
       - name: p95-latency
+        kind: latency
         query: '{P95}'
         above: 0.25
         for: 3s
       - name: auc
+        kind: quality
         query: 'min(model_auc{{service="{SERVICE}"}})'
         below: 0.8
         for: 3s

@@ -82,8 +82,10 @@ def policy_text(specs: list[ServiceSpec], models: dict[str, str], evaluate_every
         model = models[spec.name]
         out += [f"  {spec.name}:", f"    channel: {spec.channel}", f"    approvers: [{APPROVER}, {GROUP}]",
                 f"    model: {model}", "    slos:",
-                f"      - {{name: p95-latency, query: '{P95.format(service=spec.name)}', above: 0.25, for: {spec.for_}}}",
-                f"      - {{name: auc, query: 'min(model_auc{{service=\"{spec.name}\"}})', below: 0.8, for: {spec.for_}}}",
+                f"      - {{name: p95-latency, kind: latency, query: '{P95.format(service=spec.name)}', above: 0.25, "
+                f"for: {spec.for_}}}",
+                f"      - {{name: auc, kind: quality, query: 'min(model_auc{{service=\"{spec.name}\"}})', below: 0.8, "
+                f"for: {spec.for_}}}",
                 "    rollback:"]
         out += [f"      - {step.format(model=model)}" for step in spec.steps]
         out.append(f"    verify: {{every: {spec.verify_every}, within: {spec.within}, stable_for: {spec.stable_for}}}")

@@ -41,10 +41,12 @@ services:
     model: {model}
     slos:
       - name: p95-latency
+        kind: latency
         query: '{P95.format(service=service)}'
         above: 0.25
         for: {for_}
       - name: auc
+        kind: quality
         query: 'min(model_auc{{service="{service}"}})'
         below: 0.8
         for: {for_}

@@ -87,8 +87,8 @@ services:
     approvers: [U0APPROVER]
     model: {model}
     slos:
-      - {{name: p95-latency, query: {LATENCY}, above: 0.25, for: {for_}}}
-      - {{name: auc, query: {AUC}, below: 0.8, for: {for_}}}
+      - {{name: p95-latency, kind: latency, query: {LATENCY}, above: 0.25, for: {for_}}}
+      - {{name: auc, kind: quality, query: {AUC}, below: 0.8, for: {for_}}}
     rollback:
       - mlflow_alias: {{model: {model}}}
     verify: {{every: 1s, within: {within}, stable_for: {stable_for}}}

@@ -2,8 +2,8 @@
 simulated model service, a real `rollback-bot serve` process, and the fake Slack Web API, driven with
 correctly signed Slack requests.
 
-promotion of the candidate -> breach -> warning -> click -> alias flipped -> recovered -> rollback_blocked
--> no re-promotion. The measured times are printed (run with -s) and written to story-times.json.
+promotion of the candidate -> the drill after it -> breach -> warning -> click -> alias flipped -> recovered
+-> rollback_blocked -> no re-promotion. The measured times are printed (run with -s) and written to story-times.json.
 """
 
 from __future__ import annotations
@@ -63,6 +63,11 @@ def test_breach_warn_approve_rollback_verify_freeze(tmp_path: Path, prometheus_b
             assert mlflow_client.get_model_version_by_alias(unique_model, "champion").version == v2
             assert mlflow_client.get_model_version_by_alias(unique_model, "previous_champion").version == v1
             breach_start = wait_until(lambda: next((t for t, v in sim.switches if v == v2), None), 10, "v2 served")
+            # 1b. Right after it, a drill dry-runs the way back against v2 (nothing moves).
+            drill = slack.wait_for(lambda c: c.method == "chat.postMessage"
+                                   and f"Drill after v{v2}'s promotion" in c.params.get("text", ""), timeout=30)
+            assert f"Drill after v{v2}'s promotion: rollback ready, 1 step planned in " in drill.params["text"]
+            assert drill.params["text"].endswith(f"champion v{v2} → v{v1}")
 
             # 2. The breach holds for `for` and the warning is posted with the baseline and three buttons.
             warning_call = slack.wait_for(lambda c: c.method == "chat.postMessage" and c.params.get("blocks")

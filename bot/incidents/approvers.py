@@ -71,6 +71,11 @@ class Approvers:
         except SQLAlchemyError as exc:  # the other replicas read the group themselves: only a saving is lost
             log.warning("user group %s: could not share its members: %s", group, exc)
 
+    def members(self, group: str) -> frozenset[str]:
+        """The members of user group `group`, through the same caches as `check` (bot.incidents.readiness asks
+        whether the approvers resolve to a person). Raises whatever kept the group from being read."""
+        return self._members(group)
+
     def check(self, user: str, approvers: Sequence[str]) -> tuple[bool, str]:
         """(allowed, reason). The reason names what failed, for the ephemeral refusal and the audit log."""
         if user in approvers:

@@ -8,16 +8,20 @@ An executor runs only when one of these holds for the incident, as stored:
 (b) the automatic mode, armed when the incident was opened by the bot's own detection or by an authenticated
     Alertmanager alert (`armed_by`), never by a person's request, and run by the bot when its grace period
     ran out with nobody pressing Stop.
+(c) a staging drill (bot.incidents.drills, `may_drill`): only the policy's staging plan (`drill.rollback`), for an
+    approver's /rollback drill or after a promotion the gate made.
 
 Called by bot.incidents.service and bot.incidents.runs on every path that can reach an executor: `approval()`
 decides what a click does, `may_run()` is checked again right before a plan (first run, Retry step or Resume)
 reaches bot.incidents.runner, and `is_approver()` guards every other approver-only action (Dismiss, Stop, Retry,
-and through IncidentService.check_approver, freeze and unfreeze). Each refusal is audited by the caller with the
-reason given here.
+and through IncidentService.check_approver, freeze, unfreeze and /rollback drill); `is_admin()` guards the
+org-wide freeze (`/rollback freeze --all`, `unfreeze --all`), which never reaches an executor. Each refusal is
+audited by the caller with the reason given here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bot.incidents.approvers import Approvers
@@ -46,6 +50,13 @@ class Authorization:
         """(allowed, reason) for `user` on `svc`'s approvers (users and user groups, fail closed)."""
         return self.approvers.check(user, svc.approvers)
 
+    def is_admin(self, admins: Sequence[str], user: str) -> tuple[bool, str]:
+        """(allowed, reason) for `user` on the policy's top-level `admins:` (the org-wide freeze); fail closed."""
+        if not admins:
+            return False, ("the policy names no admins (top-level `admins:`), so nobody may freeze or unfreeze "
+                           "every service at once")
+        return self.approvers.check(user, admins)
+
     def approval(self, incident: Incident, svc: Service, user: str) -> Decision:
         """A confirmed Roll back by `user` on an open incident."""
         allowed, reason = self.is_approver(svc, user)
@@ -73,6 +84,19 @@ class Authorization:
         if svc.two_person and (incident.first_approver is None or incident.first_approver == incident.approved_by):
             return False, "the two-person rule needs two different approvers"
         return True, "approved"
+
+    def may_drill(self, svc: Service, actor: str) -> tuple[bool, str]:
+        """(c) A staging drill (`drill.rollback`, the policy's staging plan, never the service's own `rollback:`)
+        runs for an approver's `/rollback drill`, or by the bot after a promotion the gate made when the policy
+        asks for drills on promotion."""
+        if svc.drill.rollback is None:
+            return False, "the policy has no staging plan (drill.rollback)"
+        if actor == AUTO_ACTOR:
+            if svc.drills_on_promotion:
+                return True, "a drill after a promotion"
+            return False, "drills after promotions are off (drill.on_promotion: false)"
+        allowed, reason = self.is_approver(svc, actor)
+        return (True, "an approver's /rollback drill") if allowed else (False, reason)
 
 
 def arms_automatic(svc: Service, source: str) -> bool:

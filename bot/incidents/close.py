@@ -1,5 +1,6 @@
 """The close of an incident: the freeze, the SLO chart in the thread, the post-rollback checklist and the
-summary with the time to detect, approve, execute and recover.
+summary with the time to detect, approve, execute and recover, and the verdict against the service's recover
+target (counted in /metrics as rollback_recover_target_total).
 
 Called by bot.incidents.runs when a verdict is stored (recovered, verify_failed, failed) and by
 bot.incidents.recovery for a verdict whose close a restart interrupted. Each checklist line is checked against
@@ -53,7 +54,11 @@ class Closer:
         if problem:
             self.timeline.record(incident.id, "chart_failed", problem)
         self.timeline.record(incident.id, "checklist", self.checklist(incident, svc, steps))
-        self.timeline.record(incident.id, "summary", wording.summary(incident))
+        target = svc.targets.recover
+        if target is not None and incident.alert_to_stable is not None:
+            result = "within" if incident.alert_to_stable <= target else "over"
+            metrics.RECOVER_TARGET.labels(service=svc.name, result=result).inc()
+        self.timeline.record(incident.id, "summary", wording.summary(incident, target))
 
     def checklist(self, incident: Incident, svc: Service, steps: Sequence[Step]) -> str:
         incident = self.store.incident(incident.id)

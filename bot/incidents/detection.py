@@ -3,7 +3,8 @@
 Run every `evaluate_every` by the scheduler (bot.app starts it). One cycle: evaluate the policy against
 Prometheus (bot.slo.evaluation, grouped queries), open an incident for each service with a sustained breach it
 has not warned about yet (on opener threads: planning reads git, helm, Kubernetes and MLflow, so one slow system
-delays only that service's warning), run the promotion gate, and retry what did not reach Slack.
+delays only that service's warning), run the promotion gate (a promotion is followed by a drill, a candidate it
+holds back is said once), and retry what did not reach Slack.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from typing import Any
 
 from bot.infra import metrics
 from bot.infra.store import Store
-from bot.slack import wording
+from bot.slack import checklist, wording
 from bot.slack.timeline import Timeline
 from bot.slo.evaluation import BREACH, Evaluator, Reading
-from bot.slo.gate import Gate
+from bot.slo.gate import Decision, Gate
 from bot.slo.policy import Policy, Service
 
 log = logging.getLogger(__name__)
@@ -30,12 +31,13 @@ OPENERS = 8
 OPEN_WAIT = 2.0  # seconds an evaluation cycle waits for the incidents it opens (planned on their own threads)
 
 Open = Callable[[Service, Reading], Any]  # opens (or finds) the service's incident for a detected breach
+Promoted = Callable[[Service, "str | None", "str | None"], Any]  # (service, version, previous): the drill after it
 
 
 class Detection:
     def __init__(self, *, policy: Policy, evaluator: Evaluator, store: Store, gate: Gate, timeline: Timeline,
                  open_incident: Open, owns: Callable[[str], bool] = lambda _: True,
-                 clock: Callable[[], float] = time.time) -> None:
+                 after_promotion: Promoted | None = None, clock: Callable[[], float] = time.time) -> None:
         self.policy = policy
         self.evaluator = evaluator
         self.store = store
@@ -43,6 +45,7 @@ class Detection:
         self.timeline = timeline
         self.open_incident = open_incident
         self.owns = owns  # whether this replica evaluates a service this cycle (its shard's lease)
+        self.after_promotion = after_promotion
         self.clock = clock
         self._openers = ThreadPoolExecutor(OPENERS, thread_name_prefix="open")
         self._opening: set[str] = set()
@@ -67,8 +70,7 @@ class Detection:
                     opening.extend(self._open_detected(self.policy.services[name], new[0]))
         wait(opening, timeout=OPEN_WAIT)  # the rest go on in the background; their warnings follow
         for svc, decision in self.gate.consider_all(mine):
-            if decision.promoted:
-                self.timeline.say(svc.channel, wording.promoted(svc, decision.version, decision.previous))
+            self._said(svc, decision)
         self.timeline.flush_all()
         self.store.forget_requests(older_than=self.clock() - SEEN_REQUESTS_KEPT)
         self.store.forget_inbox(older_than=self.clock() - SEEN_REQUESTS_KEPT)
@@ -76,6 +78,19 @@ class Detection:
         metrics.EVALUATION_SECONDS.observe(took)
         metrics.EVALUATION_LAST.set(took)
         return readings
+
+    def _said(self, svc: Service, decision: Decision) -> None:
+        """A promotion (and the drill after it), or a candidate held back, said the first time only."""
+        if decision.promoted:
+            self.timeline.say(svc.channel, wording.promoted(svc, decision.version, decision.previous))
+            if self.after_promotion is not None:
+                self.after_promotion(svc, decision.version, decision.previous)
+        elif decision.notify and decision.held == "window" and decision.window is not None:
+            self.timeline.say(svc.channel, wording.held_by_window(svc, decision.version, decision.window.reason,
+                                                                  decision.window.end))
+        elif decision.notify and decision.held == "readiness":
+            self.timeline.say(svc.channel, checklist.not_ready_notice(svc.name, decision.version or "?",
+                                                                      decision.readiness))
 
     def _export(self, service: str, readings: list[Reading]) -> None:
         """rollback_slo_breaching of each SLO, set when it changes (20,000 SLOs: a gauge each)."""

@@ -69,7 +69,7 @@ class Runner:
         self.clients = clients
         self.store = store
 
-    def _executor(self, step: RollbackStep) -> Any:
+    def executor(self, step: RollbackStep) -> Any:
         return self.registry.get(step.executor).build(step.config, self.clients)
 
     def plan_all(self, service: Service, incident_id: int, pins: Sequence[str | None] = ()) -> list[PlannedStep]:
@@ -79,7 +79,7 @@ class Runner:
             pin = pins[i] if i < len(pins) else None
             try:
                 context = StepContext(service.name, incident_id, pin, before=_names_before(service, i))
-                out.append(PlannedStep(step.executor, plan=self._executor(step).plan(context=context)))
+                out.append(PlannedStep(step.executor, plan=self.executor(step).plan(context=context)))
             except ExecutorError as exc:
                 out.append(PlannedStep(step.executor, error=str(exc)))
             except Exception as exc:  # noqa: BLE001 - a bug or an odd value in planning is that step's error
@@ -103,7 +103,7 @@ class Runner:
             started = time.monotonic()
             step_id: int | None = None
             try:
-                executor = self._executor(step)
+                executor = self.executor(step)
                 plan = executor.plan(context=context)
                 step_id = self.store.start_step(incident_id, i, step.executor, plan_dict(plan))
                 record("step_started", wording.step_started(label, plan.summary), {"position": i})

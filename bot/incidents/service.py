@@ -161,6 +161,15 @@ class IncidentService:
             return None
         return self._refuse(svc, user, action, incident_id, reason)
 
+    def check_admin(self, user: str, action: str) -> Reply | None:
+        """None if `user` is one of the policy's admins; otherwise the (audited) refusal to show them."""
+        allowed, reason = self.authz.is_admin(self.policy.admins, user)
+        if allowed:
+            return None
+        self.store.audit(actor=user, action=action, result="refused", detail={"reason": reason, "scope": "all"})
+        return Reply(False, wording.refused(action, reason, self.policy.admins) if self.policy.admins
+                     else f"Not done ({action}): {reason}.")
+
     def _refuse(self, svc: Service, user: str, action: str, incident_id: int | None, reason: str) -> Reply:
         self.store.audit(actor=user, action=action, result="refused", incident_id=incident_id,
                          detail={"reason": reason, "service": svc.name})

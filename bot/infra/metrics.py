@@ -13,6 +13,9 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 INCIDENTS = Counter("rollback_incidents_total", "Incidents by outcome", ["outcome"], registry=REGISTRY)
 TIME_TO_RECOVER = Histogram("rollback_time_to_recover_seconds", "Approval to verified recovery",
                             buckets=(15, 30, 60, 120, 180, 300, 600, 1200), registry=REGISTRY)
+RECOVER_TARGET = Counter("rollback_recover_target_total",
+                         "Recovered incidents within / over their time-to-recover target (alert to stable)",
+                         ["service", "result"], registry=REGISTRY)
 EXECUTOR_SECONDS = Histogram("rollback_executor_seconds", "Executor step durations", ["executor", "result"],
                              registry=REGISTRY)
 EXECUTOR_FAILURES = Counter("rollback_executor_failures_total", "Failed executor steps", ["executor"],
@@ -45,3 +48,5 @@ WORK_TAKEN_OVER = Counter("rollback_work_taken_over_total",
 FENCING_REJECTIONS = Counter("rollback_fencing_rejections_total",
                              "Store writes refused because the lease they were made under was no longer held",
                              registry=REGISTRY)
+DRILLS = Counter("rollback_drills_total", "Rollback drills (bot.incidents.drills) by mode (dry_run, staging) and result",
+                 ["service", "mode", "result"], registry=REGISTRY)

@@ -1,4 +1,4 @@
-"""What `/rollback status | history | freeze | unfreeze | policy` answer, in Slack mrkdwn.
+"""What `/rollback status | history | freeze | unfreeze (one service or --all) | policy` answer, in Slack mrkdwn.
 
 Called by bot.incidents.oncall, which reads the store and the registry and decides; this says it. Text from
 outside (reasons, registry errors) goes through blocks.inert.
@@ -6,13 +6,16 @@ outside (reasons, registry errors) goes through blocks.inert.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 from bot.infra.model_registry import Version
-from bot.infra.store import Freeze, Incident
+from bot.infra.store import Drill, Freeze, Incident
 from bot.slack.blocks import clock, inert, mention, status_line
+from bot.slack.reports import drill_result
 from bot.slo.durations import format_duration, format_span
 from bot.slo.policy import Policy, Service
+from bot.slo.windows import OpenWindow
 
 
 def aliases(to: str, previous: str, current: Version | None, before: Version | None) -> str:
@@ -26,17 +29,38 @@ def registry_unavailable(error: str) -> str:
     return f"registry unavailable ({inert(error)})"
 
 
-def status_entry(name: str, aliases_text: str, active: Incident | None, frozen: Freeze | None) -> str:
+def status_entry(name: str, aliases_text: str, active: Incident | None, frozen: Freeze | None,
+                 window: OpenWindow | None = None) -> str:
     parts = [f"*{name}* — {aliases_text}",
              f"incident #{active.id}: {status_line(active)}" if active else "no open incident"]
     if frozen:
-        by = f" by {mention(frozen.actor)}" if frozen.actor.startswith(("U", "W")) else ""
-        parts.append(f":ice_cube: frozen since {clock(frozen.frozen_at)}{by} ({inert(frozen.reason)})")
+        parts.append(f":ice_cube: frozen since {clock(frozen.frozen_at)}{_by(frozen)} ({inert(frozen.reason)})")
+    if window:
+        parts.append(f":snowflake: {window_text(window)}")
     return " · ".join(parts)
 
 
-def status(entries: Sequence[str]) -> str:
-    return "*Rollback status*\n" + "\n".join(entries)
+def _by(frozen: Freeze) -> str:
+    return f" by {mention(frozen.actor)}" if frozen.actor.startswith(("U", "W")) else ""
+
+
+def window_text(window: OpenWindow) -> str:
+    """e.g. "freeze window: weekend, until Mon 2026-12-07 09:00 UTC (cron 0 17 * * FRI, every service)"."""
+    until = time.strftime("%a %Y-%m-%d %H:%M", time.gmtime(window.end))
+    scope = "every service" if window.scope == "all" else "this service"
+    return f"freeze window: {inert(window.reason)}, until {until} UTC (cron `{window.cron}`, {scope})"
+
+
+def org_stop(frozen: Freeze | None) -> str:
+    """The first line of /rollback status while every service is frozen at once."""
+    if frozen is None:
+        return ""
+    return (f":octagonal_sign: *Every service frozen* since {clock(frozen.frozen_at)}{_by(frozen)} "
+            f"({inert(frozen.reason)}): no promotion anywhere until `/rollback unfreeze --all`")
+
+
+def status(entries: Sequence[str], head: str = "") -> str:
+    return "*Rollback status*\n" + (head + "\n" if head else "") + "\n".join(entries)
 
 
 def status_of_many(entries: Sequence[str], *, watched: int, busy: int, open_incidents: int) -> str:
@@ -58,10 +82,24 @@ def _history_line(incident: Incident) -> str:
             f"time to recover {format_span(incident.approved_at, incident.recovered_at)}")
 
 
-def history(service: str, incidents: Sequence[Incident]) -> str:
-    if not incidents:
-        return f"*{service}* has had no incidents."
-    return f"*Last {len(incidents)} incidents of {service}*\n" + "\n".join(_history_line(i) for i in incidents)
+def history(service: str, incidents: Sequence[Incident], drills: Sequence[Drill] = ()) -> str:
+    """The service's last incidents, then its last drills (newest first)."""
+    text = (f"*Last {len(incidents)} incidents of {service}*\n" + "\n".join(_history_line(i) for i in incidents)
+            if incidents else f"*{service}* has had no incidents.")
+    if drills:
+        text += (f"\n*Last {len(drills)} {'drill' if len(drills) == 1 else 'drills'}*\n"
+                 + "\n".join(_drill_line(d) for d in drills))
+    else:
+        text += "\nNo drill yet."
+    return text
+
+
+def _drill_line(drill: Drill) -> str:
+    if drill.trigger == "promotion":
+        why = f"after v{inert(drill.version or '?')}'s promotion"
+    else:
+        why = f"asked by {mention(drill.actor) if drill.actor[:1] in ('U', 'W') else inert(drill.actor)}"
+    return f"drill {clock(drill.started_at)} {why} — {drill_result(drill)}"
 
 
 def froze(user: str, service: str, why: str) -> str:
@@ -70,6 +108,26 @@ def froze(user: str, service: str, why: str) -> str:
 
 def froze_reply(service: str) -> str:
     return f"Froze auto-promotion for *{service}*."
+
+
+def froze_all(user: str, why: str) -> str:
+    return (f":octagonal_sign: {mention(user)} froze auto-promotion of *every service*: {inert(why)}. Rollbacks "
+            "stay allowed.")
+
+
+def froze_all_reply(channels: int) -> str:
+    return f"Froze auto-promotion of every service; said in {channels} channel(s). `/rollback unfreeze --all` lifts it."
+
+
+def unfroze_all(user: str) -> str:
+    return (f":sunny: {mention(user)} lifted the freeze of every service; services frozen on their own (after a "
+            "rollback, or by hand) stay frozen.")
+
+
+def unfroze_all_reply(lifted: bool) -> str:
+    if not lifted:
+        return "Not every service was frozen at once; nothing to lift (`/rollback status` shows each service's freeze)."
+    return "Lifted the freeze of every service; services frozen on their own stay frozen."
 
 
 def open_incident_first(service: str) -> str:

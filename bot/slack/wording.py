@@ -7,6 +7,7 @@ alert names, error messages, values) goes through blocks.inert, so nothing it ho
 from __future__ import annotations
 
 import difflib
+import time
 from collections.abc import Iterable, Sequence
 from urllib.parse import quote
 
@@ -75,6 +76,13 @@ def promoted(svc: Service, version: str | None, previous: str | None) -> str:
         return ""
     return (f":rocket: `{svc.model}` version {version} promoted to @{svc.promote.to} for *{svc.name}* (SLOs healthy; "
             f"previous @{svc.promote.to} version {previous} kept as @{svc.promote.previous})")
+
+
+def held_by_window(svc: Service, version: str | None, reason: str, end: float) -> str:
+    """The gate holding back a ready candidate because of a freeze window (said once per candidate and window)."""
+    until = time.strftime("%a %Y-%m-%d %H:%M", time.gmtime(end))
+    return (f":snowflake: Not promoting `{svc.model}` version {inert(version or '?')} for *{svc.name}*: freeze window "
+            f"({inert(reason)}) until {until} UTC. It is promoted after the window if it is still healthy.")
 
 
 # -- Alertmanager -------------------------------------------------------------------------------------------
@@ -363,11 +371,29 @@ def checklist(lines: Sequence[str | None]) -> str:
     return "*Post-rollback checklist*\n" + "\n".join(line for line in lines if line)
 
 
-def summary(incident: Incident) -> str:
-    """The close's last line: the times to detect, approve, execute and recover."""
+def summary(incident: Incident, target: float | None) -> str:
+    """The close's last line: the times to detect, approve, execute and recover, and the verdict against the
+    service's recover target (`targets.recover`, seconds; None: no target, no verdict)."""
     outcome = {"recovered": "Recovered", "verify_failed": "Not recovered", "failed": "Rollback failed"}
     i = incident
+    stable = i.alert_to_stable
+    verdict = target_verdict(i, target)
     return (f"*Summary — {outcome.get(i.state, i.state)}* · time to detect {format_span(i.breach_started_at, i.warned_at)}"
             f" · to approve {format_span(i.warned_at, i.approved_at)} · to execute "
             f"{format_span(i.approved_at, i.executed_at)} · to recover {format_span(i.executed_at, i.recovered_at)} · "
-            f"alert to stable {format_span(i.warned_at, i.recovered_at)}")
+            f"alert to stable {format_duration(stable) if stable is not None else '—'}"
+            + (f" · {verdict}" if verdict else ""))
+
+
+def target_verdict(incident: Incident, target: float | None) -> str | None:
+    """ "within the 5m target", "over the 5m target by 1m12s", "not recovered: over the 5m target"; None without
+    a target."""
+    if target is None:
+        return None
+    named = f"the {format_duration(target)} target"
+    stable = incident.alert_to_stable
+    if stable is None:
+        return f"not recovered: over {named}"
+    if stable <= target:
+        return f"within {named}"
+    return f"over {named} by {format_duration(stable - target)}"

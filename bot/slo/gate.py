@@ -3,8 +3,12 @@ the gate promotes a candidate only when nothing says no.
 
 Called by bot.incidents: `freeze` when a plan starts and when an incident closes (recovered, verification
 failed, or a failed plan), `consider_all` every evaluation cycle (three store reads for every service, the registry
-only for services healthy long enough, their aliases cached for ALIAS_TTL). The freeze is stored (it survives restarts) and
-the bad version carries the MLflow tag rollback_blocked=true with the incident id, so other tooling sees it.
+only for services healthy long enough, their aliases cached for ALIAS_TTL). Nothing is promoted while the service
+or every service (`/rollback freeze --all`, the freezes row ALL) is frozen, during a freeze window
+(bot.slo.windows), or while the readiness check handed in says the way back after the promotion is not ready;
+a candidate held back by a window or by readiness is reported once (Decision.notify) for the caller to word.
+The freeze is stored (it survives restarts) and the bad version carries the MLflow tag rollback_blocked=true with
+the incident id, so other tooling sees it.
 """
 
 from __future__ import annotations
@@ -13,13 +17,15 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from bot.infra import metrics
 from bot.infra.actors import AUTO_ACTOR
 from bot.infra.model_registry import ModelRegistry, RegistryError
-from bot.infra.store import Freeze, Store
+from bot.infra.store import ALL, Freeze, Store
 from bot.slo.durations import format_duration
-from bot.slo.policy import Service
+from bot.slo.policy import Policy, Service
+from bot.slo.windows import OpenWindow, open_window
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +35,20 @@ log = logging.getLogger(__name__)
 ALIAS_TTL = 30.0
 # Above this many models to read at once, the cache lists every registered model (1,000 per read) instead.
 ALIAS_POINT_READS = 20
+# How long a "not ready" verdict on a candidate is trusted before readiness is checked again (it plans every step:
+# git, helm, Kubernetes and MLflow reads). A "ready" verdict is never kept: the promotion follows at once.
+NOT_READY_RECHECK = 60.0
+
+
+class Verdict(Protocol):
+    """What the readiness check (bot.incidents.readiness, handed in by bot.app) says about the way back."""
+
+    @property
+    def ready(self) -> bool: ...
+
+
+# (service, candidate version, outgoing version or None) -> the readiness of the way back after that promotion
+CheckReadiness = Callable[[Service, str, "str | None"], Verdict]
 
 
 @dataclass(frozen=True)
@@ -41,18 +61,30 @@ class Frozen:
 
 @dataclass(frozen=True)
 class Decision:
+    """What the gate did. `held` says why a candidate (`version`) waits: "window" (a freeze window, `window`) or
+    "readiness" (the way back is not ready, `readiness`); `notify` is true the first time it is held so (once per
+    candidate and window, or per candidate, across replicas and restarts), for the caller to say so."""
+
     promoted: bool
     reason: str
     version: str | None = None
     previous: str | None = None
+    held: str | None = None
+    notify: bool = False
+    window: OpenWindow | None = None
+    readiness: Any = None
 
 
 class Gate:
     def __init__(self, store: Store, registry: ModelRegistry, clock: Callable[[], float] = time.time,
-                 alias_ttl: float = ALIAS_TTL, may_act: Callable[[str], bool] = lambda _: True) -> None:
+                 alias_ttl: float = ALIAS_TTL, may_act: Callable[[str], bool] = lambda _: True,
+                 policy: Policy | None = None, readiness: CheckReadiness | None = None) -> None:
         self.store = store
         self.registry = registry
         self.clock = clock
+        self.policy = policy  # its top-level freeze windows apply to every service
+        self.readiness = readiness
+        self._not_ready: dict[tuple[str, str, str | None], tuple[float, Verdict]] = {}
         # Whether this replica still holds the lease of the service's shard, asked right before aliases move.
         self.may_act = may_act
         self.aliases = AliasCache(registry, alias_ttl)
@@ -79,18 +111,22 @@ class Gate:
             return []
         active, frozen, healthy = (self.store.active_services(), self.store.frozen_by_service(),
                                    self.store.healthy_since_all())
-        due = [s for s in services if s.name not in active and s.name not in frozen
+        everything = frozen.get(ALL)
+        due = [s for s in services if s.name not in active and s.name not in frozen and everything is None
                and _held(healthy.get(s.name), self.clock(), s)]
         self.aliases.prefetch({s.model for s in due})
-        return [(s, self._decide(s, s.name in active, frozen.get(s.name), healthy.get(s.name))) for s in services]
+        return [(s, self._decide(s, s.name in active, frozen.get(s.name) or everything, healthy.get(s.name)))
+                for s in services]
 
     def consider(self, service: Service) -> Decision:
         """The gate of one service, read from the store now (consider_all does every service at once)."""
         return self._decide(service, self.store.active_incident(service.name) is not None,
-                            self.store.frozen(service.name), self.store.healthy_since(service.name))
+                            self.store.frozen(service.name) or self.store.frozen(ALL),
+                            self.store.healthy_since(service.name))
 
     def _decide(self, service: Service, active: bool, frozen: Freeze | None, since: float | None) -> Decision:
-        """Promote `from` to `to` when healthy long enough, not frozen, and the candidate is not blocked."""
+        """Promote `from` to `to` when healthy long enough, not frozen (the service, or every service at once), out
+        of any freeze window, the candidate is not blocked and the way back after the promotion is ready."""
         promote = service.promote
         if promote is None:
             return Decision(False, "no promotion policy")
@@ -98,7 +134,8 @@ class Gate:
             return Decision(False, "an incident is open")
         if frozen:
             metrics.PROMOTIONS.labels(service=service.name, result="refused_frozen").inc()
-            return Decision(False, f"frozen since {time.strftime('%H:%M:%S', time.gmtime(frozen.frozen_at))} "
+            scope = "every service frozen" if frozen.service == ALL else "frozen"
+            return Decision(False, f"{scope} since {time.strftime('%H:%M:%S', time.gmtime(frozen.frozen_at))} "
                                    f"UTC: {frozen.reason}")
         now = self.clock()
         if not _held(since, now, service):
@@ -115,6 +152,14 @@ class Gate:
         if self.aliases.was_blocked(service.model, seen[promote.from_]):
             metrics.PROMOTIONS.labels(service=service.name, result="refused_blocked").inc()
             return Decision(False, f"version {seen[promote.from_]} is rollback_blocked")
+        window = open_window(service, self.policy, now) if self.policy else None
+        if window is not None:  # a ready candidate held back: said once per candidate and window
+            metrics.PROMOTIONS.labels(service=service.name, result="refused_window").inc()
+            version = seen[promote.from_]
+            until = time.strftime("%a %Y-%m-%d %H:%M", time.gmtime(window.end))
+            return Decision(False, f"freeze window ({window.reason}) until {until} UTC", version, held="window",
+                            window=window,
+                            notify=self.store.claim_request(f"once:window:{service.model}:{version}:{window.start}"))
         self.aliases.forget(service.model)  # about to act: read again now, and again after whatever happens
         try:
             candidate = self.registry.by_alias(service.model, promote.from_)
@@ -129,6 +174,12 @@ class Gate:
             self.aliases.note_blocked(service.model, candidate.version)
             metrics.PROMOTIONS.labels(service=service.name, result="refused_blocked").inc()
             return Decision(False, f"version {candidate.version} is rollback_blocked")
+        verdict = self._readiness(service, candidate.version, current.version if current else None)
+        if verdict is not None and not verdict.ready:
+            metrics.PROMOTIONS.labels(service=service.name, result="refused_not_ready").inc()
+            return Decision(False, "the way back after this promotion is not ready", candidate.version,
+                            held="readiness", readiness=verdict,
+                            notify=self.store.claim_request(f"once:not-ready:{service.model}:{candidate.version}"))
         if not self.may_act(service.name):
             return Decision(False, "this replica no longer evaluates the service (its shard moved)")
         # One promotion per candidate, whichever replica gets here: the first to claim the key promotes.
@@ -149,6 +200,23 @@ class Gate:
                                  "previous": previous})
         metrics.PROMOTIONS.labels(service=service.name, result="promoted").inc()
         return Decision(True, "promoted", candidate.version, previous)
+
+
+    def _readiness(self, service: Service, candidate: str, outgoing: str | None) -> Verdict | None:
+        """The readiness of the way back after promoting `candidate` over `outgoing`; a "not ready" is trusted
+        for NOT_READY_RECHECK."""
+        if self.readiness is None:
+            return None
+        key = (service.name, candidate, outgoing)
+        hit = self._not_ready.get(key)
+        if hit is not None and time.monotonic() - hit[0] < NOT_READY_RECHECK:
+            return hit[1]
+        verdict = self.readiness(service, candidate, outgoing)
+        if verdict.ready:
+            self._not_ready.pop(key, None)
+        else:
+            self._not_ready[key] = (time.monotonic(), verdict)
+        return verdict
 
 
 def _held(since: float | None, now: float, service: Service) -> bool:

@@ -17,6 +17,7 @@ callers write `store.method(...)`:
 - leases.py / work.py: replicas' leases (with fencing epochs) and the durable work they share (bot.infra.replica)
 - budgets.py: rate budgets and a cache shared by every replica (chat.update slots, user-group members)
 - inbox.py: Slack requests stored before their ack, for another replica to handle if the acking one died
+- drills.py: rollback drills (after promotions, on /rollback drill), for history, report and metrics
 
 What must happen once is decided by the database (conditional UPDATEs, a UNIQUE column, primary-key claims), so
 it holds across threads and across processes sharing the database. Tested on SQLite and PostgreSQL 15: every
@@ -37,9 +38,10 @@ from bot.infra.store.alerts import Alerts
 from bot.infra.store.audit import AuditLog
 from bot.infra.store.budgets import Budgets, SharedCache
 from bot.infra.store.database import Database, Fence, Fenced, current_fence, fenced
+from bot.infra.store.drills import Drill, Drills
 from bot.infra.store.events import Event, Events
 from bot.infra.store.fitting import _FiniteJSON, _FittedString, _FittedText, finite_json, fit, guard_columns
-from bot.infra.store.freezes import Freeze, Freezes
+from bot.infra.store.freezes import ALL, Freeze, Freezes
 from bot.infra.store.inbox import Inbox
 from bot.infra.store.incidents import ACTIVE_STATES, FINAL_STATES, Incident, Incidents
 from bot.infra.store.leases import Leases
@@ -50,8 +52,8 @@ from bot.infra.store.tables import TRIGGER_LENGTH, metadata, seen_requests
 from bot.infra.store.work import Work, WorkItem, work_key
 
 __all__ = [
-    "ACTIVE_STATES", "FINAL_STATES", "TRIGGER_LENGTH", "Event", "Fence", "Fenced", "Freeze", "Incident", "SloState",
-    "Step", "Store", "WorkItem", "current_fence", "fenced", "work_key",
+    "ACTIVE_STATES", "ALL", "FINAL_STATES", "TRIGGER_LENGTH", "Drill", "Event", "Fence", "Fenced", "Freeze",
+    "Incident", "SloState", "Step", "Store", "WorkItem", "current_fence", "fenced", "work_key",
     "_FiniteJSON", "_FittedString", "_FittedText", "_guard_columns", "finite_json", "fit", "metadata",
     "seen_requests",
 ]
@@ -77,6 +79,7 @@ class Store:
         self.incidents_in = incidents.incidents_in
         self.last_warned_finished_at = incidents.last_warned_finished_at
         self.recent_incidents = incidents.recent_incidents
+        self.incidents_since = incidents.incidents_since
         self.transition = incidents.transition
         self.set_if = incidents.set_if
         self.update_incident = incidents.update_incident
@@ -149,6 +152,11 @@ class Store:
         self.inbox_orphans = inbox.orphans
         self.inbox_take = inbox.take
         self.forget_inbox = inbox.forget
+        # -- rollback drills (drills.py)
+        drills = Drills(self.db)
+        self.record_drill = drills.record_drill
+        self.recent_drills = drills.recent_drills
+        self.last_drills = drills.last_drills
 
     @property
     def engine(self) -> Engine:

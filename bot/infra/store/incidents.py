@@ -1,7 +1,7 @@
 """Incidents: the Incident record, its states, and every read and write of the incidents table.
 
 Called through `Store` by bot.incidents (service, runs, verify and recovery through states.move; detection, close,
-oncall, alerts), bot.slack.timeline (the warning's message_ts) and bot.slo.gate (`active_incident`). What must
+oncall, report, alerts), bot.slack.timeline (the warning's message_ts) and bot.slo.gate (`active_incident`). What must
 happen once is decided by the database: `transition` and `set_if` are conditional UPDATEs, and "one active incident
 per service" is the UNIQUE active_service column, so both hold across threads and across processes sharing the
 database.
@@ -9,6 +9,7 @@ database.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +60,19 @@ class Incident:
     @property
     def active(self) -> bool:
         return self.state in ACTIVE_STATES
+
+    @property
+    def alerted_at(self) -> float:
+        """When people were told: the warning, else the opening (an incident whose warning was never posted)."""
+        return self.warned_at if self.warned_at is not None else self.opened_at
+
+    @property
+    def alert_to_stable(self) -> float | None:
+        """Seconds from the alert to verified recovery, the time the recover target is about; None unless
+        recovered (the summary's verdict and /rollback report)."""
+        if self.state != "recovered" or self.recovered_at is None:
+            return None
+        return max(0.0, self.recovered_at - self.alerted_at)
 
 
 class Incidents:
@@ -127,6 +141,15 @@ class Incidents:
             query = query.where(incidents.c.service == service)
         with self.db.engine.connect() as conn:
             return [to_record(Incident, r) for r in conn.execute(query).all()]
+
+    def incidents_since(self, since: float, services: Sequence[str] | None = None) -> list[Incident]:
+        """Every incident opened at or after `since` (of `services`, or of all), oldest first, in one read
+        (/rollback report)."""
+        query = select(incidents).where(incidents.c.opened_at >= since)
+        if services is not None:
+            query = query.where(incidents.c.service.in_(list(services)))
+        with self.db.engine.connect() as conn:
+            return [to_record(Incident, r) for r in conn.execute(query.order_by(incidents.c.id)).all()]
 
     def transition(self, incident_id: int, from_states: tuple[str, ...], to_state: str, *,
                    first_approver_other_than: str | None = None, auto: bool | None = None,
