@@ -352,6 +352,8 @@ def _script(sb: Sandbox) -> int:
         _wait("the freeze (rollback_blocked tag and frozen service)", 15, lambda: sb.outcome()[1] and sb.frozen())
         champion, tag = sb.outcome()
         _settle(sb.slack, quiet=2.0, limit=20)  # the summary and the chart follow "Recovered": show them too
+        do("command", {"text": "/rollback report model-svc"})  # the incident and the drill, summed up
+        sb.slack.wait_for(lambda c: "target · last drill" in str(c.params.get("text", "")), timeout=15)
     except (TimeoutError, RuntimeError, StopIteration) as exc:  # a step of the story did not happen: say which
         sb.log.pump()
         print(f"\nFAILED: {exc or 'no warning with a Roll back button on the chat page'}", file=sys.stderr)

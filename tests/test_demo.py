@@ -30,9 +30,12 @@ def test_headless_demo_recovers_and_freezes(prometheus_bin: str) -> None:
     print(out)
     assert proc.returncode == 0, out
     assert "version 5 promoted to @champion" in out  # the gate promoted the bad candidate first
+    assert "Drill after v5's promotion: rollback ready, 1 step planned in " in out  # the drill right after it
     assert ":rotating_light: model-svc:" in out  # the warning, posted in the channel
     assert "types `/rollback help`" in out and "Known services: `model-svc`" in out  # the ack, shown ephemerally
     assert 'clicks "Dry run"' in out and 'clicks "Roll back" and confirms the dialog' in out
     assert "version 5 -> 4" in out  # the alias flip, in the thread
     assert "Recovered:" in out and "OK: Recovered" in out
     assert "@champion is v4, v5 rollback_blocked=true; auto-promotion frozen" in out
+    assert "within the 5m target" in out  # the summary's verdict
+    assert "types `/rollback report model-svc`" in out and "1 of 1 within the 5m target" in out  # the report

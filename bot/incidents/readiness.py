@@ -22,6 +22,7 @@ from bot.incidents.runner import Runner
 from bot.infra.model_registry import ModelRegistry
 from bot.infra.plans import PlannedStep
 from bot.infra.prom import Prometheus, QueryResult
+from bot.slack import drill_wording
 from bot.slack.drill_wording import step_text
 from bot.slo import burn
 from bot.slo.durations import format_duration
@@ -186,9 +187,9 @@ def _dry_run(steps: list[PlannedStep], took: float) -> Item:
     errors = [f"{i + 1}. {s.executor}: {s.error}" for i, s in enumerate(steps) if s.error]
     planned = len(steps) - len(errors)
     if errors:
-        return Item(DRY_RUN, "failed", f"{planned} of {_plural(len(steps), 'step')} planned in {took:.1f} s: "
+        return Item(DRY_RUN, "failed", f"{planned} of {_plural(len(steps), 'step')} planned in {drill_wording.took(took)}: "
                                        + "; ".join(errors))
-    return Item(DRY_RUN, "ok", f"{_plural(len(steps), 'step')} planned in {took:.1f} s")
+    return Item(DRY_RUN, "ok", f"{_plural(len(steps), 'step')} planned in {drill_wording.took(took)}")
 
 
 def _data_query(slo: Slo) -> str:

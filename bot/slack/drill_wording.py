@@ -26,6 +26,11 @@ def step_text(plan: StepPlan) -> str:
     return plan.summary
 
 
+def took(seconds: float) -> str:
+    """Planning time as people read it: "0.4 s", or "38 ms" below a tenth of a second."""
+    return f"{seconds:.1f} s" if seconds >= 0.1 else f"{seconds * 1000:.0f} ms"
+
+
 def _steps(count: int) -> str:
     return f"{count} step" if count == 1 else f"{count} steps"
 
@@ -40,11 +45,11 @@ def drill_line(svc: Service, *, trigger: str, version: str | None, ok: bool, ste
     planned = [s for s in steps if s.plan is not None and not s.error]
     what = "; ".join(inert(step_text(s.plan)) for s in planned if s.plan is not None)
     if not problems:
-        line = (f":white_check_mark: {head}: rollback ready, {_steps(len(planned))} planned in {seconds:.1f} s"
+        line = (f":white_check_mark: {head}: rollback ready, {_steps(len(planned))} planned in {took(seconds)}"
                 + (f": {what}" if what else ""))
     else:
         line = (f":x: {head}: rollback NOT ready, {len(steps) - len(problems)} of {_steps(len(steps))} planned in "
-                f"{seconds:.1f} s — " + "; ".join(inert(p) for p in problems))
+                f"{took(seconds)} — " + "; ".join(inert(p) for p in problems))
     if staging is not None:
         line += "\n" + staging_line(staging)
     if not ok:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from bot.infra.results import ServiceReport
 from bot.infra.store import Drill
 from bot.slack.blocks import inert
+from bot.slack.drill_wording import took
 from bot.slo.durations import format_duration
 
 PROBLEMS_SHOWN = 300  # characters of a failed drill's problems in one line
@@ -63,7 +64,7 @@ def drill_result(drill: Drill) -> str:
     mode = "staging" if drill.mode == "staging" else "dry run"
     steps = f"{drill.steps_planned} step" if drill.steps_planned == 1 else f"{drill.steps_planned} steps"
     if drill.ok:
-        text = f"ok, {mode}, {steps} planned in {drill.planning_seconds:.1f} s"
+        text = f"ok, {mode}, {steps} planned in {took(drill.planning_seconds)}"
         if drill.recover_seconds is not None:
             text += f", stable {format_duration(drill.recover_seconds)} after the first step"
         if drill.restored:

@@ -209,13 +209,13 @@ class Gate:
             return None
         key = (service.name, candidate, outgoing)
         hit = self._not_ready.get(key)
-        if hit is not None and time.monotonic() - hit[0] < NOT_READY_RECHECK:
+        if hit is not None and self.clock() - hit[0] < NOT_READY_RECHECK:
             return hit[1]
         verdict = self.readiness(service, candidate, outgoing)
         if verdict.ready:
             self._not_ready.pop(key, None)
         else:
-            self._not_ready[key] = (time.monotonic(), verdict)
+            self._not_ready[key] = (self.clock(), verdict)
         return verdict
 
 
