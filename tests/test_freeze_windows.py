@@ -1,7 +1,8 @@
 """Freeze windows (bot.slo.windows) and the org-wide stop: windows open, closed and another service's at fixed
-clocks; bad cron and duration as policy errors with file:line; the gate holding a ready candidate during a window
-(said once) and promoting after it, against a real MLflow; `/rollback freeze --all` / `unfreeze --all` over signed
-requests (admins only, stored, survives a new process), and `/rollback status` showing both."""
+clocks (and one longer than its period, overlapping its next occurrence); bad cron and duration as policy errors
+with file:line; the gate holding a ready candidate during a window (said once) and promoting after it, against a
+real MLflow; `/rollback freeze --all` / `unfreeze --all` over signed requests (admins only, stored, survives a new
+process), and `/rollback status` showing both (a large policy's too, which lists only busy services)."""
 
 from __future__ import annotations
 
@@ -98,6 +99,46 @@ def test_a_service_window_holds_only_that_service_and_the_longest_open_one_wins(
     both = parse_policy(two_services(f"freeze_windows:\n{WEEKEND}", svc_a=own))
     longest = open_window(both.services["svc-a"], both, FRIDAY_17 + 0.5 * HOUR)
     assert longest is not None and longest.reason == "weekend"  # ends Monday, after the release train's 18:30
+
+
+def test_a_window_longer_than_its_period_overlaps_its_next_occurrence_and_the_later_one_is_open() -> None:
+    daily = '    freeze_windows:\n      - {cron: "0 9 * * *", duration: 36h, reason: "soak"}\n'
+    policy = parse_policy(two_services(svc_a=daily))
+    a = policy.services["svc-a"]
+    friday_9 = FRIDAY_17 - 8 * HOUR
+    saturday_10 = friday_9 + 25 * HOUR  # Friday's occurrence is open until Saturday 21:00, Saturday's since 09:00
+    window = open_window(a, policy, saturday_10)
+    assert window is not None and (window.start, window.end) == (friday_9 + 24 * HOUR, friday_9 + 60 * HOUR)
+    assert open_window(a, policy, friday_9 + 24 * HOUR) == window  # opened exactly at its match
+    at_8 = open_window(a, policy, friday_9 + 23 * HOUR)  # Saturday 08:00: only Friday's occurrence
+    assert at_8 is not None and at_8.start == friday_9
+    upcoming = next_window(a, policy, saturday_10)
+    assert upcoming is not None and upcoming.start == friday_9 + 48 * HOUR  # Sunday 09:00, though one is open
+
+
+def test_a_large_status_lists_quiet_services_but_still_shows_a_window_over_every_service(
+        tmp_path: Path, mlflow_client: MlflowClient) -> None:
+    from bot.incidents.oncall import STATUS_ALL, OnCall
+
+    services = "".join(f"""
+  svc-{i:02d}:
+    channel: C0SCALE
+    approvers: [U0APPROVER]
+    model: model-{i:02d}
+    slos: [{{name: auc, kind: quality, query: 'min(model_auc)', below: 0.8}}]
+    rollback: [{{mlflow_alias: {{model: model-{i:02d}}}}}]""" for i in range(STATUS_ALL + 1))
+    policy = parse_policy(f"freeze_windows:\n{WEEKEND}\nservices:{services}\n")
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    clock = Clock(FRIDAY_17 + HOUR)
+    oncall = OnCall(policy=policy, store=store, models=ModelRegistry(mlflow_client),
+                    check_approver=lambda *_: None, say=lambda *_: None, clock=clock)
+    text = oncall.status(None).text
+    assert text.splitlines()[0] == ":snowflake: freeze window: weekend, until Mon 2026-12-07 09:00 UTC " \
+        "(cron `0 17 * * FRI`, every service)"
+    assert f"{STATUS_ALL + 1} services watched: 0 with an open incident, 0 more frozen" in text
+    assert "*svc-00*" not in text  # the quiet services are counted, not listed
+    clock.tick(64 * HOUR)
+    assert "freeze window" not in oncall.status(None).text  # it closed
 
 
 @pytest.mark.parametrize(("window", "expected"), [

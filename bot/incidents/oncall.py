@@ -74,6 +74,7 @@ class OnCall:
         entries = [self._entry(n, n in active, frozen.get(n)) for n in busy[:STATUS_SHOWN]]
         many = answers.status_of_many(entries, watched=len(names), busy=len(busy),
                                       open_incidents=sum(1 for n in busy if n in active))
+        head = "\n".join(filter(None, [head, answers.org_window(windows.policy_window(self.policy, self.clock()))]))
         return Reply(True, f"{head}\n{many}" if head else many)
 
     def _entry(self, name: str, active: bool, frozen: Freeze | None) -> str:

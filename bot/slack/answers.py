@@ -59,6 +59,11 @@ def org_stop(frozen: Freeze | None) -> str:
             f"({inert(frozen.reason)}): no promotion anywhere until `/rollback unfreeze --all`")
 
 
+def org_window(window: OpenWindow | None) -> str:
+    """The line of a large /rollback status (which lists only busy services) while a top-level window is open."""
+    return f":snowflake: {window_text(window)}" if window else ""
+
+
 def status(entries: Sequence[str], head: str = "") -> str:
     return "*Rollback status*\n" + (head + "\n" if head else "") + "\n".join(entries)
 

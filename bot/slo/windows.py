@@ -45,11 +45,21 @@ def _open(window: FreezeWindow, scope: str, now: float) -> OpenWindow | None:
         if start + window.duration > now else None
 
 
+def _latest(candidates: Iterator[tuple[FreezeWindow, str]], now: float) -> OpenWindow | None:
+    found = [w for w in (_open(window, scope, now) for window, scope in candidates) if w is not None]
+    return max(found, key=lambda w: w.end) if found else None
+
+
 def open_window(svc: Service, policy: Policy | None, now: float) -> OpenWindow | None:
     """The freeze window open at `now` for `svc` (its own windows and the policy's); when several are open, the
     one that ends last."""
-    found = [w for w in (_open(window, scope, now) for window, scope in _windows(svc, policy)) if w is not None]
-    return max(found, key=lambda w: w.end) if found else None
+    return _latest(_windows(svc, policy), now)
+
+
+def policy_window(policy: Policy, now: float) -> OpenWindow | None:
+    """The policy's top-level window open at `now` (it holds every service): the head of a large /rollback status,
+    which lists only the services that need attention."""
+    return _latest(((window, "all") for window in policy.freeze_windows), now)
 
 
 def next_window(svc: Service, policy: Policy | None, now: float) -> OpenWindow | None:
