@@ -169,7 +169,7 @@ def wire(*, policy: Policy, store: Store, prom: Prometheus, slack: SlackOut, mlf
     registry = registry or default_registry()
     runner = Runner(registry, clients or Clients(mlflow=mlflow), store)
     models = ModelRegistry(mlflow)
-    readiness = Readiness(runner=runner, models=models, prom=prom, approvers=approvers)
+    readiness = Readiness(runner=runner, prom=prom, approvers=approvers)
     gate = Gate(store, models, clock=clock, may_act=replica.may_act, policy=policy,
                 readiness=lambda svc, candidate, outgoing: readiness.check(svc, promoting=(candidate, outgoing)))
     drills = DrillRunner(store=store, runner=runner, prom=prom, authz=authz, say=timeline.say,

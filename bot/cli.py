@@ -152,7 +152,6 @@ def _readiness_reports(settings: Settings, services: list[Service], *, has_token
     from bot.incidents.approvers import Approvers
     from bot.incidents.readiness import Readiness
     from bot.incidents.runner import Runner
-    from bot.infra.model_registry import ModelRegistry
     from bot.infra.prom import Prometheus
     from bot.infra.store import Store
     from bot.slack.slack_out import SlackOut, make_client
@@ -170,7 +169,7 @@ def _readiness_reports(settings: Settings, services: list[Service], *, has_token
     # Planning never writes the store (only a run records its steps): an in-memory database serves the Runner.
     runner = Runner(default_registry(), Clients(mlflow=mlflow, helm=settings.helm_bin, workdir=settings.git_workdir),
                     Store("sqlite://"))
-    readiness = Readiness(runner=runner, models=ModelRegistry(mlflow), prom=prom, approvers=Approvers(list_group))
+    readiness = Readiness(runner=runner, prom=prom, approvers=Approvers(list_group))
     try:
         return [readiness.check(svc) for svc in services]
     finally:

@@ -96,8 +96,7 @@ class Bench:
         clients = Clients(mlflow=self.mlflow, kube=kube.api_client if kube else None)
         runner = Runner(default_registry(), clients, Store("sqlite://"))
         approvers = Approvers(SlackOut(make_client("xoxb-test", self.slack.url)).usergroup_users)
-        return Readiness(runner=runner, models=ModelRegistry(self.mlflow), prom=prom or self.prom,
-                         approvers=approvers)
+        return Readiness(runner=runner, prom=prom or self.prom, approvers=approvers)
 
     def check(self, svc: Service, promoting: tuple[str, str | None] | None = None) -> ReadinessReport:
         return self.readiness().check(svc, promoting=promoting)

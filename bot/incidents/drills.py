@@ -20,11 +20,11 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from bot.incidents.authorization import Authorization
+from bot.incidents.readiness import step_problem
 from bot.incidents.replies import Reply
 from bot.incidents.runner import Runner
 from bot.infra import metrics
 from bot.infra.actors import AUTO_ACTOR
-from bot.infra.plans import PlannedStep
 from bot.infra.prom import Prometheus
 from bot.infra.results import Staging
 from bot.infra.store import Drill, Store
@@ -79,7 +79,9 @@ class DrillRunner:
         began = time.perf_counter()
         steps = self.runner.plan_all(svc, 0)
         planning = time.perf_counter() - began
-        problems = _problems(steps, self.runner.registry.targetable())
+        targetable = self.runner.registry.targetable()
+        problems = [f"{i + 1}. {step.executor}: {problem}" for i, step in enumerate(steps)
+                    if (problem := step_problem(step, targetable)) is not None]
         planned = len(steps) - len(problems)
         pin = next((s.plan.model_pin for s in steps if s.plan and s.plan.model_pin), None)
         version = version or (pin.replaces if pin else None)
@@ -177,13 +179,3 @@ class DrillRunner:
                 return f"{i + 1}. {step.executor}: {exc}"
         return None
 
-
-def _problems(steps: list[PlannedStep], targetable: list[str]) -> list[str]:
-    """Each step that did not plan: an error, or a step with a target that has nothing to go back to."""
-    out = []
-    for i, step in enumerate(steps):
-        if step.error:
-            out.append(f"{i + 1}. {step.executor}: {step.error}")
-        elif step.noop and step.executor in targetable:
-            out.append(f"{i + 1}. {step.executor}: nothing to go back to ({step.plan.summary if step.plan else ''})")
-    return out

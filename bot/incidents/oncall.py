@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from bot.incidents.replies import Reply
 from bot.infra.model_registry import ModelRegistry, RegistryError
 from bot.infra.store import ALL, Freeze, Store
-from bot.slack import answers
+from bot.slack import answers, checklist
 from bot.slo import windows
 from bot.slo.policy import Policy, Service
 
@@ -149,8 +149,6 @@ class OnCall:
 
     def readiness(self, service: str) -> Reply:
         """`/rollback readiness <service>`: the way back as it stands now, item by item."""
-        from bot.slack import checklist
-
         assert self.checker is not None, "OnCall was built without readiness"
         return Reply(True, checklist.checklist(self.checker.check(self.policy.services[service])))
 

@@ -19,7 +19,6 @@ from typing import Literal
 
 from bot.incidents.approvers import Approvers
 from bot.incidents.runner import Runner
-from bot.infra.model_registry import ModelRegistry
 from bot.infra.plans import PlannedStep
 from bot.infra.prom import Prometheus, QueryResult
 from bot.slack import drill_wording
@@ -67,9 +66,8 @@ def _plural(count: int, word: str) -> str:
 
 
 class Readiness:
-    def __init__(self, *, runner: Runner, models: ModelRegistry, prom: Prometheus, approvers: Approvers) -> None:
+    def __init__(self, *, runner: Runner, prom: Prometheus, approvers: Approvers) -> None:
         self.runner = runner
-        self.models = models
         self.prom = prom
         self.approvers = approvers
 
@@ -108,13 +106,9 @@ class Readiness:
             label = f"{i + 1}. {step.executor}"
             if i == model_step and promoting is not None:
                 problem, text = _after_promotion(step, *promoting)
-            elif step.error:
-                problem, text = step.error, None
-            elif step.noop and step.executor in targetable:
-                problem = f"nothing to go back to ({step.plan.summary if step.plan else 'no plan'})"
-                text = None
             else:
-                problem, text = None, step_text(step.plan) if step.plan else None
+                problem = step_problem(step, targetable)
+                text = step_text(step.plan) if step.plan and problem is None else None
             if problem is not None:
                 problems.append(f"{label}: {problem}")
             elif text is not None:
@@ -162,6 +156,16 @@ class Readiness:
         return Item(APPROVERS, "ok", f"{count}: {', '.join(seen)}")
 
 
+def step_problem(step: PlannedStep, targetable: list[str]) -> str | None:
+    """Why a planned step is no way back: its error, or nothing to go back to for a step with a target (also the
+    judgement of a drill, bot.incidents.drills)."""
+    if step.error:
+        return step.error
+    if step.noop and step.executor in targetable:
+        return f"nothing to go back to ({step.plan.summary if step.plan else 'no plan'})"
+    return None
+
+
 def _guarded(name: str, judge: Callable[[Service], Item], svc: Service) -> Item:
     try:
         return judge(svc)
@@ -187,8 +191,8 @@ def _dry_run(steps: list[PlannedStep], took: float) -> Item:
     errors = [f"{i + 1}. {s.executor}: {s.error}" for i, s in enumerate(steps) if s.error]
     planned = len(steps) - len(errors)
     if errors:
-        return Item(DRY_RUN, "failed", f"{planned} of {_plural(len(steps), 'step')} planned in {drill_wording.took(took)}: "
-                                       + "; ".join(errors))
+        return Item(DRY_RUN, "failed", f"{planned} of {_plural(len(steps), 'step')} planned in "
+                                       f"{drill_wording.took(took)}: " + "; ".join(errors))
     return Item(DRY_RUN, "ok", f"{_plural(len(steps), 'step')} planned in {drill_wording.took(took)}")
 
 
