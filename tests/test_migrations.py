@@ -33,7 +33,7 @@ from bot.infra.store import Store, _FittedString, metadata
 from tests import pg_env
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAD = "0004_drills"
+HEAD = "0005_baselines"
 PASSWORD = "s3cret"  # the trust-auth test server ignores it; it must never be printed
 
 
@@ -458,7 +458,7 @@ def test_setuptools_ships_the_migrations() -> None:
     assert {"bot.infra.migrations", "bot.infra.migrations.versions"} <= found
     versions = ROOT / "bot" / "infra" / "migrations" / "versions"
     assert {p.name for p in versions.glob("0*.py")} == {"0001_initial.py", "0002_authorization.py", "0003_replicas.py",
-                                                           "0004_drills.py"}
+                                                           "0004_drills.py", "0005_baselines.py"}
     assert (ROOT / "bot" / "infra" / "migrations" / "env.py").is_file()
 
 

@@ -42,6 +42,7 @@ _AUTHORIZATION = "0002_authorization"
 _AUTHORIZATION_COLUMNS = {"first_approver", "armed_by"}
 _REPLICAS = "0003_replicas"  # its tables are new: a database that has `leases` has all of it
 _DRILLS = "0004_drills"  # likewise `drills`
+_BASELINES = "0005_baselines"  # likewise `slo_baselines`
 _PG_LOCK_KEY = 0x726F6C6C6261636B  # "rollback": the advisory lock every upgrade of a PostgreSQL database takes
 _SQLITE_TIMEOUT = 10  # seconds a SQLite connection waits for another one's write lock (as bot.infra.store's engine)
 _ATTEMPTS = 5  # of an upgrade that lost a race to another store or process (see _upgrade)
@@ -187,7 +188,9 @@ def _unversioned_revision(conn: Connection) -> str | None:
     inspector = inspect(conn)
     if not inspector.has_table("incidents"):
         return None
-    if inspector.has_table("drills"):  # today's tables, made by metadata.create_all (as tests do)
+    if inspector.has_table("slo_baselines"):  # today's tables, made by metadata.create_all (as tests do)
+        return _BASELINES
+    if inspector.has_table("drills"):
         return _DRILLS
     if inspector.has_table("leases"):
         return _REPLICAS

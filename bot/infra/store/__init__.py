@@ -18,6 +18,7 @@ callers write `store.method(...)`:
 - budgets.py: rate budgets and a cache shared by every replica (chat.update slots, user-group members)
 - inbox.py: Slack requests stored before their ack, for another replica to handle if the acking one died
 - drills.py: rollback drills (after promotions, on /rollback drill), for history, report and metrics
+- baselines.py: relative SLOs' baselines, recorded at each promotion (bot.slo.baselines)
 
 What must happen once is decided by the database (conditional UPDATEs, a UNIQUE column, primary-key claims), so
 it holds across threads and across processes sharing the database. Tested on SQLite and PostgreSQL 15: every
@@ -36,6 +37,7 @@ from sqlalchemy.engine import Engine
 
 from bot.infra.store.alerts import Alerts
 from bot.infra.store.audit import AuditLog
+from bot.infra.store.baselines import Baselines, NewBaseline, RecordedBaseline
 from bot.infra.store.budgets import Budgets, SharedCache
 from bot.infra.store.database import Database, Fence, Fenced, current_fence, fenced
 from bot.infra.store.drills import Drill, Drills
@@ -55,7 +57,7 @@ __all__ = [
     "ACTIVE_STATES", "ALL", "FINAL_STATES", "TRIGGER_LENGTH", "Drill", "Event", "Fence", "Fenced", "Freeze",
     "Incident", "SloState", "Step", "Store", "WorkItem", "current_fence", "fenced", "work_key",
     "_FiniteJSON", "_FittedString", "_FittedText", "_guard_columns", "finite_json", "fit", "metadata",
-    "seen_requests",
+    "seen_requests", "NewBaseline", "RecordedBaseline",
 ]
 
 _guard_columns = guard_columns  # the name it had before the split
@@ -157,6 +159,10 @@ class Store:
         self.record_drill = drills.record_drill
         self.recent_drills = drills.recent_drills
         self.last_drills = drills.last_drills
+        # -- recorded SLO baselines (baselines.py)
+        baselines = Baselines(self.db)
+        self.record_baselines = baselines.record_baselines
+        self.baselines = baselines.baselines
 
     @property
     def engine(self) -> Engine:

@@ -227,5 +227,21 @@ drills = Table(
     Index("ix_drills_service_started_at", "service", "started_at"),
 )
 
+# Recorded SLO baselines (bot.infra.store.baselines, bot.slo.baselines): at each promotion, the outgoing champion's
+# median value of each relative SLO over the soak window. Inserted once, never updated.
+slo_baselines = Table(
+    "slo_baselines", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("service", String(128), nullable=False),
+    Column("slo", String(255), nullable=False),
+    Column("version", String(64), nullable=False),  # the version measured: the outgoing champion
+    Column("promoted", String(64), nullable=False),  # the version whose promotion recorded it
+    Column("value", Float, nullable=False),
+    Column("samples", Integer, nullable=False),
+    Column("window_seconds", Float, nullable=False),
+    Column("recorded_at", Float, nullable=False),
+    Index("ix_slo_baselines_service_slo", "service", "slo"),
+)
+
 
 guard_columns(metadata)  # after the last Table (tests/test_store_edges.py checks that every column is guarded)
