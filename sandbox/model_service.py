@@ -5,7 +5,12 @@ prometheus_client registry on 127.0.0.1, generates `rps` synthetic requests per 
 error rate of the version it currently serves, and learns that version by polling `champion()` (usually
 `alias_reader(client, model)`, i.e. the MLflow version behind the `champion` alias). Flipping the alias in
 MLflow therefore changes the metrics a real Prometheus scrapes within a fraction of a second, which is what
-the bot's SLO checks and rollbacks act on. Everything is deterministic: no random noise.
+the bot's SLO checks and rollbacks act on.
+
+A second version can serve a share alongside (a canary or shadow), learnt by polling `canary()` the same way. Both
+versions export a slightly noisy AUC series labelled with their version (`model_quality_auc{model_version}`), which
+is what the promotion gate's statistical comparison (bot.slo.compare) reads. Everything is deterministic: the
+noise is a fixed cycle, not random.
 
 `seed_registry()` creates a registered model with a few versions on a (real) MLflow server for the same
 tests and demo.
@@ -33,6 +38,12 @@ TICK_SECONDS = 0.05
 CHAMPION_POLL_SECONDS = 0.25
 # Deterministic +-10% latency jitter, cycled request by request (mean 1.0).
 _JITTER = (1.0, 0.94, 1.06, 0.9, 1.1, 0.97, 1.03, 0.92, 1.08, 1.0)
+# Deterministic +-0.4% AUC noise for model_quality_auc, one step per traffic tick (mean exactly 1.0). No factor equals
+# the one half a cycle away, so two versions started half a cycle apart never report the same factor at once. 23
+# factors (prime): a cycle lasts 1.15 s, so a scrape every second sees a different one each time, not one forever.
+_QUALITY_NOISE = (1.0, 0.997, 1.003, 0.9965, 1.0035, 0.999, 1.001, 0.996, 1.004, 0.998,
+                  1.002, 0.9975, 1.0025, 0.9985, 1.0015, 0.9995, 1.0005, 0.9962, 1.0038, 1.0,
+                  0.9968, 1.0032, 1.0)
 
 
 @dataclass(frozen=True)
@@ -61,7 +72,8 @@ def alias_reader(client: MlflowClient, model: str, alias: str = "champion") -> C
 
 
 class ModelServiceSimulator:
-    """Serves synthetic request metrics for the version `champion()` names; see the module docstring.
+    """Serves synthetic request metrics for the version `champion()` names (and `canary()`'s, for quality); see the
+    module docstring.
 
     Metrics (all on its own registry):
       model_request_latency_seconds{service,version}  Histogram
@@ -71,6 +83,13 @@ class ModelServiceSimulator:
       model_calibration_error{service}                 Gauge, the served version's expected calibration error
       model_rejection_rate{service}                    Gauge, share of requests the served version rejects
       model_serving_version{service,version}           Gauge, 1 for the served version, 0 for earlier ones
+      model_quality_auc{service,model_version}         Gauge, the AUC of the champion's and (when different) the
+                                                       canary's version: the profile's auc times a deterministic
+                                                       +-0.4% noise factor, a step per traffic tick, each version
+                                                       at its own phase. A version no longer served (neither
+                                                       champion nor canary) has its series removed.
+
+    Requests (latency, answer codes) are only generated for the champion; the canary gets none.
     """
 
     def __init__(
@@ -78,6 +97,7 @@ class ModelServiceSimulator:
         service: str = "model-svc",
         *,
         champion: Callable[[], str | None],
+        canary: Callable[[], str | None] | None = None,
         profiles: dict[str, VersionProfile],
         default: VersionProfile,
         rps: float = 20,
@@ -86,11 +106,13 @@ class ModelServiceSimulator:
         self.service = service
         self.rps = rps
         self._champion = champion
+        self._canary_reader = canary
         self._profiles = dict(profiles)
         self._default = default
         self._requested_port = port
         self._lock = threading.Lock()
         self._version: str | None = None
+        self._canary: str | None = None
         self._switches: list[tuple[float, str]] = []
         self._last_error: BaseException | None = None
         self._stop = threading.Event()
@@ -100,6 +122,10 @@ class ModelServiceSimulator:
         self._port = 0
         self._requests = 0
         self._error_budget = 0.0
+        # model_quality_auc: each exported version's position in _QUALITY_NOISE, guarded by its own lock (the
+        # traffic tick and the polls both update the gauge; an unguarded set could revive a removed series).
+        self._quality_lock = threading.Lock()
+        self._quality_steps: dict[str, int] = {}
 
         self.registry = CollectorRegistry(auto_describe=True)
         self.latency = Histogram(
@@ -127,6 +153,12 @@ class ModelServiceSimulator:
             ["service", "version"],
             registry=self.registry,
         )
+        self.quality_auc = Gauge(
+            "model_quality_auc",
+            "AUC of each model version serving traffic (champion and canary), with a little measurement noise.",
+            ["service", "model_version"],
+            registry=self.registry,
+        )
 
     # -- public ------------------------------------------------------------------------------------------
     @property
@@ -151,6 +183,12 @@ class ModelServiceSimulator:
             return self._version
 
     @property
+    def canary_version(self) -> str | None:
+        """The version serving a share next to the champion (None when there is no canary)."""
+        with self._lock:
+            return self._canary
+
+    @property
     def switches(self) -> list[tuple[float, str]]:
         """(time.time(), version) each time the served version changed, the first version included."""
         with self._lock:
@@ -158,7 +196,8 @@ class ModelServiceSimulator:
 
     @property
     def last_error(self) -> BaseException | None:
-        """The last exception champion() raised (None after a successful poll); for diagnostics."""
+        """The last exception champion() or canary() raised (None after a poll where both answered); for
+        diagnostics."""
         with self._lock:
             return self._last_error
 
@@ -171,6 +210,7 @@ class ModelServiceSimulator:
             raise RuntimeError("simulator already started")
         self._stop.clear()
         self._poll_champion()
+        self._update_quality(advance=False)
         self._httpd, self._http_thread = start_http_server(self._requested_port, addr=HOST, registry=self.registry)
         self._port = int(self._httpd.server_port)
         self._threads = [
@@ -210,18 +250,28 @@ class ModelServiceSimulator:
 
     # -- internals ---------------------------------------------------------------------------------------
     def _poll_champion(self) -> None:
+        """Ask champion() and canary() (when given) which versions serve now; called by start() and the poll loop."""
+        error: BaseException | None = None
         try:
             version = self._champion()
         except Exception as exc:
             # A real service keeps serving its loaded model when the registry is unreachable or the alias
             # is briefly missing (e.g. mid-flip): keep the last known version and remember the error.
-            with self._lock:
-                self._last_error = exc
-            return
+            error = exc
+        else:
+            if version is not None:
+                self._serve(str(version))
+        if self._canary_reader is not None:
+            try:
+                canary = self._canary_reader()
+            except Exception as exc:
+                # Same tolerance as for the champion: a canary keeps serving while its alias cannot be read.
+                error = error or exc
+            else:
+                with self._lock:
+                    self._canary = None if canary is None else str(canary)
         with self._lock:
-            self._last_error = None
-        if version is not None:
-            self._serve(str(version))
+            self._last_error = error
 
     def _serve(self, version: str) -> None:
         with self._lock:
@@ -239,9 +289,33 @@ class ModelServiceSimulator:
         self.calibration_error.labels(self.service).set(profile.calibration_error)
         self.rejection_rate.labels(self.service).set(profile.rejection_rate)
 
+    def _update_quality(self, *, advance: bool) -> None:
+        """Set model_quality_auc for the champion's and canary's versions and remove every other version's series.
+
+        Called after each poll (advance=False: a switch shows at once) and each traffic tick (advance=True: the
+        noise moves one step). A newly exported version starts half a noise cycle away from the one already
+        exported, so the two series never move in lockstep.
+        """
+        with self._lock:
+            wanted = [v for v in dict.fromkeys((self._version, self._canary)) if v is not None]
+        with self._quality_lock:
+            for version in [v for v in self._quality_steps if v not in wanted]:
+                del self._quality_steps[version]
+                self.quality_auc.remove(self.service, version)
+            if advance:
+                for version in self._quality_steps:
+                    self._quality_steps[version] += 1
+            for version in wanted:
+                if version not in self._quality_steps:
+                    others = list(self._quality_steps.values())
+                    self._quality_steps[version] = others[0] + len(_QUALITY_NOISE) // 2 if others else 0
+                factor = _QUALITY_NOISE[self._quality_steps[version] % len(_QUALITY_NOISE)]
+                self.quality_auc.labels(self.service, version).set(self.profile(version).auc * factor)
+
     def _champion_loop(self) -> None:
         while not self._stop.wait(CHAMPION_POLL_SECONDS):
             self._poll_champion()
+            self._update_quality(advance=False)
 
     def _traffic_loop(self) -> None:
         owed = 0.0
@@ -257,6 +331,7 @@ class ModelServiceSimulator:
             profile = self.profile(served)
             for _ in range(batch):
                 self._observe(version, profile)
+            self._update_quality(advance=True)
 
     def _observe(self, version: str, profile: VersionProfile) -> None:
         jitter = _JITTER[self._requests % len(_JITTER)]
