@@ -169,13 +169,14 @@ def wire(*, policy: Policy, store: Store, prom: Prometheus, slack: SlackOut, mlf
     registry = registry or default_registry()
     runner = Runner(registry, clients or Clients(mlflow=mlflow), store)
     models = ModelRegistry(mlflow)
-    readiness = Readiness(runner=runner, prom=prom, approvers=approvers)
     gate = Gate(store, models, clock=clock, may_act=replica.may_act, policy=policy,
-                readiness=lambda svc, candidate, outgoing: readiness.check(svc, promoting=(candidate, outgoing)))
+                readiness=lambda svc, candidate, outgoing: readiness.check(svc, promoting=(candidate, outgoing)),
+                prom=prom)
+    readiness = Readiness(runner=runner, prom=prom, approvers=approvers, baselines=gate.baselines)
     drills = DrillRunner(store=store, runner=runner, prom=prom, authz=authz, say=timeline.say,
                          mention=timeline.mention_approvers, clock=clock)
-    evaluator = Evaluator(store, prom)
-    verifier = Verifier(store, prom, timeline, clock=clock)
+    evaluator = Evaluator(store, prom, baselines=gate.baselines)
+    verifier = Verifier(store, prom, timeline, clock=clock, baselines=gate.baselines)
     closer = Closer(store=store, prom=prom, slack=slack, timeline=timeline, gate=gate, registry=registry)
     runs = Runs(policy=policy, store=store, timeline=timeline, runner=runner, authz=authz, verifier=verifier,
                 closer=closer, gate=gate, work=replica, clock=clock)

@@ -38,6 +38,11 @@ def _check_policy(args: argparse.Namespace) -> int:
                       if slo.query and slo.by is None and slo.burn_rate is None)
     if slo_queries:
         print(f"grouping: {grouping_plan(policy.services.values()).summary(slo_queries)}")
+    for svc in policy.services.values():
+        for slo in (s for s in svc.slos if s.relative):
+            print(f"{svc.name}/{slo.name}: {slo.target_text()}")
+        if svc.promote and svc.promote.compare:
+            print(f"{svc.name}: promotes @{svc.promote.from_} only if {svc.promote.compare.text(svc.promote.to)}")
     return 0
 
 

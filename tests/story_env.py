@@ -7,7 +7,9 @@ PostgreSQL database) and the benchmarks. Everything listens on 127.0.0.1.
 
 from __future__ import annotations
 
+import html
 import os
+import re
 import subprocess
 import sys
 import time
@@ -17,6 +19,8 @@ from typing import Any
 import requests
 
 from sandbox.servers import free_port
+from sandbox.signing import post_signed, slash_command_body
+from sandbox.slack_api import FakeSlackAPI
 
 SECRET = "story-signing-secret"
 TOKEN = "xoxb-story-token-0000"
@@ -142,3 +146,19 @@ def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.1)
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def command(bot: BotProcess, slack: FakeSlackAPI, text: str, user: str) -> str:
+    """The ephemeral answer to a signed `/rollback <text>`."""
+    before = len(slack.calls("chat.postEphemeral"))
+    body = slash_command_body(text=text, user_id=user, channel_id=CHANNEL, response_url=slack.response_url)
+    assert post_signed(f"{bot.url}/slack/events", SECRET, body).status_code == 200
+    call = wait_until(lambda: next((c for c in slack.calls("chat.postEphemeral")[before:]
+                                    if c.params.get("user") == user), None), 60, f"the answer to /rollback {text}")
+    return html.unescape(str(call.params["text"]))
+
+
+def channel_lines(slack: FakeSlackAPI, start: str) -> list[str]:
+    """The channel's messages starting with `start` (after a leading emoji), as Slack shows them."""
+    texts = [html.unescape(str(m.get("text", ""))) for m in slack.messages(CHANNEL)]
+    return [t for t in texts if re.sub(r"^:[a-z_]+: ", "", t).startswith(start)]

@@ -47,6 +47,10 @@ def test_example_policy_passes_check_policy() -> None:
     result = _check_policy(EXAMPLE)
     assert result.returncode == 0, result.stderr
     assert "ok" in result.stdout and "model-svc" in result.stdout
+    assert ("model-svc/auc-drop: allowed −3% vs the baseline recorded at each promotion (breach only beyond 0.005)"
+            in result.stdout)
+    assert ("model-svc: promotes @candidate only if not significantly worse than @champion on auc-by-version "
+            "(Mann-Whitney U, one-sided at 95%, at least 10 samples per version by model_version)") in result.stdout
 
 
 def test_typo_in_policy_names_line_and_field(tmp_path: Path) -> None:

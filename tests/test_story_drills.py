@@ -8,8 +8,6 @@ restored. `/rollback drill` (approvers only) drills again on request; history an
 
 from __future__ import annotations
 
-import html
-import re
 from pathlib import Path
 
 import pytest
@@ -18,9 +16,19 @@ from mlflow.tracking import MlflowClient
 
 from sandbox.model_service import ModelServiceSimulator, VersionProfile, alias_reader, seed_registry
 from sandbox.servers import MlflowServer, PrometheusServer
-from sandbox.signing import post_signed, slash_command_body
 from sandbox.slack_api import FakeSlackAPI
-from tests.story_env import APPROVER, CHANNEL, GROUP, GROUP_MEMBER, P95, SECRET, STRANGER, BotProcess, wait_until
+from tests.story_env import (
+    APPROVER,
+    CHANNEL,
+    GROUP,
+    GROUP_MEMBER,
+    P95,
+    STRANGER,
+    BotProcess,
+    channel_lines,
+    command,
+    wait_until,
+)
 
 pytestmark = pytest.mark.story
 
@@ -57,22 +65,6 @@ services:
       verify: {{every: 1s, within: 30s, stable_for: 2s}}
       restore: true
 """
-
-
-def command(bot: BotProcess, slack: FakeSlackAPI, text: str, user: str) -> str:
-    """The ephemeral answer to a signed `/rollback <text>`."""
-    before = len(slack.calls("chat.postEphemeral"))
-    body = slash_command_body(text=text, user_id=user, channel_id=CHANNEL, response_url=slack.response_url)
-    assert post_signed(f"{bot.url}/slack/events", SECRET, body).status_code == 200
-    call = wait_until(lambda: next((c for c in slack.calls("chat.postEphemeral")[before:]
-                                    if c.params.get("user") == user), None), 60, f"the answer to /rollback {text}")
-    return html.unescape(str(call.params["text"]))
-
-
-def channel_lines(slack: FakeSlackAPI, start: str) -> list[str]:
-    """The channel's messages starting with `start` (after a leading emoji), as Slack shows them."""
-    texts = [html.unescape(str(m.get("text", ""))) for m in slack.messages(CHANNEL)]
-    return [t for t in texts if re.sub(r"^:[a-z_]+: ", "", t).startswith(start)]
 
 
 def test_a_drill_follows_the_promotion_and_staging_is_rolled_back_and_restored(

@@ -82,12 +82,15 @@ class Detection:
     def _said(self, svc: Service, decision: Decision) -> None:
         """A promotion (and the drill after it), or a candidate held back, said the first time only."""
         if decision.promoted:
-            self.timeline.say(svc.channel, wording.promoted(svc, decision.version, decision.previous))
+            self.timeline.say(svc.channel, wording.promoted(svc, decision.version, decision.previous,
+                                                            decision.comparisons, decision.baselines))
             if self.after_promotion is not None:
                 self.after_promotion(svc, decision.version, decision.previous)
         elif decision.notify and decision.held == "window" and decision.window is not None:
             self.timeline.say(svc.channel, wording.held_by_window(svc, decision.version, decision.window.reason,
                                                                   decision.window.end))
+        elif decision.notify and decision.held == "compare":
+            self.timeline.say(svc.channel, wording.held_by_comparison(svc, decision.version, decision.comparisons))
         elif decision.notify and decision.held == "readiness":
             self.timeline.say(svc.channel, checklist.not_ready_notice(svc.name, decision.version or "?",
                                                                       decision.readiness))

@@ -1,6 +1,7 @@
 """Readiness: is the way back there before anyone needs it? One check, item by item: every rollback step names
 its baseline, the whole plan dry-runs clean, every SLO query returns data now, the SLOs watch quality and latency
-or errors, the approvers resolve to a person, a recover target is set.
+or errors, the approvers resolve to a person, a recover target is set, and each relative SLO has the baseline it is
+judged against (bot.slo.baselines; none yet is "unknown", which holds nothing back).
 
 Called by bot.cli (`rollback-bot readiness`), bot.incidents.oncall (`/rollback readiness <service>`, worded by
 bot.slack.checklist) and, through bot.app, the promotion gate (bot.slo.gate), which asks before each promotion
@@ -24,13 +25,14 @@ from bot.infra.prom import Prometheus, QueryResult
 from bot.slack import drill_wording
 from bot.slack.drill_wording import step_text
 from bot.slo import burn
+from bot.slo.baselines import Baselines, per_moment
 from bot.slo.durations import format_duration
 from bot.slo.policy import Service, Slo
 
 Status = Literal["ok", "failed", "unknown"]
 
-BASELINE, DRY_RUN, SLO_DATA, SLO_KINDS, APPROVERS, RECOVER = (
-    "baseline", "dry run", "slo data", "slo kinds", "approvers", "recover target")
+BASELINE, DRY_RUN, SLO_DATA, SLO_KINDS, APPROVERS, RECOVER, SLO_BASELINES = (
+    "baseline", "dry run", "slo data", "slo kinds", "approvers", "recover target", "slo baselines")
 
 
 @dataclass(frozen=True)
@@ -66,10 +68,12 @@ def _plural(count: int, word: str) -> str:
 
 
 class Readiness:
-    def __init__(self, *, runner: Runner, prom: Prometheus, approvers: Approvers) -> None:
+    def __init__(self, *, runner: Runner, prom: Prometheus, approvers: Approvers,
+                 baselines: Baselines | None = None) -> None:
         self.runner = runner
         self.prom = prom
         self.approvers = approvers
+        self.baselines = baselines
 
     def check(self, svc: Service, *, promoting: tuple[str, str | None] | None = None) -> ReadinessReport:
         """The way back as it stands now; with promoting=(candidate_version, outgoing_version_or_None), the way back
@@ -79,7 +83,44 @@ class Readiness:
         for name, judge in ((SLO_DATA, self._slo_data), (SLO_KINDS, _slo_kinds), (APPROVERS, self._approvers),
                             (RECOVER, _recover)):
             items.append(_guarded(name, judge, svc))
+        if any(slo.relative for slo in svc.slos):
+            items.append(_guarded(SLO_BASELINES, lambda s: self._slo_baselines(s, promoting), svc))
         return ReadinessReport(svc.name, tuple(items))
+
+    # -- relative SLOs' baselines -------------------------------------------------------------------------
+    def _slo_baselines(self, svc: Service, promoting: tuple[str, str | None] | None) -> Item:
+        """ok when every relative SLO has its baseline (recorded for the champion, or, about to promote, data for
+        the outgoing champion to record one from; a live one's previous series); unknown otherwise."""
+        if self.baselines is None:
+            return Item(SLO_BASELINES, "unknown", "baselines are not read here")
+        versions = self.baselines.versions(svc)
+        seen, missing = [], []
+        for slo in (s for s in svc.slos if s.relative):
+            if slo.live_label:
+                result = self.prom.query(slo.query or "")
+                if versions.previous and result.by_label(slo.live_label).get(versions.previous):
+                    seen.append(f"{slo.name}: v{versions.previous}'s series")
+                else:
+                    missing.append(f"{slo.name}: {self.baselines.missing(svc, slo, versions)}")
+            elif promoting is not None:
+                window = svc.promote.healthy_for if svc.promote else 0.0
+                now = time.time()
+                points = per_moment(slo, svc, self.prom.query_range(slo.query or "", now - window, now,
+                                                                    max(window / 60, 1.0)).series)
+                if points and promoting[1]:
+                    seen.append(f"{slo.name}: recorded from v{promoting[1]} at this promotion")
+                else:
+                    missing.append(f"{slo.name}: no data over the last {format_duration(window)} to record a "
+                                   f"baseline from")
+            else:
+                base = self.baselines.recorded(svc, slo, versions.current)
+                if base is not None:
+                    seen.append(f"{slo.name}: {base.value:.4g} (v{base.version}, {base.source})")
+                else:
+                    missing.append(f"{slo.name}: {self.baselines.missing(svc, slo, versions)}")
+        if missing:
+            return Item(SLO_BASELINES, "unknown", "; ".join(missing + seen))
+        return Item(SLO_BASELINES, "ok", "; ".join(seen))
 
     # -- baseline and dry run -----------------------------------------------------------------------------
     def _model_step(self, svc: Service) -> int | None:

@@ -18,6 +18,7 @@ from bot.infra.store import Incident, Store
 from bot.slack import blocks, wording
 from bot.slack.timeline import Timeline
 from bot.slo import evaluation
+from bot.slo.baselines import Baselines
 from bot.slo.evaluation import CYCLE_JITTER
 from bot.slo.policy import Service
 
@@ -26,14 +27,17 @@ RECOVERED, FAILED = State.RECOVERED, State.VERIFY_FAILED
 
 class Verifier:
     def __init__(self, store: Store, prom: Prometheus, timeline: Timeline, *, update_every: float = 3.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, baselines: Baselines | None = None) -> None:
         self.store = store
+        self.baselines = baselines  # relative SLOs wait for their baseline like absolute ones for their threshold
         self.prom = prom
         self.timeline = timeline
         self.update_every = update_every
         self.clock = clock
 
     def start(self, incident: Incident, service: Service) -> Incident:
+        if self.baselines is not None:
+            self.baselines.moved(service)  # the plan just ran: relative SLOs judge the version it restored
         now = self.clock()
         state = {"started_at": now, "stable_since": None, "last_update": now}
         text, body = blocks.progress([], elapsed=0, stable_for=0, need_stable=service.verify.stable_for,
@@ -49,7 +53,7 @@ class Verifier:
         v = dict(incident.verification or {})
         now = self.clock()
         started = v.get("started_at") or incident.executed_at or now
-        readings = evaluation.read(self.prom, [service])[service.name]
+        readings = evaluation.read(self.prom, [service], baselines=self.baselines)[service.name]
         within_target = all(r.within_target for r in readings)
         was_stable = v.get("stable_since")
         # A change of streak is stored before the thread is told: a replica taking the verification over after this

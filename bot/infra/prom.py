@@ -41,6 +41,11 @@ class QueryResult:
     error: str | None = None
     samples: tuple[Sample, ...] = ()
 
+    def only(self, label: str, value: str) -> QueryResult:
+        """The same result with only the series whose `label` is `value` (one service's share of a grouped one)."""
+        kept = tuple(s for s in self.samples if s.labels.get(label) == value)
+        return QueryResult(self.query, tuple(s.value for s in kept), self.error, kept)
+
     def by_label(self, label: str) -> dict[str, tuple[float, ...]]:
         """The values grouped by the value of `label`; series without that label are left out."""
         out: dict[str, list[float]] = {}

@@ -165,8 +165,15 @@ def policy_summary(svc: Service, policy: Policy) -> str:
     who = "two approvers (requester cannot approve)" if svc.two_person else "one approver"
     auto = f", automatic after {format_duration(svc.auto_rollback_grace)} unless stopped" if svc.auto_rollback else ""
     v, every = svc.verify, format_duration(policy.evaluate_every)
-    return (f"*{svc.name}* policy\n"
+    text = (f"*{svc.name}* policy\n"
             f"• *Trigger*: any breach of {triggers} (checked every {every})\n"
             f"• *Action*: {actions} — confirmed by {who} ({svc.confirm}){auto}\n"
             f"• *Verification*: every SLO within target for {format_duration(v.stable_for)}, checked every "
             f"{format_duration(v.every)}, within {format_duration(v.within)}; then auto-promotion is frozen")
+    if svc.promote:
+        p = svc.promote
+        compared = f", {p.compare.text(p.to)}" if p.compare else ""
+        text += (f"\n• *Promotion*: @{p.from_} → @{p.to} once healthy for {format_duration(p.healthy_for)}{compared}"
+                 + ("; baselines of relative SLOs recorded at each promotion"
+                    if any(slo.relative and not slo.live_label for slo in svc.slos) else ""))
+    return text

@@ -76,7 +76,7 @@ def mention(entity: str) -> str:
 
 def value_text(reading: Reading) -> str:
     if reading.status == NODATA:
-        return "no data"
+        return reading.detail if reading.no_baseline and reading.detail else "no data"
     if reading.status == ERROR:
         return f"query error: {reading.error or 'unknown'}"
     if reading.detail:

@@ -12,8 +12,9 @@ from collections.abc import Iterable, Sequence
 from urllib.parse import quote
 
 from bot.infra.plans import PlannedStep
-from bot.infra.store import Incident
+from bot.infra.store import Incident, RecordedBaseline
 from bot.slack.blocks import clock, inert, mention, plan_text, value_text
+from bot.slo.compare import WORSE, Comparison
 from bot.slo.durations import format_duration, format_span
 from bot.slo.evaluation import Reading
 from bot.slo.policy import Service
@@ -71,11 +72,38 @@ def request_posted(service: str, incident_id: int, *, here: bool, channel: str) 
             "with the *Roll back* button.")
 
 
-def promoted(svc: Service, version: str | None, previous: str | None) -> str:
+def promoted(svc: Service, version: str | None, previous: str | None, comparisons: Sequence[Comparison] = (),
+             baselines: Sequence[RecordedBaseline] = ()) -> str:
+    """The gate's promotion, with the comparison that let it through and the baselines it recorded."""
     if not svc.promote:
         return ""
-    return (f":rocket: `{svc.model}` version {version} promoted to @{svc.promote.to} for *{svc.name}* (SLOs healthy; "
+    text = (f":rocket: `{svc.model}` version {version} promoted to @{svc.promote.to} for *{svc.name}* (SLOs healthy; "
             f"previous @{svc.promote.to} version {previous} kept as @{svc.promote.previous})")
+    if comparisons:
+        text += (f"\nCompared with v{inert(previous or '?')} over the last {format_duration(svc.promote.healthy_for)} "
+                 f"(Mann-Whitney U, one-sided):" + "".join(f"\n• {inert(c.words())}" for c in comparisons))
+    if baselines:
+        text += (f"\nBaselines recorded from v{inert(baselines[0].version)} over the last "
+                 f"{format_duration(baselines[0].window_seconds)}: "
+                 + ", ".join(f"{inert(b.slo)} {b.value:.4g} ({b.samples} samples)" for b in baselines))
+    return text
+
+
+def held_by_comparison(svc: Service, version: str | None, comparisons: Sequence[Comparison]) -> str:
+    """The gate holding back a candidate on promote.compare's verdict (said once per candidate and verdict)."""
+    if not svc.promote:
+        return ""
+    worse = any(c.verdict == WORSE for c in comparisons)
+    champion = inert(comparisons[0].champion) if comparisons else "?"
+    window = format_duration(svc.promote.healthy_for)
+    head = (f":no_entry: Not promoting `{svc.model}` version {inert(version or '?')} for *{svc.name}*: significantly "
+            f"worse than @{svc.promote.to} v{champion} over the last {window}" if worse else
+            f":hourglass_flowing_sand: Not promoting `{svc.model}` version {inert(version or '?')} for *{svc.name}* "
+            f"yet: no verdict against @{svc.promote.to} v{champion} over the last {window}")
+    tail = ("It stays @" + svc.promote.from_ + "; promote it by hand only if you know better." if worse else
+            "It is compared again as samples arrive.")
+    return (f"{head} (Mann-Whitney U, one-sided):" + "".join(f"\n• {inert(c.words())}" for c in comparisons)
+            + f"\n{tail}")
 
 
 def held_by_window(svc: Service, version: str | None, reason: str, end: float) -> str:

@@ -28,6 +28,7 @@ from bot.infra import metrics
 from bot.infra.prom import Prometheus, QueryResult
 from bot.infra.store import SloState, Store
 from bot.slo import burn, grouping
+from bot.slo.baselines import Base, Baselines, words, worst
 from bot.slo.policy import BurnRate, Policy, Service, Slo
 
 log = logging.getLogger(__name__)
@@ -52,10 +53,13 @@ class Reading:
     breach_since: float | None = None
     sustained: bool = False
     detail: str | None = None  # the value in words when a number is not enough: "14.9x over 1h / 21x over 5m"
+    # A relative SLO without a baseline yet (status NODATA, `detail` says why): it holds neither the promotion gate
+    # (the first promotion records the baseline) nor verification.
+    no_baseline: bool = False
 
     @property
     def within_target(self) -> bool:
-        return self.status == OK
+        return self.status == OK or self.no_baseline
 
 
 def judge(slo: Slo, result: QueryResult, values: tuple[float, ...] | None = None) -> tuple[str, float | None]:
@@ -137,11 +141,14 @@ class Grouper:
 
 
 def read(prom: Prometheus, services: Iterable[Service], *, group: bool = True,
-         grouper: Grouper | None = None) -> dict[str, list[Reading]]:
+         grouper: Grouper | None = None, baselines: Baselines | None = None) -> dict[str, list[Reading]]:
     """Query every SLO of these services once (identical queries are sent once) and judge them. With `group`,
     queries written per service that differ only in one label's value are sent as one (bot.slo.grouping);
-    a `grouper` also cross-checks one member per group each cycle."""
+    a `grouper` also cross-checks one member per group each cycle. Relative SLOs are judged against `baselines`
+    (without it they have no baseline)."""
     services = list(services)
+    if baselines is not None:
+        baselines.prefetch(services)
     if not group:
         plan = grouping.Plan((), {})
     else:
@@ -167,18 +174,52 @@ def read(prom: Prometheus, services: Iterable[Service], *, group: bool = True,
             if slo.by is not None:
                 label, match = slo.by, slo.match or svc.name
             values = None if label is None else groups.values(result, label, match or "")
-            status, value = judge(slo, result, values)
             if result.error:
                 log.warning("%s/%s: query failed: %s", svc.name, slo.name, result.error)
+            if slo.relative:
+                if slo.live_label and label is not None:  # its text is also another SLO's, sent grouped
+                    result, values = result.only(label, match or ""), None
+                readings.append(finite(relative(svc, slo, result, values, baselines)))
+                continue
+            status, value = judge(slo, result, values)
             readings.append(finite(Reading(svc.name, slo.name, status, value, slo.target_text(), result.error)))
         out[svc.name] = readings
     return out
 
 
+def relative(svc: Service, slo: Slo, result: QueryResult, values: tuple[float, ...] | None,
+             baselines: Baselines | None) -> Reading:
+    """A relative SLO's reading: the version serving now against its baseline (recorded at a promotion, or the
+    previous champion's series now, `baseline: {label: ...}`); no baseline is no data that holds nothing back."""
+    target = slo.target_text()
+    if result.error is not None:
+        return Reading(svc.name, slo.name, ERROR, None, target, result.error)
+    if baselines is None:  # a reader without baselines (a staging drill's verification) judges no relative SLO
+        return Reading(svc.name, slo.name, NODATA, None, target, detail="no baseline here", no_baseline=True)
+    versions = baselines.versions(svc)
+    if slo.live_label:
+        by_version = result.by_label(slo.live_label)
+        value = worst(slo, by_version.get(versions.current or "", ()))
+        previous = worst(slo, by_version.get(versions.previous or "", ()))
+        base = Base(previous, versions.previous or "?", "its series now") if previous is not None else None
+    else:
+        value = worst(slo, result.values if values is None else values)
+        base = baselines.recorded(svc, slo, versions.current)
+    if value is None:
+        return Reading(svc.name, slo.name, NODATA, None, target)
+    if base is None:
+        return Reading(svc.name, slo.name, NODATA, value, target, detail=baselines.missing(svc, slo, versions),
+                       no_baseline=True)
+    status = BREACH if slo.breached_against(value, base.value) else OK
+    return Reading(svc.name, slo.name, status, value, target, detail=words(slo, value, versions.current, base))
+
+
 def grouping_plan(services: Iterable[Service]) -> grouping.Plan:
-    """The automatic grouping of these services' plain `query:` SLOs (not `by:`, not burn rate)."""
+    """The automatic grouping of these services' plain `query:` SLOs (not `by:`, not burn rate, not a live
+    baseline, which reads every version's series of its query)."""
     return grouping.cached_plan(tuple(sorted({slo.query for svc in services for slo in svc.slos
-                                              if slo.query and slo.by is None and slo.burn_rate is None})))
+                                              if slo.query and slo.by is None and slo.burn_rate is None
+                                              and slo.live_label is None})))
 
 
 def _sent(query: str, plan: grouping.Plan) -> tuple[str, str | None, str | None]:
@@ -202,9 +243,10 @@ def _burn_reading(svc: Service, name: str, burn_rate: BurnRate, results: dict[st
 class Evaluator:
     """Keeps, in the store, since when each SLO has breached and since when each service is healthy."""
 
-    def __init__(self, store: Store, prom: Prometheus, *, group: bool = True) -> None:
+    def __init__(self, store: Store, prom: Prometheus, *, group: bool = True, baselines: Baselines | None = None) -> None:
         self.store = store
         self.prom = prom
+        self.baselines = baselines  # what relative SLOs are judged against (bot.slo.baselines)
         self.group = group  # False: one query per SLO text (the per-SLO floor benchmark 4 compares against)
         self.grouper = Grouper()
         # The stored SLO states as of the last cycle: read from the store at the first cycle, then kept up to date
@@ -220,7 +262,7 @@ class Evaluator:
         """Read and track the SLOs of `services` (default: every service of the policy)."""
         now = now or time.time()
         chosen = policy.services.values() if services is None else services
-        fresh = read(self.prom, chosen, group=self.group, grouper=self.grouper)
+        fresh = read(self.prom, chosen, group=self.group, grouper=self.grouper, baselines=self.baselines)
         previous = self._states if self._states is not None else self.store.slo_states()
         self._states = None  # until this cycle's changes are stored
         healthy_since = self.store.healthy_since_all()

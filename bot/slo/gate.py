@@ -5,8 +5,11 @@ Called by bot.incidents: `freeze` when a plan starts and when an incident closes
 failed, or a failed plan), `consider_all` every evaluation cycle (three store reads for every service, the registry
 only for services healthy long enough, their aliases cached for ALIAS_TTL). Nothing is promoted while the service
 or every service (`/rollback freeze --all`, the freezes row ALL) is frozen, during a freeze window
-(bot.slo.windows), or while the readiness check handed in says the way back after the promotion is not ready;
-a candidate held back by a window or by readiness is reported once (Decision.notify) for the caller to word.
+(bot.slo.windows), while the readiness check handed in says the way back after the promotion is not ready, or, with
+`promote.compare`, while the candidate is significantly worse than the champion over the soak window or there are
+too few samples to say (bot.slo.compare); a candidate held back is reported once (Decision.notify) for the caller to
+word. Right after a promotion the outgoing champion's values of the relative SLOs are recorded as the baselines the
+new version is judged against (bot.slo.baselines).
 The freeze is stored (it survives restarts) and the bad version carries the MLflow tag rollback_blocked=true with
 the incident id, so other tooling sees it.
 """
@@ -22,7 +25,11 @@ from typing import Any, Protocol
 from bot.infra import metrics
 from bot.infra.actors import AUTO_ACTOR
 from bot.infra.model_registry import ModelRegistry, RegistryError
-from bot.infra.store import ALL, Freeze, Store
+from bot.infra.prom import Prometheus
+from bot.infra.store import ALL, Freeze, RecordedBaseline, Store
+from bot.slo import compare
+from bot.slo.baselines import Baselines
+from bot.slo.compare import Comparison
 from bot.slo.durations import format_duration
 from bot.slo.policy import Policy, Service
 from bot.slo.windows import OpenWindow, open_window
@@ -38,6 +45,9 @@ ALIAS_POINT_READS = 20
 # How long a "not ready" verdict on a candidate is trusted before readiness is checked again (it plans every step:
 # git, helm, Kubernetes and MLflow reads). A "ready" verdict is never kept: the promotion follows at once.
 NOT_READY_RECHECK = 60.0
+# How long a comparison that held a candidate back is trusted before it is made again (a range query per compared
+# SLO); a comparison that lets the candidate through is never kept: the promotion follows at once.
+COMPARE_RECHECK = 30.0
 
 
 class Verdict(Protocol):
@@ -73,13 +83,18 @@ class Decision:
     notify: bool = False
     window: OpenWindow | None = None
     readiness: Any = None
+    comparisons: tuple[Comparison, ...] = ()  # promote.compare's verdicts, held back ("compare") or promoted
+    baselines: tuple[RecordedBaseline, ...] = ()  # recorded at this promotion
 
 
 class Gate:
     def __init__(self, store: Store, registry: ModelRegistry, clock: Callable[[], float] = time.time,
                  alias_ttl: float = ALIAS_TTL, may_act: Callable[[str], bool] = lambda _: True,
-                 policy: Policy | None = None, readiness: CheckReadiness | None = None) -> None:
+                 policy: Policy | None = None, readiness: CheckReadiness | None = None,
+                 prom: Prometheus | None = None) -> None:
         self.store = store
+        self.prom = prom  # the comparison's and the baselines' range queries
+        self._held_back: dict[tuple[str, str, str], tuple[float, tuple[Comparison, ...]]] = {}
         self.registry = registry
         self.clock = clock
         self.policy = policy  # its top-level freeze windows apply to every service
@@ -88,6 +103,8 @@ class Gate:
         # Whether this replica still holds the lease of the service's shard, asked right before aliases move.
         self.may_act = may_act
         self.aliases = AliasCache(registry, alias_ttl)
+        # The relative SLOs' baselines, recorded at each promotion; evaluation and verification judge with it too.
+        self.baselines = Baselines(store, self.aliases, prom, clock=clock) if prom is not None else None
 
     def freeze(self, service: Service, *, incident_id: int, bad_version: str | None, reason: str,
                block: bool = True) -> Frozen:
@@ -180,12 +197,22 @@ class Gate:
             return Decision(False, "the way back after this promotion is not ready", candidate.version,
                             held="readiness", readiness=verdict,
                             notify=self.store.claim_request(f"once:not-ready:{service.model}:{candidate.version}"))
+        comparisons = self._compare(service, candidate.version, current.version if current else None)
+        if any(c.verdict != compare.NOT_WORSE for c in comparisons):
+            metrics.PROMOTIONS.labels(service=service.name, result="refused_compare").inc()
+            judged = compare.WORSE if any(c.verdict == compare.WORSE for c in comparisons) else compare.NO_VERDICT
+            reason = ("significantly worse than the champion" if judged == compare.WORSE
+                      else "no comparison verdict yet")
+            return Decision(False, reason, candidate.version, held="compare", comparisons=comparisons,
+                            notify=self.store.claim_request(
+                                f"once:compare:{service.model}:{candidate.version}:{judged}"))
         if not self.may_act(service.name):
             return Decision(False, "this replica no longer evaluates the service (its shard moved)")
         # One promotion per candidate, whichever replica gets here: the first to claim the key promotes.
         claim = f"promote:{service.model}:{candidate.version}:{promote.to}"
         if not self.store.claim_request(claim):
             return Decision(False, f"version {candidate.version} is being promoted by another replica")
+        soak_end = time.time()  # the soak window the outgoing champion's baselines are read over ends here (Prometheus time)
         try:
             previous = self.registry.promote(service.model, version=candidate.version, to=promote.to,
                                              previous=promote.previous)
@@ -194,12 +221,51 @@ class Gate:
             return Decision(False, f"promotion failed: {exc}")
         finally:
             self.aliases.forget(service.model)
+        recorded = self._record(service, previous, candidate.version, soak_end)
         self.store.set_healthy_since(service.name, None)
         self.store.audit(actor=AUTO_ACTOR, action="promote", result="ok",
                          detail={"service": service.name, "model": service.model, "version": candidate.version,
                                  "previous": previous})
         metrics.PROMOTIONS.labels(service=service.name, result="promoted").inc()
-        return Decision(True, "promoted", candidate.version, previous)
+        return Decision(True, "promoted", candidate.version, previous, comparisons=comparisons, baselines=recorded)
+
+    def _record(self, service: Service, outgoing: str | None, promoted: str, until: float
+                ) -> tuple[RecordedBaseline, ...]:
+        """The outgoing champion's baselines, measured over the soak window that ended at `until`."""
+        if self.baselines is None or outgoing is None or not any(s.relative for s in service.slos):
+            return ()
+        step = self.policy.evaluate_every if self.policy else 15.0
+        try:
+            return tuple(self.baselines.record(service, outgoing=outgoing, promoted=promoted, step=step, now=until))
+        except Exception:  # noqa: BLE001 - the promotion happened; a baseline not recorded is no data, never a breach
+            log.exception("%s: recording the baselines of v%s failed", service.name, outgoing)
+            return ()
+
+    def _compare(self, service: Service, candidate: str, champion: str | None) -> tuple[Comparison, ...]:
+        """promote.compare's verdict on each listed SLO, candidate against champion over the soak window; () when
+        the policy compares nothing or there is no champion to compare with (the first release). A comparison that
+        held the candidate back is trusted for COMPARE_RECHECK (at most `healthy_for`)."""
+        promote = service.promote
+        spec = promote.compare if promote else None
+        if promote is None or spec is None or champion is None or self.prom is None:
+            return ()
+        key = (service.name, candidate, champion)
+        hit = self._held_back.get(key)
+        if hit is not None and self.clock() - hit[0] < min(COMPARE_RECHECK, promote.healthy_for):
+            return hit[1]
+        slos = {slo.name: slo for slo in service.slos}
+        step = self.policy.evaluate_every if self.policy else 15.0
+        comparisons = tuple(
+            compare.compare(self.prom, slo=name, query=slos[name].query or "",
+                            higher_is_better=slos[name].higher_is_better, label=spec.label, candidate=candidate,
+                            champion=champion, window=promote.healthy_for, step=step, confidence=spec.confidence,
+                            min_samples=spec.min_samples, now=time.time())
+            for name in spec.slos)
+        if any(c.verdict != compare.NOT_WORSE for c in comparisons):
+            self._held_back[key] = (self.clock(), comparisons)
+        else:
+            self._held_back.pop(key, None)
+        return comparisons
 
 
     def _readiness(self, service: Service, candidate: str, outgoing: str | None) -> Verdict | None:

@@ -7,6 +7,7 @@ pydantic's validation context ({"registry": Registry}).
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Literal
 
@@ -25,6 +26,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from bot.slo.durations import format_duration, parse_duration
+from bot.slo.percent import format_percent, parse_percent
 from executors.registry import Registry, default_registry
 
 KeyPath = tuple[str | int, ...]
@@ -43,6 +45,8 @@ def _matching(pattern: str, expected: str) -> AfterValidator:
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 """Seconds; the policy file may write `15s`, `5m`, `1h30m`, `500ms` or a bare number of seconds."""
+Percent = Annotated[float, BeforeValidator(parse_percent)]
+"""A fraction; the policy file writes `3%` (0.03)."""
 ChannelId = Annotated[str, _matching(r"[CG][A-Z0-9]{2,}", "a Slack channel ID like C0123456789, not a #name")]
 ApproverId = Annotated[
     str, _matching(r"[UWS][A-Z0-9]{2,}", "a Slack user ID (U..., W...) or user-group ID (S...)")
@@ -137,9 +141,31 @@ class BurnRate(_Model):
 SloKind = Literal["latency", "errors", "throughput", "quality", "other"]
 
 
+class LiveBaseline(_Model):
+    """`baseline: {label: model_version}`: the baseline is the previous champion's own series of the same query at the
+    same moment (a canary or shadow share still serving it), told apart by `label`."""
+
+    label: LabelName = "model_version"
+
+
+RECORDED = "recorded"
+
+
+def _recorded_is_none(value: Any) -> Any:
+    if value == RECORDED or value is None or isinstance(value, (dict, LiveBaseline)):
+        return None if value == RECORDED else value
+    raise ValueError(f"expected 'recorded' (the default) or {{label: <the label naming the version>}}; got {value!r}")
+_THRESHOLDS = ("above", "below", "above_baseline", "below_baseline")
+
+
 class Slo(_Model):
     """A PromQL query and the threshold it must stay on the right side of, for `for_` seconds; or, with
     `burn_rate:` instead of query and threshold, an error-budget burn rate judged by bot.slo.burn.
+
+    The threshold is absolute (`above:` / `below:` a number) or relative to a baseline (`above_baseline:` /
+    `below_baseline:` a share such as `3%`, with an optional absolute floor `min_delta:`): the value the outgoing
+    champion had, recorded at each promotion (`baseline: recorded`, bot.slo.baselines), or the previous champion's
+    series at the same moment (`baseline: {label: model_version}`).
 
     `kind` says what the SLO watches, for readiness (bot.incidents.readiness wants a quality SLO and a latency or
     errors one); a burn-rate SLO counts errors unless it says otherwise."""
@@ -150,6 +176,11 @@ class Slo(_Model):
     burn_rate: BurnRate | None = None
     above: float | None = Field(default=None, allow_inf_nan=False)
     below: float | None = Field(default=None, allow_inf_nan=False)
+    above_baseline: Percent | None = None
+    below_baseline: Percent | None = None
+    min_delta: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    # None is `baseline: recorded` (the default): recorded at each promotion.
+    baseline: Annotated[LiveBaseline | None, BeforeValidator(_recorded_is_none)] = None
     for_: Duration = Field(default=0.0, alias="for")
     # A grouped query: `by` names the label whose value picks this service's series (`match`, default the
     # service's name), so many services sharing one query text cost one Prometheus query per cycle.
@@ -163,43 +194,99 @@ class Slo(_Model):
             return {**data, "kind": "errors"}
         return data
 
+    @field_validator("below_baseline")
+    @classmethod
+    def _under_all(cls, share: float | None) -> float | None:
+        if share is not None and share >= 1:
+            raise ValueError(f"{format_percent(share)} below the baseline is below zero; use a share under 100%")
+        return share
+
     @model_validator(mode="after")
     def _grouping(self) -> Slo:
         if self.match is not None and self.by is None:
             raise _error_at("Slo", ("match",), self.match, "'match:' needs 'by:', the label it is compared with")
         if self.by is not None and self.burn_rate is not None:
             raise _error_at("Slo", ("by",), self.by, "'by:' groups a 'query:'; a burn-rate SLO cannot use it")
+        if self.by is not None and self.live_label is not None:
+            raise _error_at("Slo", ("by",), self.by, "a live baseline reads every version's series of the query "
+                                                      "itself; drop 'by:' or use 'baseline: recorded'")
         return self
 
     @model_validator(mode="after")
     def _one_threshold(self) -> Slo:
+        given = [key for key in _THRESHOLDS if getattr(self, key) is not None]
         if self.burn_rate is not None:
-            mixed = [key for key in ("query", "above", "below") if getattr(self, key) is not None]
+            mixed = [key for key in ("query", *_THRESHOLDS) if getattr(self, key) is not None]
             if mixed:
                 raise _error_at("Slo", (mixed[0],), getattr(self, mixed[0]),
                                 f"an SLO has either 'burn_rate:' or 'query:' with 'above:'/'below:', not both; "
                                 f"drop {', '.join(repr(key + ':') for key in mixed)} or 'burn_rate:'")
-            return self
-        if self.query is None:
+        elif self.query is None:
             raise ValueError("set 'query:' with 'above:' or 'below:', or 'burn_rate: {errors, total, objective}'")
-        if (self.above is None) == (self.below is None):
-            got = "both" if self.above is not None else "neither"
+        elif len(given) != 1:
+            got = "neither" if not given else ("both" if set(given) == {"above", "below"}
+                                               else " and ".join(repr(key + ":") for key in given))
             raise ValueError(
                 "set exactly one of 'above:' (breach while value > above) or 'below:' "
-                f"(breach while value < below); got {got}"
+                f"(breach while value < below); got {got}. For a threshold relative to a baseline set one of "
+                "'above_baseline:' or 'below_baseline:' (a share, e.g. 3%) instead"
             )
+        if not self.relative:
+            extra = [key for key in ("min_delta", "baseline") if key in self.model_fields_set]
+            if extra:
+                raise _error_at("Slo", (extra[0],), str(getattr(self, extra[0])),
+                                f"'{extra[0]}:' is for a threshold relative to a baseline; set 'above_baseline:' or "
+                                f"'below_baseline:' (e.g. 3%)")
         return self
 
+    @property
+    def relative(self) -> bool:
+        """Whether the threshold is relative to a baseline (`above_baseline:` / `below_baseline:`)."""
+        return self.above_baseline is not None or self.below_baseline is not None
+
+    @property
+    def higher_is_better(self) -> bool:
+        """The healthy direction: a `below`-style SLO (AUC) breaches low, an `above`-style one (latency) high."""
+        return self.below is not None or self.below_baseline is not None
+
+    @property
+    def live_label(self) -> str | None:
+        """The label telling the versions' series apart, for a live baseline; None for a recorded one."""
+        return self.baseline.label if self.baseline is not None and self.relative else None
+
     def breached(self, value: float) -> bool:
-        """True while `value` is on the wrong side of the threshold. NaN (e.g. no traffic) never breaches."""
+        """True while `value` is on the wrong side of the threshold. NaN (e.g. no traffic) never breaches. A
+        relative SLO is judged by `breached_against` instead."""
         if self.above is not None:
             return value > self.above
         return self.below is not None and value < self.below
 
+    def breached_against(self, value: float, baseline: float) -> bool:
+        """A relative SLO: True while `value` is worse than `baseline` by more than the allowed share of it (and by
+        more than `min_delta`)."""
+        if math.isnan(value) or math.isnan(baseline):
+            return False
+        worse = (baseline - value) if self.higher_is_better else (value - baseline)
+        share = self.below_baseline if self.higher_is_better else self.above_baseline
+        allowed = abs(baseline) * (share or 0.0)
+        return worse > allowed and worse > (self.min_delta or 0.0)
+
+    def allowed_text(self) -> str:
+        """The allowed change for a relative SLO, signed as the warning shows it: `−3%`, `+10%`."""
+        if self.below_baseline is not None:
+            return f"−{format_percent(self.below_baseline)}"
+        return f"+{format_percent(self.above_baseline or 0.0)}"
+
     def target_text(self) -> str:
-        """The healthy side, for humans: `< 0.25` for `above: 0.25`, `> 0.8` for `below: 0.8`."""
+        """The healthy side, for humans: `< 0.25` for `above: 0.25`, `> 0.8` for `below: 0.8`; for a relative SLO
+        `allowed −3% vs the recorded baseline`."""
         if self.burn_rate is not None:
             return self.burn_rate.target_text()
+        if self.relative:
+            source = (f"the previous champion's series (by {self.live_label})" if self.live_label
+                      else "the baseline recorded at each promotion")
+            floor = f" (breach only beyond {_number(self.min_delta)})" if self.min_delta else ""
+            return f"allowed {self.allowed_text()} vs {source}{floor}"
         if self.above is not None:
             return f"< {_number(self.above)}"
         return f"> {_number(self.below or 0.0)}"
@@ -226,13 +313,32 @@ class Verify(_Model):
         return self
 
 
+class Compare(_Model):
+    """`promote.compare`: promote only when the candidate is not significantly worse than the champion on each of
+    `slos` over the soak window (Mann-Whitney U, one-sided at `confidence`; bot.slo.compare), their series told apart
+    by `label`, with at least `min_samples` samples per version."""
+
+    slos: tuple[str, ...] = Field(min_length=1)
+    label: LabelName = "model_version"
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    min_samples: int = Field(default=10, ge=3)
+
+    def text(self, champion: str = "champion") -> str:
+        """"not significantly worse than @champion on auc-by-version (Mann-Whitney U, one-sided at 95%, at least 10
+        samples per version by model_version)"."""
+        return (f"not significantly worse than @{champion} on {', '.join(self.slos)} (Mann-Whitney U, one-sided at "
+                f"{format_percent(self.confidence)}, at least {self.min_samples} samples per version by {self.label})")
+
+
 class Promote(_Model):
-    """The auto-promotion gate: move alias `to` onto `from_` after it has been healthy for `healthy_for`."""
+    """The auto-promotion gate: move alias `to` onto `from_` after it has been healthy for `healthy_for` (and, with
+    `compare`, is not significantly worse than the champion over that window)."""
 
     from_: str = Field(default="candidate", alias="from", min_length=1)
     to: str = Field(default="champion", min_length=1)
     healthy_for: Duration = 1800.0
     previous: str = Field(default="previous_champion", min_length=1)
+    compare: Compare | None = None
 
     @model_validator(mode="after")
     def _distinct(self) -> Promote:
@@ -366,6 +472,23 @@ class Service(_Model):
         if self.drill.on_promotion is not None:
             return self.drill.on_promotion and self.promote is not None
         return self.promote is not None
+
+    @model_validator(mode="after")
+    def _compared_slos(self) -> Service:
+        compare = self.promote.compare if self.promote else None
+        if compare is None:
+            return self
+        slos = {slo.name: slo for slo in self.slos}
+        for index, name in enumerate(compare.slos):
+            slo = slos.get(name)
+            if slo is None:
+                raise _error_at("Service", ("promote", "compare", "slos", index), name,
+                                f"no SLO named {name!r}; this service's SLOs: {', '.join(slos)}")
+            if slo.burn_rate is not None:
+                raise _error_at("Service", ("promote", "compare", "slos", index), name,
+                                f"{name!r} is a burn-rate SLO; the comparison reads a 'query:' SLO's series per "
+                                f"version")
+        return self
 
     @field_validator("slos")
     @classmethod

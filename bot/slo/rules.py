@@ -3,7 +3,8 @@
 Called by bot.cli. Each burn-rate SLO gets one alert per window pair (the SRE workbook's multi-window alert:
 the error ratio is above `factor x (1 - objective)` over the long AND the short window); each threshold SLO
 gets `(<query>) > above` or `< below` held for its `for:`. Every alert carries the labels `service` and `slo`,
-so Alertmanager can route it to the bot's /alertmanager intake, which finds the service by that label.
+so Alertmanager can route it to the bot's /alertmanager intake, which finds the service by that label. A relative
+SLO (`above_baseline:` / `below_baseline:`) gets no rule: its baseline is known to the bot only.
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ def threshold_alert(svc: Service, slo: Slo) -> dict[str, Any]:
 def service_rules(svc: Service) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for slo in svc.slos:
+        if slo.relative:
+            continue  # judged against a baseline only the bot knows (recorded at a promotion, or the previous version)
         if slo.burn_rate is not None:
             out += [burn_alert(svc, slo, slo.burn_rate, pair) for pair in slo.burn_rate.windows]
         else:
