@@ -133,3 +133,14 @@ def stalled_server() -> Iterator[int]:
     thread.join(timeout=5)
     for conn in accepted:
         conn.close()
+
+
+@pytest.fixture(scope="session")
+def pagerduty_fake() -> Iterator[object]:
+    """One HTTPS fake of PagerDuty's Events API v2 per session (sandbox.pagerduty_api.FakePagerDuty, started):
+    trust it with REQUESTS_CA_BUNDLE=<fake.ca_file>, point PAGERDUTY_EVENTS_URL at fake.url, and call fake.reset()
+    (or use a routing key of your own) so earlier tests' events do not count."""
+    from sandbox.pagerduty_api import FakePagerDuty  # here, so the fixture stays an addition at the end of the file
+
+    with FakePagerDuty() as fake:
+        yield fake
