@@ -20,6 +20,8 @@ ReplicaSet is revived, hashes do not. A pin of digits (`/rollback svc --to 3`) n
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -87,6 +89,37 @@ def _observed(rollout: Obj) -> bool:
     return str((rollout.get("status") or {}).get("observedGeneration")) == str(rollout["metadata"].get("generation"))
 
 
+def live_text(ref: Ref, rollout: Obj, current: Obj | None, stable: Obj) -> str:
+    """What the Rollout runs now: the canary's image(s) (spec.template's containers), its revision, since when and
+    its share of traffic, and the stable revision beside it; the warning's "What changed" line, e.g. "`prod/model-svc`
+    canary `model-svc:v3` is revision 3 (ReplicaSet created 2026-12-02 12:01 UTC), 20% of traffic; stable is
+    revision 2 `model-svc:v2`"."""
+    status = rollout.get("status") or {}
+    where = f"`{ref.namespace}/{ref.name}`"
+    images = f"`{_images(rollout['spec'].get('template'))}`"
+    stable_images = f"`{_images(stable['spec'].get('template'))}`"
+    if current is None:
+        return (f"{where} spec.template holds {images}, no ReplicaSet for it yet; stable is revision "
+                f"{_revision(stable)} {stable_images}")
+    created = current["metadata"].get("creationTimestamp")
+    since = f" (ReplicaSet created {_utc_minute(created)})" if created else ""
+    if _hash(current) == _hash(stable):
+        return f"{where} runs {images} as stable, revision {_revision(current)}{since}"
+    canary, _ = _weights(status)
+    share = ", aborted (all traffic on stable)" if status.get("abort") else (
+        f", {canary}% of traffic" if canary is not None else "")
+    return (f"{where} canary {images} is revision {_revision(current)}{since}{share}; stable is revision "
+            f"{_revision(stable)} {stable_images}")
+
+
+def _utc_minute(stamp: str) -> str:
+    """A Kubernetes timestamp (RFC 3339, `Z`) as UTC to the minute; the raw text when it is not one."""
+    try:
+        return datetime.fromisoformat(stamp).astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    except (ValueError, TypeError):  # not RFC 3339: show what the API said rather than drop it
+        return str(stamp)
+
+
 class ArgoRollouts:
     """Abort a canary Rollout and, for undo, roll its pod template back to a known-good revision."""
 
@@ -141,9 +174,9 @@ class ArgoRollouts:
             "from_revision": from_revision, "from_hash": _hash(current) if current is not None else None,
             "from_images": _images(live), "stable_hash": _hash(stable), "stable_revision": _revision(stable),
         }
-        if self.config.action == "abort":
-            return self._plan_abort(context, rollout, stable, data)
-        return self._plan_undo(context, rollout, rss, stable, data)
+        planned = (self._plan_abort(context, rollout, stable, data) if self.config.action == "abort"
+                   else self._plan_undo(context, rollout, rss, stable, data))
+        return replace(planned, live=live_text(self.ref, rollout, current, stable))
 
     def _plan_abort(self, context: StepContext, rollout: Obj, stable: Obj, data: dict[str, Any]) -> StepPlan:
         status = rollout.get("status") or {}

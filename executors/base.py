@@ -64,6 +64,9 @@ class StepPlan:
     noop: bool = False
     data: dict[str, Any] = field(default_factory=dict)  # the executor's own, for its execute(); nobody else reads it
     model_pin: ModelPin | None = None  # set by a step that rolls a registered model back to a version
+    # What is live on this layer now and how it got there, in the executor's words (plain text, `code` spans for
+    # names; outside text unescaped): the warning's "What changed" line. None when the executor does not say.
+    live: str | None = None
 
 
 @dataclass(frozen=True)

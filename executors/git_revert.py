@@ -19,6 +19,7 @@ import shlex
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -177,6 +178,14 @@ def _subject(commit: Commit) -> str:
     return str(commit.message).strip().splitlines()[0] if str(commit.message).strip() else "(no message)"
 
 
+def live_text(commit: Commit, branch: str, reverted_by: str | None = None) -> str:
+    """The commit a revert would undo: the warning's "What changed" line, e.g. "commit `3f2a9c1b0d4e` "bump model
+    to v5" by alice, committed 2026-12-02 12:01 UTC on main"."""
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(commit.committed_date))
+    said = f"commit `{commit.hexsha[:12]}` \"{_subject(commit)}\" by {commit.author.name}, committed {when} on {branch}"
+    return said + (f" (already reverted by `{reverted_by[:12]}`)" if reverted_by else "")
+
+
 class GitRevert:
     """Revert one commit on a branch and push the revert."""
 
@@ -308,6 +317,7 @@ class GitRevert:
             done = _reverts(repo, target.hexsha, head.hexsha)
             subject, short, head_short = _subject(target), target.hexsha[:12], head.hexsha[:12]
             author = f"{target.author.name} <{target.author.email}>"
+            live = live_text(target, cfg.branch, done)
         revert_args = self._revert_args(target)
         revert_args[-1] = short
         return StepPlan(
@@ -325,6 +335,7 @@ class GitRevert:
             noop=done is not None,
             data={"repo": self._shown, "branch": cfg.branch, "commit": target.hexsha, "subject": subject,
                   "head": head.hexsha, "reverted": [target.hexsha]},
+            live=live,
         )
 
     def execute(self, *, plan: StepPlan, context: StepContext) -> StepOutcome:

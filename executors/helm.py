@@ -14,6 +14,7 @@ import shlex
 import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -202,6 +203,7 @@ class Helm:
             noop=noop,
             data={"release": self.config.release, "namespace": self.config.namespace, "from_revision": old,
                   "to_revision": new, "from_chart": _label(current), "to_chart": _label(target)},
+            live=live_text(self.config.release, current),
         )
 
     def execute(self, *, plan: StepPlan, context: StepContext) -> StepOutcome:
@@ -243,6 +245,30 @@ def rolled_back_to(row: dict[str, Any], revision: int) -> bool:
     `helm history` help text's "Rolled back to N" is not what helm writes); helm 4 also prints `rollback_revision`.
     """
     return row.get("description") == f"{ROLLBACK_DESCRIPTION} {revision}" or row.get("rollback_revision") == revision
+
+
+def live_text(release: str, row: dict[str, Any]) -> str:
+    """The release's newest revision from its `helm history -o json` row (revision, updated, status, chart,
+    app_version, description, as helm prints them): the warning's "What changed" line, e.g. "`model-svc` revision 7
+    deployed 2026-12-02 12:01 UTC — chart model-svc-1.4.0, app 1.4.0 (Upgrade complete)"."""
+    when = _utc_minute(row.get("updated"))
+    said = f"`{release}` revision {row['revision']} {row.get('status', '?')}" + (f" {when}" if when else "")
+    said += f" — chart {row.get('chart', '?')}, app {row.get('app_version') or '?'}"
+    return said + (f" ({row['description']})" if row.get("description") else "")
+
+
+def _utc_minute(updated: Any) -> str | None:
+    """helm's `updated` (Go's RFC 3339 with nanoseconds, in the machine's zone; "" when unset) as UTC to the minute;
+    None when absent, the raw text when it is not a timestamp."""
+    if not updated:
+        return None
+    try:
+        at = datetime.fromisoformat(str(updated))
+    except ValueError:  # a helm that prints another format: show its words rather than drop the time
+        return str(updated)
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _label(row: dict[str, Any]) -> str:

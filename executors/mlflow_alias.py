@@ -8,6 +8,7 @@ when the incident opens and pinned, so the flip goes exactly where the warning s
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar
@@ -58,6 +59,21 @@ def _version_by_alias(client: Any, model: str, alias: str) -> Any:
         return client.get_model_version_by_alias(model, alias)
 
 
+def live_text(model: str, alias: str, version: Any) -> str:
+    """What the alias serves now and where that version came from (a ModelVersion's own fields): the warning's
+    "What changed" line, e.g. "`recommender` v5 is @champion — registered 2026-12-02 12:01 UTC by alice, run
+    `abc123`, source `runs:/abc123/model`". Fields MLflow left empty are left out."""
+    made = getattr(version, "creation_timestamp", None)
+    parts = [f"registered {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(made / 1000))}" if made else "registered"]
+    if getattr(version, "user_id", None):
+        parts[0] += f" by {version.user_id}"
+    if getattr(version, "run_id", None):
+        parts.append(f"run `{version.run_id}`")
+    if getattr(version, "source", None):
+        parts.append(f"source `{version.source}`")
+    return f"`{model}` v{version.version} is @{alias} — " + ", ".join(parts)
+
+
 class MlflowAlias:
     """Flip a registered model's alias back to a known-good version."""
 
@@ -94,6 +110,7 @@ class MlflowAlias:
             data={"model": cfg.model, "from_version": old, "to_version": new, "to_run_id": target.run_id,
                   "from_run_id": current.run_id},
             model_pin=ModelPin(model=cfg.model, version=new, run_id=target.run_id, replaces=old),
+            live=live_text(cfg.model, cfg.alias, current),
         )
 
     def execute(self, *, plan: StepPlan, context: StepContext) -> StepOutcome:

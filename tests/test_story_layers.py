@@ -192,6 +192,15 @@ def test_six_step_plan_dry_run_then_approved_in_slack_ends_recovered_and_frozen(
         assert origin_before[0][0] == world.bad_sha
         rollout_before = world.rollout()
 
+        # 0. The warning says what changed on each layer, under the breach: the Rollout's canary image, the helm
+        #    revision, the commit the revert would undo and the MLflow version serving.
+        changed = next(b["text"]["text"] for b in story.warning["blocks"]
+                       if b.get("type") == "section" and "What changed" in b.get("text", {}).get("text", ""))
+        assert "*Argo Rollouts:*" in changed and "canary" in changed
+        assert "*Helm:*" in changed and "revision" in changed and "chart" in changed
+        assert "*git:*" in changed and f"commit `{world.bad_sha[:12]}`" in changed
+        assert "*MLflow:*" in changed and f"v{story.bad} is @champion" in changed
+
         # 1. Dry run: all six plans with their commands in the thread; nothing changes anywhere.
         story.click(GROUP_MEMBER, "rollback_dry_run")
         dry = story.wait_thread("Dry run requested by")

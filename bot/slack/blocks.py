@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from bot.infra.plans import Baseline, PlannedStep
@@ -23,6 +23,9 @@ CONFIRM_VIEW = "rollback_confirm"
 CONFIRM_BLOCK, CONFIRM_INPUT = "confirm_service", "typed_service"
 
 SECTION_LIMIT = 3000
+LIVE_LINE_LIMIT = 600  # one "What changed" line, so one long commit subject cannot crowd out the other layers
+# How the warning names a rollback layer (executor name -> label); other executors by their name.
+LAYER_LABELS = {"mlflow_alias": "MLflow", "helm": "Helm", "git_revert": "git", "argo_rollouts": "Argo Rollouts"}
 
 _STATE_ICON = {OK: ":white_check_mark:", BREACH: ":red_circle:", NODATA: ":grey_question:", ERROR: ":warning:"}
 
@@ -167,14 +170,37 @@ def status_line(incident: Incident) -> str:
     return s
 
 
-def warning(incident: Incident, *, approvers: Sequence[str], confirm: str) -> tuple[str, list[dict[str, Any]]]:
-    """The alert message with its buttons; re-rendered in place as the incident moves on."""
+def what_changed(baseline: Baseline, extra: Mapping[str, str] | None = None) -> list[str]:
+    """One mrkdwn line per rollback layer that says what is live on it and how it got there: each planned step's
+    `live` text, then the caller's `extra` words for that layer (keyed by executor name, e.g. {"mlflow_alias":
+    "promoted by the gate at 12:04 UTC"}). Both are made inert (no mention or link in them stays live); each line is
+    cut to LIVE_LINE_LIMIT. Steps that say nothing (no plan, no `live`, no extra) get no line."""
+    extra = extra or {}
+    lines = []
+    for step in baseline.steps:
+        said = [text for text in (step.plan.live if step.plan else None, extra.get(step.executor)) if text]
+        if said:
+            label = LAYER_LABELS.get(step.executor, f"`{step.executor}`")
+            lines.append(clip(f"• *{label}:* " + " — ".join(inert(text) for text in said), LIVE_LINE_LIMIT))
+    return lines
+
+
+def warning(incident: Incident, *, approvers: Sequence[str], confirm: str,
+            changed: Mapping[str, str] | None = None) -> tuple[str, list[dict[str, Any]]]:
+    """The alert message with its buttons; re-rendered in place as the incident moves on. Under the breach, "What
+    changed": the layers' what_changed lines from the stored baseline, with `changed` (layer -> the domain's own
+    words, e.g. the gate's promotion record) added to each layer's line."""
     svc = incident.service
     since = incident.breach_started_at
     held = f" (for {format_duration(time.time() - since)})" if since and incident.state == "open" else ""
     text = f":rotating_light: {svc}: {trigger_text(incident)}"
     blocks: list[dict[str, Any]] = [
         _section(f":rotating_light: *{svc}* — {trigger_text(incident)}"),
+    ]
+    lines = what_changed(Baseline.from_dict(incident.baseline), changed)
+    if lines:
+        blocks.append(_section("*What changed* (as found when the alert fired)\n" + "\n".join(lines)))
+    blocks += [
         {"type": "section", "fields": [
             {"type": "mrkdwn", "text": clip(f"*Since*\n{clock(since or incident.opened_at)}{held}", 2000)},
             {"type": "mrkdwn", "text": clip(f"*Rolls back to*\n{baseline_text(incident)}", 2000)},

@@ -96,6 +96,7 @@ class Store:
         self.steps = steps.steps
         self.audit = audit.audit
         self.audits = audit.audits
+        self.last_promotion = audit.last_promotion
         # -- SLO and service state (slo_states.py)
         self.slo_state = slo.slo_state
         self.put_slo_state = slo.put_slo_state

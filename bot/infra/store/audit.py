@@ -1,7 +1,8 @@
 """The audit log: who did what to which incident, and how it ended, one row per decision or refusal.
 
 Written through `Store.audit` by bot.incidents.service, bot.incidents.runner, bot.incidents.oncall and
-bot.slo.gate; read back (`audits`, as plain dicts) by the tests. The detail is made JSON-safe here (anything not
+bot.slo.gate; read back (`audits`, as plain dicts) by the tests, and `last_promotion` by the warning's "what
+changed" (bot.incidents.service). The detail is made JSON-safe here (anything not
 JSON becomes its str) and loses its credentials on the way in (bot.infra.store.fitting, bot.infra.redact).
 """
 
@@ -33,3 +34,14 @@ class AuditLog:
             query = query.where(audit_log.c.incident_id == incident_id)
         with self.db.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query).all()]
+
+    def last_promotion(self, service: str, version: str, look_back: int = 200) -> dict[str, Any] | None:
+        """The gate's newest promotion of `version` for `service` among the last `look_back` promotions, or None."""
+        query = (select(audit_log).where(audit_log.c.action == "promote", audit_log.c.result == "ok")
+                 .order_by(audit_log.c.id.desc()).limit(look_back))
+        with self.db.engine.connect() as conn:
+            for row in conn.execute(query).all():
+                detail = row.detail or {}
+                if detail.get("service") == service and str(detail.get("version")) == str(version):
+                    return dict(row._mapping)
+        return None
