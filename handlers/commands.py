@@ -51,23 +51,28 @@ HELP = (
     "one) and post the result (approvers only)\n"
     "• `/rollback report [service] [--days N]` — incidents, median and worst time to recover, share within "
     "target, last drill (default 30 days)\n"
+    "• `/rollback postmortem <incident-id>` — draft the incident's postmortem again from its timeline and upload "
+    "it into its thread, e.g. `/rollback postmortem 12`\n"
     "• `/rollback help` — this message\n"
     "Known services: {known}"
 )
 
-SUBCOMMANDS = ("help", "status", "history", "freeze", "unfreeze", "policy", "readiness", "drill", "report")
+SUBCOMMANDS = ("help", "status", "history", "freeze", "unfreeze", "policy", "readiness", "drill", "report",
+               "postmortem")
 MAX_DAYS = 366
+INCIDENT_ID = re.compile(r"^#?([0-9]{1,9})$")  # 9 digits: within every database's integer
 
 
 @dataclass(frozen=True)
 class Command:
     verb: str  # help | status | history | freeze | unfreeze | freeze_all | unfreeze_all | policy | readiness
-    #            | drill | report | rollback
+    #            | drill | report | postmortem | rollback
     service: str | None = None
     reason: str = ""
     version: str | None = None
     dry_run: bool = False
     days: int = 30
+    incident: int | None = None  # postmortem: the incident's number
 
 
 class BadCommand(ValueError):
@@ -108,6 +113,8 @@ def parse(text: str) -> Command:
         return Command("status", _service(words[0]) if words else None)
     if verb == "report":
         return _report(words)
+    if verb == "postmortem":
+        return _postmortem(words)
     if verb in ("freeze", "unfreeze") and words and words[0] == "--all":
         words.pop(0)
         if verb == "unfreeze":
@@ -172,6 +179,18 @@ def _report(words: list[str]) -> Command:
     return Command("report", service, days=days)
 
 
+def _postmortem(words: list[str]) -> Command:
+    """`postmortem <incident-id>`: a number, `#12` accepted as typed in the thread."""
+    if len(words) != 1:
+        got = f"; got `{_echo(' '.join(words))}`" if words else ""
+        raise BadCommand(f"`/rollback postmortem <incident-id>` takes one incident number, e.g. "
+                         f"`/rollback postmortem 12`{got}.")
+    found = INCIDENT_ID.match(words[0])
+    if not found:
+        raise BadCommand(f"`{_echo(words[0])}` is not an incident number; e.g. `/rollback postmortem 12`.")
+    return Command("postmortem", incident=int(found.group(1)))
+
+
 def run(incidents: IncidentService, oncall: OnCall, command: Command, user: str, channel: str) -> Reply:
     """Carry out a parsed command whose service (if any) is known."""
     service = command.service or ""
@@ -195,6 +214,9 @@ def run(incidents: IncidentService, oncall: OnCall, command: Command, user: str,
         return oncall.drill(service, user)
     if command.verb == "report":
         return oncall.report(command.service, command.days)
+    if command.verb == "postmortem":
+        assert command.incident is not None, "parse() gives every postmortem command its incident"
+        return oncall.postmortem(command.incident, user)
     if command.dry_run:
         return incidents.plan_preview(service, user, to=command.version)
     return incidents.request_rollback(service, user, channel, to=command.version)

@@ -1,6 +1,7 @@
-"""The close of an incident: the freeze, the SLO chart in the thread, the post-rollback checklist and the
+"""The close of an incident: the freeze, the SLO chart in the thread, the post-rollback checklist, the
 summary with the time to detect, approve, execute and recover, and the verdict against the service's recover
-target (counted in /metrics as rollback_recover_target_total).
+target (counted in /metrics as rollback_recover_target_total), then the postmortem draft uploaded into the thread
+(bot.incidents.postmortem).
 
 Called by bot.incidents.runs when a verdict is stored (recovered, verify_failed, failed) and by
 bot.incidents.recovery for a verdict whose close a restart interrupted. Each checklist line is checked against
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from bot.incidents import postmortem
 from bot.incidents.runner import outcome_from
 from bot.incidents.states import State
 from bot.infra import metrics
@@ -39,7 +41,7 @@ class Closer:
         self.registry = registry
 
     def close(self, incident: Incident, svc: Service) -> None:
-        """Freeze, chart, checklist and summary; show the final state on the warning."""
+        """Freeze, chart, checklist, summary and the postmortem draft; show the final state on the warning."""
         metrics.INCIDENTS.labels(outcome=incident.state).inc()
         if incident.state == State.RECOVERED and incident.recovered_at and incident.approved_at:
             metrics.TIME_TO_RECOVER.observe(incident.recovered_at - incident.approved_at)
@@ -59,6 +61,9 @@ class Closer:
             result = "within" if incident.alert_to_stable <= target else "over"
             metrics.RECOVER_TARGET.labels(service=svc.name, result=result).inc()
         self.timeline.record(incident.id, "summary", wording.summary(incident, target))
+        not_drafted = postmortem.post_draft(self.store, self.prom, self.slack, self.store.incident(incident.id), svc)
+        if not_drafted:
+            self.timeline.record(incident.id, "postmortem_failed", not_drafted)
 
     def checklist(self, incident: Incident, svc: Service, steps: Sequence[Step]) -> str:
         incident = self.store.incident(incident.id)

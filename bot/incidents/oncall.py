@@ -1,9 +1,10 @@
 """What on-call asks and does around rollbacks, besides rolling back: status, history, freeze / unfreeze (of a
-service, or of all at once), a service's policy in three lines, its readiness, a drill and the report.
+service, or of all at once), a service's policy in three lines, its readiness, a drill, the report and an
+incident's postmortem draft.
 
-Called by handlers.commands (`/rollback status|history|freeze|unfreeze|policy|readiness|drill|report`) with plain
-values; returns Reply values worded by bot.slack.answers. Freeze and unfreeze are approver-only and audited; unfreeze lifts a
-version's `rollback_blocked` tag only when asked to by name (`--unblock <version>`).
+Called by handlers.commands (`/rollback status|history|freeze|unfreeze|policy|readiness|drill|report|postmortem`)
+with plain values; returns Reply values worded by bot.slack.answers. Freeze and unfreeze are approver-only and
+audited; unfreeze lifts a version's `rollback_blocked` tag only when asked to by name (`--unblock <version>`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from bot.slo.policy import Policy, Service
 
 if TYPE_CHECKING:
     from bot.incidents.drills import DrillRunner
+    from bot.incidents.postmortem import Postmortems
     from bot.incidents.readiness import Readiness
     from bot.incidents.report import Reports
 
@@ -37,7 +39,7 @@ class OnCall:
     def __init__(self, *, policy: Policy, store: Store, models: ModelRegistry, check_approver: CheckApprover,
                  say: Say, check_admin: CheckAdmin | None = None, readiness: Readiness | None = None,
                  drills: DrillRunner | None = None, reports: Reports | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 postmortems: Postmortems | None = None, clock: Callable[[], float] = time.time) -> None:
         self.policy = policy
         self.store = store
         self.models = models
@@ -47,6 +49,7 @@ class OnCall:
         self.checker = readiness
         self.drills = drills
         self.reports = reports
+        self.postmortems = postmortems
         self.clock = clock
 
     def _aliases(self, svc: Service) -> str:
@@ -165,6 +168,11 @@ class OnCall:
         """`/rollback report [service] [--days N]`."""
         assert self.reports is not None, "OnCall was built without reports"
         return self.reports.report(service, days)
+
+    def postmortem(self, incident_id: int, user: str) -> Reply:
+        """`/rollback postmortem <incident-id>` (anyone: the draft goes into the incident's own thread)."""
+        assert self.postmortems is not None, "OnCall was built without postmortems"
+        return self.postmortems.regenerate(incident_id, user)
 
     def policy_summary(self, service: str) -> Reply:
         return Reply(True, answers.policy_summary(self.policy.services[service], self.policy))

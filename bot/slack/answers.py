@@ -1,7 +1,8 @@
-"""What `/rollback status | history | freeze | unfreeze (one service or --all) | policy` answer, in Slack mrkdwn.
+"""What `/rollback status | history | freeze | unfreeze (one service or --all) | policy | postmortem` answer, in
+Slack mrkdwn.
 
-Called by bot.incidents.oncall, which reads the store and the registry and decides; this says it. Text from
-outside (reasons, registry errors) goes through blocks.inert.
+Called by bot.incidents.oncall (and bot.incidents.postmortem), which read the store and the registry and decide;
+this says it. Text from outside (reasons, registry errors) goes through blocks.inert.
 """
 
 from __future__ import annotations
@@ -176,4 +177,30 @@ def policy_summary(svc: Service, policy: Policy) -> str:
         text += (f"\n• *Promotion*: @{p.from_} → @{p.to} once healthy for {format_duration(p.healthy_for)}{compared}"
                  + ("; baselines of relative SLOs recorded at each promotion"
                     if any(slo.relative and not slo.live_label for slo in svc.slos) else ""))
+    return text
+
+
+# -- /rollback postmortem <incident-id> and the close's draft (bot.incidents.postmortem) ------------------------
+
+
+def postmortem_unknown(incident_id: int) -> str:
+    return (f"There is no incident #{incident_id}. `/rollback history <service>` lists a service's incidents "
+            "with their numbers.")
+
+
+def postmortem_no_thread(incident_id: int) -> str:
+    return (f"No postmortem draft: incident #{incident_id}'s warning was never posted, so there is no thread to "
+            "put it in")
+
+
+def postmortem_not_posted(error: str) -> str:
+    return f"Postmortem draft not posted: {inert(error)}"
+
+
+def postmortem_posted(incident: Incident, filename: str) -> str:
+    where = f"incident #{incident.id}'s thread in <#{incident.channel}>"
+    text = f"Postmortem draft `{filename}` uploaded into {where}."
+    if incident.active:
+        text += (f" Incident #{incident.id} is still open ({incident.state}): this is a draft of an open incident; "
+                 f"`/rollback postmortem {incident.id}` again after the close tells the whole story.")
     return text
