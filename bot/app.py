@@ -30,15 +30,17 @@ from bot.incidents.authorization import Authorization
 from bot.incidents.close import Closer
 from bot.incidents.detection import Detection
 from bot.incidents.drills import DrillRunner
+from bot.incidents.escalation import Escalation, Pager
 from bot.incidents.oncall import OnCall
 from bot.incidents.planning import Planner
+from bot.incidents.postmortem import Postmortems
 from bot.incidents.readiness import Readiness
 from bot.incidents.recovery import Recovery
 from bot.incidents.report import Reports
 from bot.incidents.runner import Runner
 from bot.incidents.runs import Runs
 from bot.incidents.service import IncidentService
-from bot.incidents.states import AUTO, CLOSE, PLAN, VERIFY
+from bot.incidents.states import AUTO, CLOSE, ESCALATE, PLAN, VERIFY
 from bot.incidents.verify import Verifier
 from bot.infra import metrics, redact
 from bot.infra.config import Settings
@@ -46,7 +48,7 @@ from bot.infra.model_registry import ModelRegistry
 from bot.infra.prom import Prometheus
 from bot.infra.replica import Replica
 from bot.infra.scheduler import Scheduler
-from bot.infra.store import Fenced, Store, WorkItem, fenced
+from bot.infra.store import Fenced, Incident, Store, WorkItem, fenced
 from bot.slack.slack_out import SlackError, SlackOut, make_client
 from bot.slack.timeline import Timeline
 from bot.slo.evaluation import Evaluator
@@ -128,6 +130,7 @@ class Bot:
     oncall: OnCall
     intake: Intake
     replica: Replica
+    escalation: Escalation | None = None
 
     def start(self) -> None:
         """Join the replicas (bot.infra.replica), give in-flight work a row (bot.incidents.recovery), then run the
@@ -159,7 +162,7 @@ class Bot:
 
 def wire(*, policy: Policy, store: Store, prom: Prometheus, slack: SlackOut, mlflow: Any, scheduler: Scheduler,
          registry: Registry | None = None, clients: Clients | None = None, clock: Callable[[], float] = time.time,
-         replica: Replica | None = None) -> Bot:
+         replica: Replica | None = None, pager: Pager | None = None) -> Bot:
     """Build the domain: each part gets exactly the collaborators it uses. Without a `replica`, the runtime is the
     only replica of its database (the id hostname-pid)."""
     replica = replica or Replica(store, scheduler, exclusive=True)
@@ -178,27 +181,40 @@ def wire(*, policy: Policy, store: Store, prom: Prometheus, slack: SlackOut, mlf
     evaluator = Evaluator(store, prom, baselines=gate.baselines)
     verifier = Verifier(store, prom, timeline, clock=clock, baselines=gate.baselines)
     closer = Closer(store=store, prom=prom, slack=slack, timeline=timeline, gate=gate, registry=registry)
+    escalation = Escalation(policy=policy, store=store, timeline=timeline, work=replica, pager=pager,
+                            thread_link=lambda incident: thread_link(slack, incident), clock=clock)
     runs = Runs(policy=policy, store=store, timeline=timeline, runner=runner, authz=authz, verifier=verifier,
-                closer=closer, gate=gate, work=replica, clock=clock)
+                closer=closer, gate=gate, work=replica, clock=clock, escalation=escalation)
     incidents = IncidentService(policy=policy, store=store, timeline=timeline, authz=authz,
-                                planner=Planner(runner, models), runs=runs, work=replica, clock=clock)
+                                planner=Planner(runner, models), runs=runs, work=replica, clock=clock,
+                                escalation=escalation)
     detection = Detection(policy=policy, evaluator=evaluator, store=store, gate=gate, timeline=timeline,
                           open_incident=incidents.open_detected, owns=replica.owns,
                           after_promotion=drills.after_promotion, clock=clock)
     recovery = Recovery(policy=policy, store=store, timeline=timeline, runs=runs, work=replica,
                         auto_approve=incidents.auto_approve, clock=clock)
     handlers: dict[str, Callable[[int, bool], float | None]] = {
-        PLAN: recovery.plan, VERIFY: recovery.verify, AUTO: recovery.auto, CLOSE: recovery.close}
+        PLAN: recovery.plan, VERIFY: recovery.verify, AUTO: recovery.auto, CLOSE: recovery.close,
+        ESCALATE: escalation.due}
     for kind, handle in handlers.items():
         replica.handlers[kind] = functools.partial(_on_incident, handle)
     replica.on_shards_changed.append(evaluator.forget_states)
     oncall = OnCall(policy=policy, store=store, models=models, check_approver=incidents.check_approver,
                     check_admin=incidents.check_admin, say=timeline.say, readiness=readiness, drills=drills,
-                    reports=Reports(policy=policy, store=store, clock=clock), clock=clock)
+                    reports=Reports(policy=policy, store=store, clock=clock), clock=clock,
+                    postmortems=Postmortems(policy=policy, store=store, prom=prom, slack=slack, clock=clock))
     intake = Intake(policy=policy, store=store, timeline=timeline,
                     open_incident=lambda svc, reading: incidents.open_incident(svc, reading, source="alertmanager"))
     return Bot(policy, store, slack, scheduler, runner, evaluator, incidents, runs, detection, recovery, oncall,
-               intake, replica)
+               intake, replica, escalation)
+
+
+def thread_link(slack: SlackOut, incident: Incident) -> str | None:
+    """The link to an incident's thread (its warning), for PagerDuty: `<workspace>archives/<channel>/p<ts>`."""
+    url = slack.workspace_url()
+    if not url or not incident.message_ts or not incident.channel:
+        return None
+    return f"{url.rstrip('/')}/archives/{incident.channel}/p{incident.message_ts.replace('.', '')}"
 
 
 def _on_incident(handle: Callable[[int, bool], float | None], item: WorkItem, taken_over: bool) -> float | None:
@@ -276,8 +292,20 @@ def build(settings: Settings, policy: Policy, *, mlflow: Any = None) -> Runtime:
     store, scheduler = Store(settings.database_url), Scheduler()
     replica = Replica(store, scheduler, replica_id=settings.replica_id, ttl=settings.lease_ttl,
                       exclusive=settings.exclusive)
+    pager = None
+    if settings.pagerduty_routing_key:
+        from bot.infra.pagerduty import PagerDuty
+
+        try:
+            pager = PagerDuty(settings.pagerduty_routing_key, settings.pagerduty_events_url)
+        except ValueError as exc:  # the URL's path or the CA bundle: the bot starts without paging, loudly
+            log.error("PagerDuty is not set up (%s): escalation pages nobody", exc)
+    elif any(svc.escalate and svc.escalate.pagerduty for svc in policy.services.values()):
+        log.warning("the policy pages PagerDuty (escalate.pagerduty) but PAGERDUTY_ROUTING_KEY is not set: escalation "
+                    "mentions the approvers again and pages nobody")
     bot = wire(policy=policy, store=store, prom=prom, slack=SlackOut(client), mlflow=mlflow, scheduler=scheduler,
-               clients=Clients(mlflow=mlflow, helm=settings.helm_bin, workdir=settings.git_workdir), replica=replica)
+               clients=Clients(mlflow=mlflow, helm=settings.helm_bin, workdir=settings.git_workdir), replica=replica,
+               pager=pager)
     # The client carries the bot token (and SLACK_API_URL); Bolt takes the token from it. No auth.test at
     # start: with Slack down (5xx, unreachable) Bolt would raise and a restarted bot would crash-loop instead
     # of picking up its incidents; Bolt checks the token on the first request instead.

@@ -18,6 +18,7 @@ from typing import Any
 
 from bot.incidents.authorization import Authorization
 from bot.incidents.close import Closer
+from bot.incidents.escalation import Escalation
 from bot.incidents.runner import Runner, stored_outcome
 from bot.incidents.states import CLOSE, PLAN, VERIFY, State, move
 from bot.incidents.verify import Verifier
@@ -37,7 +38,8 @@ log = logging.getLogger(__name__)
 class Runs:
     def __init__(self, *, policy: Policy, store: Store, timeline: Timeline, runner: Runner, authz: Authorization,
                  verifier: Verifier, closer: Closer, gate: Gate, work: Replica,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, escalation: Escalation | None = None) -> None:
+        self.escalation = escalation  # a page sent for the incident is resolved at its close
         self.policy = policy
         self.store = store
         self.timeline = timeline
@@ -173,6 +175,8 @@ class Runs:
 
     def finish(self, incident: Incident, svc: Service) -> None:
         self.closer.close(incident, svc)
+        if self.escalation is not None:
+            self.escalation.ended(incident.id)
 
 
 def first_not_done(steps: Sequence[Step], svc: Service | None) -> int:

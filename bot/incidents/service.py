@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bot.incidents.authorization import Authorization, arms_automatic
+from bot.incidents.escalation import Escalation
 from bot.incidents.planning import Planner
 from bot.incidents.replies import Reply
 from bot.incidents.runs import Runs
@@ -33,7 +34,9 @@ from bot.slo.policy import Policy, Service
 
 class IncidentService:
     def __init__(self, *, policy: Policy, store: Store, timeline: Timeline, authz: Authorization, planner: Planner,
-                 runs: Runs, work: Replica, clock: Callable[[], float] = time.time) -> None:
+                 runs: Runs, work: Replica, clock: Callable[[], float] = time.time,
+                 escalation: Escalation | None = None) -> None:
+        self.escalation = escalation  # re-mentions and pages when nobody acts on a warning (escalate:)
         self.policy = policy
         self.store = store
         self.timeline = timeline
@@ -77,9 +80,13 @@ class IncidentService:
         first = None
         if source == "request" and requested_by and svc.two_person and self.authz.is_approver(svc, requested_by)[0]:
             first = requested_by  # an approver's own request is the first of the two approvals
+        baseline = baseline or self.planner.baseline(svc)
+        changed = self._promotion_note(svc, baseline.bad_version)
+        if changed:
+            detail["changed"] = changed
         incident = self.store.open_incident(
             service=svc.name, trigger=reading.slo if reading else "manual", detail=detail,
-            baseline=(baseline or self.planner.baseline(svc)).to_dict(),
+            baseline=baseline.to_dict(),
             breach_started_at=reading.breach_since if reading else None,
             channel=svc.channel, requested_by=requested_by, auto_at=auto_at, armed_by=source, first_approver=first)
         if incident is None:  # another thread or process opened one between our check and our insert
@@ -96,9 +103,18 @@ class IncidentService:
         self.store.audit(actor=requested_by or AUTO_ACTOR, action="open", result="ok", incident_id=incident.id,
                          detail={"service": svc.name, "trigger": incident.trigger, "source": source})
         incident = self.timeline.post_warning(incident)
+        if self.escalation is not None:
+            self.escalation.arm(incident, svc)
         if auto_at is not None:
             self.timeline.record(incident.id, "auto_armed", wording.auto_armed(auto_at, svc.auto_rollback_grace))
         return incident
+
+    def _promotion_note(self, svc: Service, version: str | None) -> dict[str, str]:
+        """"What changed" from the bot's own record: the gate's promotion of the version served now, if it made it."""
+        if not version:
+            return {}
+        promotion = self.store.last_promotion(svc.name, version)
+        return {"mlflow_alias": wording.promoted_by_gate(promotion["at"])} if promotion else {}
 
     def request_rollback(self, service: str, user: str, channel: str, *, to: str | None = None) -> Reply:
         """`/rollback <service> [--to V]`: the warning-with-buttons flow, always in the service's channel. It
@@ -213,6 +229,7 @@ class IncidentService:
             self.store.audit(actor=user, action="approve_first", result="ok", incident_id=incident_id)
             self.timeline.record(incident_id, "first_approval", wording.first_approval(user, approvers))
             self.timeline.refresh_warning(incident_id)
+            self._acted(incident_id)
             return Reply(True, wording.FIRST_APPROVAL_REPLY)
         moved = move(self.store, incident_id, State.OPEN, State.EXECUTING, approved_by=user,
                      approved_at=self.clock(), auto_at=None,
@@ -225,7 +242,12 @@ class IncidentService:
                              wording.approved(user, moved.first_approver if svc.two_person else None))
         self.timeline.refresh_warning(incident_id)
         self.runs.run_soon(incident_id)
+        self._acted(incident_id)
         return Reply(True, wording.rolling_back(moved.service, incident_id))
+
+    def _acted(self, incident_id: int) -> None:
+        if self.escalation is not None:
+            self.escalation.acted(incident_id)
 
     def _past_approval(self, incident_id: int, user: str) -> Reply:
         current = self.store.incident(incident_id)
@@ -251,6 +273,7 @@ class IncidentService:
         self.timeline.record(incident_id, "approved", wording.AUTO_APPROVED)
         self.timeline.refresh_warning(incident_id)
         self.runs.run_soon(incident_id)
+        self._acted(incident_id)
 
     def dismiss(self, incident_id: int, user: str) -> Reply:
         incident, refusal = self.authorize(incident_id, user, action="dismiss")
@@ -264,6 +287,8 @@ class IncidentService:
         self.store.audit(actor=user, action="dismiss", result="ok", incident_id=incident_id)
         self.timeline.record(incident_id, "dismissed", wording.dismissed(user))
         self.timeline.refresh_warning(incident_id)
+        if self.escalation is not None:
+            self.escalation.ended(incident_id)
         metrics.INCIDENTS.labels(outcome=State.DISMISSED.value).inc()
         return Reply(True, wording.dismissed_reply(incident_id))
 
@@ -279,6 +304,7 @@ class IncidentService:
             self.store.audit(actor=user, action="stop_auto", result="ok", incident_id=incident_id)
             self.timeline.record(incident_id, "auto_stopped", wording.auto_stopped(user))
             self.timeline.refresh_warning(incident_id)
+            self._acted(incident_id)
             return Reply(True, wording.AUTO_STOPPED_REPLY)
         moved = move(self.store, incident_id, State.HALTED, State.FAILED)
         if moved is None:

@@ -61,3 +61,4 @@ PLAN = "plan"  # run the approved plan (taken over from a dead replica: halted a
 VERIFY = "verify"  # one verification tick, due again every verify.every until the verdict and its close
 AUTO = "auto"  # the automatic rollback, due when its grace period ends
 CLOSE = "close"  # the close of an incident ended without verification (Stop)
+ESCALATE = "escalate"  # mention the approvers again and page, when nobody acted on the warning in escalate.after

@@ -33,6 +33,10 @@ class Settings:
     # restarted replica may reuse it) and the lease ttl in seconds (a dead replica's work moves after at most this).
     replica_id: str | None = None
     lease_ttl: float = 15.0
+    # Escalation (bot.incidents.escalation): the Events API v2 integration key (None = nobody is paged) and the
+    # enqueue endpoint.
+    pagerduty_routing_key: str | None = field(default=None, repr=False)
+    pagerduty_events_url: str = "https://events.pagerduty.com/v2/enqueue"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -61,6 +65,8 @@ class Settings:
             git_workdir=env.get("GIT_WORKDIR") or None,
             replica_id=_replica_id(env.get("ROLLBACK_REPLICA_ID")),
             lease_ttl=_lease_ttl(env.get("ROLLBACK_LEASE_TTL")),
+            pagerduty_routing_key=env.get("PAGERDUTY_ROUTING_KEY") or None,
+            pagerduty_events_url=_https(env.get("PAGERDUTY_EVENTS_URL") or "https://events.pagerduty.com/v2/enqueue"),
         )
 
     @property
@@ -71,7 +77,14 @@ class Settings:
     def secrets(self) -> list[str]:
         """Values that must never be printed; used by the log filter."""
         return [s for s in (self.slack_bot_token, self.slack_signing_secret, self.slack_app_token,
-                            self.alertmanager_token) if s]
+                            self.alertmanager_token, self.pagerduty_routing_key) if s]
+
+
+def _https(url: str) -> str:
+    if not url.startswith("https://"):
+        raise ConfigError(f"PAGERDUTY_EVENTS_URL must be an https:// URL (PagerDuty's client speaks only TLS), got "
+                          f"{url[:100]!r}")
+    return url
 
 
 def _replica_id(value: str | None) -> str | None:

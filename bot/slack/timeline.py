@@ -144,7 +144,8 @@ class Timeline:
         svc = self._service(incident.service)
         approvers = svc.approvers if svc else ()
         confirm = svc.confirm if svc else "dialog"
-        return blocks.warning(incident, approvers=approvers, confirm=confirm)
+        return blocks.warning(incident, approvers=approvers, confirm=confirm,
+                              changed=(incident.detail or {}).get("changed"))
 
     def post_warning(self, incident: Incident) -> Incident:
         """Post the incident's warning once: under the incident's lock, so the opener (still waiting out a 429,
@@ -172,7 +173,7 @@ class Timeline:
                 log.warning("incident %s: could not post the warning: %s", incident.id, exc)
                 self.store.release_warning(incident.id, self.replica_id)
                 return incident
-            warned = self.store.mark_warned(incident.id, ts, time.time())
+            warned = self.store.mark_warned(incident.id, ts, self.store.clock())
             if warned is None:  # another replica stored its warning first (only after this one's claim expired)
                 log.warning("incident %s: a second warning %s was posted after a claim expired", incident.id, ts)
                 return self.store.incident(incident.id)

@@ -36,6 +36,44 @@ def requested(user: str | None, *, first_approval: bool, two_person: bool) -> st
     return line
 
 
+# -- escalation ----------------------------------------------------------------------------------------------
+
+
+def escalated(approvers: str, after: float, *, paging: bool, configured: bool) -> str:
+    """Nobody acted on the warning for `escalate.after`: the approvers again, and whether PagerDuty is paged."""
+    page = (" Paging the on-call through PagerDuty." if paging else
+            "" if configured else " PagerDuty is not configured (PAGERDUTY_ROUTING_KEY), so nobody is paged.")
+    return (f":rotating_light: No approver has acted on this warning for {format_duration(after)}. {approvers} please "
+            f"look: *Roll back*, *Dry run* or *Dismiss* above.{page}")
+
+
+def paged(dedup_key: str) -> str:
+    return f"Paged PagerDuty (dedup key `{inert(dedup_key)}`); an approver's action acknowledges it."
+
+
+def page_followed(action: str) -> str:
+    return {"acknowledge": "PagerDuty alert acknowledged: an approver acted.",
+            "resolve": "PagerDuty alert resolved."}.get(action, f"PagerDuty {action} sent.")
+
+
+def page_failed(action: str, message: str) -> str:
+    return (f":warning: PagerDuty did not take the {action}: {inert(message[:300])}. The rollback goes on without "
+            f"it; page the on-call another way if nobody is here.")
+
+
+def page_summary(incident: Incident, value: object) -> str:
+    """The PagerDuty event's summary (plain text: PagerDuty shows it as is)."""
+    shown = f" is {value}" if value is not None else ""
+    what = f"{incident.trigger}{shown}" if incident.trigger != "manual" else "a rollback was requested"
+    return (f"{incident.service}: {what} - rollback incident #{incident.id} waits for an approver in Slack "
+            f"({incident.channel})")
+
+
+def promoted_by_gate(at: float) -> str:
+    """The MLflow layer's "what changed": the bot's own promotion record."""
+    return f"promoted by rollback-bot's gate {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(at))}"
+
+
 def auto_armed(at: float, grace: float) -> str:
     return (f":robot_face: Automatic rollback at {clock(at)} (in {format_duration(grace)}) unless an approver "
             "presses *Stop*")

@@ -447,6 +447,14 @@ class Drill(_Model):
         return self
 
 
+class Escalate(_Model):
+    """`escalate:`: when no approver has acted `after` the warning was posted, mention the approvers again in the
+    thread and, with `pagerduty`, trigger a PagerDuty event (bot.incidents.escalation)."""
+
+    after: Duration = Field(default=600.0, gt=0)
+    pagerduty: bool = False
+
+
 class Service(_Model):
     """One watched service; `name` is its key under `services:`."""
 
@@ -465,6 +473,7 @@ class Service(_Model):
     targets: Targets = Targets()
     drill: Drill = Drill()
     freeze_windows: tuple[FreezeWindow, ...] = ()
+    escalate: Escalate | None = None
 
     @property
     def drills_on_promotion(self) -> bool:
