@@ -19,6 +19,9 @@ calls ack() (see handlers.slack_http). handlers.dedupe runs inside Bolt, so it c
 handlers.alertmanager is the other inbound adapter (POST /alertmanager). Listeners parse and delegate to
 bot.incidents.service.IncidentService; none holds policy or assembles Block Kit itself.
 
+handlers.home answers the `app_home_opened` event: it publishes the app's Home tab (bot.incidents.home.Home, built
+here from OnCall's reads, the approvers' rule and SlackOut).
+
 Called by bot.app: `register_handlers(app, incidents, oncall, slack, store)` (the dedupe middleware first, then
 the listeners). The listeners get the domain's front door (IncidentService), the on-call commands (OnCall) and
 SlackOut for their replies; only the dedupe middleware gets the store (to claim request keys).
@@ -28,11 +31,12 @@ from __future__ import annotations
 
 from slack_bolt import App
 
+from bot.incidents.home import Home
 from bot.incidents.oncall import OnCall
 from bot.incidents.service import IncidentService
 from bot.infra.store import Store
 from bot.slack.slack_out import SlackOut
-from handlers import actions, commands, dedupe, views
+from handlers import actions, commands, dedupe, home, views
 
 
 def register_handlers(app: App, incidents: IncidentService, oncall: OnCall, slack: SlackOut, store: Store) -> None:
@@ -40,3 +44,5 @@ def register_handlers(app: App, incidents: IncidentService, oncall: OnCall, slac
     commands.register(app, incidents, oncall, slack)
     actions.register(app, incidents, slack)
     views.register(app, incidents, slack)
+    home.register(app, Home(oncall=oncall, is_approver=lambda svc, user: incidents.authz.is_approver(svc, user)[0],
+                            publish=slack.publish_home, permalink=slack.permalink))

@@ -8,6 +8,8 @@ Messages keep their message metadata (`{"event_type", "event_payload"}`); conver
 then its replies) and conversations.history (top-level messages, newest first) return it with
 `include_all_metadata`, a page at a time (`limit`, `cursor`, `has_more`, `response_metadata.next_cursor`).
 Point a client at it with `WebClient(base_url=fake.url)` or the env var `SLACK_API_URL=<fake.url>`.
+views.publish keeps the latest Home tab view per user (`home_view(user)`), checked as Slack checks it (type
+"home", at most 100 blocks, a `hash` that must match the last one when given).
 Bolt's `respond()` can be pointed at `fake.response_url`; those posts are recorded as method "response_url".
 A `response_url_for(channel, user)` URL also shows them as Slack does (ephemeral, in channel, or replacing
 the original); `respond()` does the same for a slash command's ack body. The chat page reads all of this.
@@ -44,6 +46,8 @@ AUTH_TEST = {"ok": True, "url": "https://sandbox.slack.com/", "team": "Sandbox",
 _JSON_FIELDS = ("blocks", "attachments", "view", "files", "metadata")  # form fields whose values are JSON text
 _PAGE_LIMITS = {"conversations.replies": (1000, 1000), "conversations.history": (100, 999)}  # (default, max)
 _MESSAGE_FIELDS = ("text", "blocks", "attachments", "metadata")
+MAX_VIEW_BLOCKS = 100  # Slack's limit for a modal's or a home view's blocks
+MAX_VIEW_BYTES = 250_000  # views.publish answers view_too_large beyond this
 
 Params = dict[str, Any]
 _Headers = dict[str, str]
@@ -104,6 +108,7 @@ class FakeSlackAPI(LoopbackServer):
             "auth.test": lambda p: dict(AUTH_TEST), "chat.postMessage": self._post_message,
             "chat.update": self._update, "chat.postEphemeral": self._post_ephemeral,
             "views.open": self._open_view, "views.push": self._open_view, "views.update": self._update_view,
+            "views.publish": self._publish_view,
             "usergroups.users.list": self._usergroup_users, "conversations.info": self._conversation,
             "conversations.replies": self._replies, "conversations.history": self._history,
             "files.getUploadURLExternal": self._upload_url,
@@ -123,12 +128,14 @@ class FakeSlackAPI(LoopbackServer):
         return f"{self.base}/response"
 
     def reset(self) -> None:
-        """Forget calls, messages, ephemerals, views, files, pending failures and holds (users_by_group is kept)."""
+        """Forget calls, messages, ephemerals, views (Home tabs too), files, pending failures and holds
+        (users_by_group is kept)."""
         with self._cond:
             self._calls: list[Call] = []
             self._messages: dict[str, list[Params]] = {}
             self._ephemerals: list[Params] = []
             self._views: dict[str, Params] = {}
+            self._homes: dict[str, Params] = {}  # user -> the Home tab view last published for them
             self._files: dict[str, Params] = {}
             self._failures: dict[str, deque[_Failure]] = {}
             self._holds: list[Hold] = []
@@ -217,6 +224,12 @@ class FakeSlackAPI(LoopbackServer):
         """Views opened or pushed, in their latest state."""
         with self._cond:
             return copy.deepcopy(list(self._views.values()))
+
+    def home_view(self, user: str) -> Params | None:
+        """The Home tab view last published for `user` (views.publish), as Slack stores it; None before any."""
+        with self._cond:
+            found = self._homes.get(user)
+            return copy.deepcopy(found) if found is not None else None
 
     def uploads(self) -> list[Params]:
         """Completed uploads: id, name, title, content (bytes), channel_id, thread_ts, initial_comment."""
@@ -370,6 +383,32 @@ class FakeSlackAPI(LoopbackServer):
             return _error("not_found")
         old.update(p["view"], id=old["id"], hash=self._next_ts())
         return {"ok": True, "view": copy.deepcopy(old)}
+
+    def _publish_view(self, p: Params) -> Params:
+        """views.publish: the user's Home tab becomes `view` (the same view id each time, a new hash)."""
+        view, user = p.get("view"), str(p.get("user_id") or "")
+        if not isinstance(view, dict) or not user:
+            return _error("invalid_arguments")
+        if view.get("type") != "home":
+            return _invalid("[ERROR] must be home [json-pointer:/view/type]")
+        blocks = view.get("blocks")
+        if not isinstance(blocks, list):
+            return _invalid("[ERROR] missing required field: blocks [json-pointer:/view]")
+        if len(blocks) > MAX_VIEW_BLOCKS:
+            return _invalid(f"[ERROR] no more than {MAX_VIEW_BLOCKS} items allowed [json-pointer:/view/blocks]")
+        if len(json.dumps(view)) > MAX_VIEW_BYTES:
+            return _error("view_too_large")
+        old = self._homes.get(user)
+        if p.get("hash") and (old is None or p["hash"] != old["hash"]):
+            return _error("hash_conflict")
+        view_id = old["id"] if old else self._next_id("V")
+        self._homes[user] = home = {
+            "id": view_id, "team_id": TEAM_ID, "type": "home", "private_metadata": "", "callback_id": "",
+            "external_id": "", "state": {"values": {}}, "close": None, "submit": None, "clear_on_close": False,
+            "notify_on_close": False, "previous_view_id": None, "root_view_id": view_id, "app_id": APP_ID,
+            "app_installed_team_id": TEAM_ID, "bot_id": BOT_ID, **view, "hash": self._next_ts(),
+        }
+        return {"ok": True, "view": copy.deepcopy(home)}
 
     def _conversation(self, p: Params) -> Params:
         if not (channel := str(p.get("channel") or "")):
@@ -599,6 +638,11 @@ def _truthy(value: Any) -> bool:
 
 def _error(error: str) -> Params:
     return {"ok": False, "error": error}
+
+
+def _invalid(message: str) -> Params:
+    """Slack's answer to a view it cannot take: invalid_arguments, the reason in response_metadata.messages."""
+    return {"ok": False, "error": "invalid_arguments", "response_metadata": {"messages": [message]}}
 
 
 FakeSlackAPI.handler = _Handler

@@ -3,7 +3,8 @@ and Debian's chromium, driven by Selenium through Debian's chromedriver, plays t
 clicks "Roll back" on the bot's warning, confirms the Block Kit dialog, waits for "Recovered", opens the
 thread, checks the frozen state, and types a slash command. It saves a screenshot: into docs/sandbox.png
 (the README's picture) when ROLLBACK_BOT_SCREENSHOT=docs, else into the test's tmp dir. A second test
-types `/rollback` for a `confirm: typed` service and fills in the bot's modal (the handler test bench).
+types `/rollback` for a `confirm: typed` service and fills in the bot's modal (the handler test bench), then
+opens the app's Home tab and follows its link to the incident's thread.
 
 Run with -s to see the story's times (start -> warning -> click -> "Recovered").
 """
@@ -203,6 +204,15 @@ def test_typed_confirm_modal_in_the_browser(browser: Any, tmp_path: Path, mlflow
                 handler_env.wait_until(lambda: bench.champion(handler_env.RANKER_SVC) == handler_env.GOOD_VERSION,
                                        "the alias flip after the typed confirmation", timeout=30)
                 wait.until(lambda d: "Rolled back by @approver" in d.find_element(By.ID, "messages").text)
+                # The app's Home tab: app_home_opened, then the view the bot published; its thread link opens
+                # the incident's thread in the channel.
+                browser.find_element(By.ID, "home-link").click()
+                link = wait.until(ec.element_to_be_clickable((By.LINK_TEXT, "open the thread")))
+                assert "ranker-svc — incident · you approve it" in browser.find_element(By.ID, "home-body").text
+                link.click()
+                wait.until(ec.visibility_of_element_located((By.ID, "thread")))
+                assert "Type ranker-svc" not in browser.find_element(By.ID, "thread-body").text
+                assert "ranker-svc" in browser.find_element(By.ID, "thread-body").text
             # the page's server stopped (Ctrl-C on the demo): the page says so instead of going quiet
             wait.until(ec.visibility_of_element_located((By.ID, "offline")))
         finally:

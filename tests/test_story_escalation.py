@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from sandbox.chat.server import app_home_opened_body
 from sandbox.model_service import ModelServiceSimulator, VersionProfile, alias_reader, seed_registry
 from sandbox.pagerduty_api import FakePagerDuty
 from sandbox.servers import MlflowServer, PrometheusServer
@@ -83,6 +84,14 @@ def test_an_unattended_warning_escalates_once_then_a_click_acknowledges_and_reco
         # What changed, in the warning itself: the MLflow version that became champion and the gate's promotion.
         shown = json.dumps(warning["blocks"], ensure_ascii=False)
         assert "What changed" in shown and f"v{v2} is @champion" in shown and "promoted by rollback-bot's gate" in shown
+        # The Home tab, opened now, shows the service with its open incident and the link to its thread.
+        before = len(slack.calls("views.publish"))
+        assert post_signed(f"{bot.url}/slack/events", SECRET, app_home_opened_body(user_id=APPROVER),
+                           extra_headers={"Content-Type": "application/json"}).status_code == 200
+        slack.wait_for(lambda c: c.method == "views.publish" and len(slack.calls("views.publish")) > before, 20)
+        home = json.dumps(slack.home_view(APPROVER), ensure_ascii=False)
+        assert "model-svc" in home and "you approve it" in home
+        assert f"https://sandbox.slack.com/archives/{CHANNEL}/p{warning['ts'].replace('.', '')}" in home
         # 1. Nobody acts for 4s: the approvers are mentioned again, then PagerDuty is triggered, once.
         pagerduty_fake.wait_for(lambda events: any(e.action == "trigger" for e in events), timeout=60)
         texts = thread(slack, warning)

@@ -52,7 +52,7 @@ class OnCall:
         self.postmortems = postmortems
         self.clock = clock
 
-    def _aliases(self, svc: Service) -> str:
+    def aliases(self, svc: Service) -> str:
         to, previous = (svc.promote.to, svc.promote.previous) if svc.promote else ("champion", "previous_champion")
         try:
             current = self.models.by_alias(svc.model, to)
@@ -84,7 +84,7 @@ class OnCall:
         """One service's status line; its incident is read only when it has an active one."""
         incident = self.store.active_incident(name) if active else None
         svc = self.policy.services[name]
-        return answers.status_entry(name, self._aliases(svc), incident, frozen,
+        return answers.status_entry(name, self.aliases(svc), incident, frozen,
                                     windows.open_window(svc, self.policy, self.clock()))
 
     def history(self, service: str, limit: int = 10) -> Reply:

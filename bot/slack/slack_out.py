@@ -1,10 +1,11 @@
 """Everything the bot says in Slack goes through here: posts (with message metadata), thread replies, in-place
-updates, ephemerals, modals, file uploads (files_upload_v2), user-group lookups, a slash command's answer to its
-response_url, and the reads that find what another replica already posted (conversations.replies / .history with
-include_all_metadata, every page).
+updates, ephemerals, modals, the App Home tab (views.publish), file uploads (files_upload_v2), user-group lookups,
+a slash command's answer to its response_url, a message's permalink, and the reads that find what another
+replica already posted (conversations.replies / .history with include_all_metadata, every page).
 
-Called by bot.slack.timeline, bot.slack.chart, bot.incidents.approvers (user groups), handlers.slack_http (response_url
-answers) and handlers/ (ephemeral replies, the typed-confirm modal) with a slack_sdk WebClient whose base_url comes from
+Called by bot.slack.timeline, bot.slack.chart, bot.incidents.approvers (user groups), bot.incidents.home (the Home
+tab and its thread links), handlers.slack_http (response_url answers) and handlers/ (ephemeral replies, the
+typed-confirm modal) with a slack_sdk WebClient whose base_url comes from
 SLACK_API_URL (tests and the demo point it at sandbox.slack_api). 429s are retried after Retry-After by
 slack_sdk's handler, 5xx only for idempotent calls; Slack calls are counted by method for /metrics. Errors
 become SlackError, which the callers record in the incident's timeline instead of losing. Every string of every
@@ -53,7 +54,9 @@ def idempotent_copy(client: WebClient) -> WebClient:
     return copy
 
 
-IDEMPOTENT = frozenset({"chat.update", "usergroups.users.list", "conversations.replies", "conversations.history"})
+# views.publish replaces the user's whole Home view, so sending it twice leaves the same view.
+IDEMPOTENT = frozenset({"chat.update", "usergroups.users.list", "conversations.replies", "conversations.history",
+                        "views.publish"})
 _PAGE = 200  # messages per page of conversations.replies / .history (Slack: 1000 and 999 at most)
 _MAX_PAGES = 50  # a bound on one read: 10,000 messages, far more than an incident's thread or a channel's day
 
@@ -61,6 +64,7 @@ _MAX_PAGES = 50  # a bound on one read: 10,000 messages, far more than an incide
 class SlackOut:
     def __init__(self, client: WebClient) -> None:
         self.client = client
+        self._workspace_url: str | None = None
         self.retrying = idempotent_copy(client)
 
     def _call(self, method: str, **params: Any) -> dict[str, Any]:
@@ -131,6 +135,21 @@ class SlackOut:
     def open_view(self, trigger_id: str, view: dict[str, Any]) -> None:
         self._call("views.open", trigger_id=trigger_id, view=view)
 
+    def publish_home(self, user_id: str, view: dict[str, Any]) -> None:
+        """views.publish: `view` (type "home") becomes `user_id`'s Home tab of the app, replacing the last one.
+        Needs no scope beyond the bot token; the app must have the Home tab enabled (manifest.yml)."""
+        self._call("views.publish", user_id=user_id, view=view)
+
+    def permalink(self, channel: str, ts: str) -> str:
+        """The link to message `ts` in `channel` (an incident's warning: the top of its thread), in the shape
+        chat.getPermalink answers, `<workspace url>archives/<channel>/p<ts without its dot>`. The workspace's
+        url comes from auth.test (`workspace_url`, read once per process), so a page of links costs no call per
+        message; SlackError while Slack cannot say it (the caller shows the channel without a link)."""
+        url = self.workspace_url()
+        if not url:
+            raise SlackError("auth.test: no workspace url, so no link to the message")
+        return f"{url.rstrip('/')}/archives/{channel}/p{ts.replace('.', '')}"
+
     def upload_file(self, channel: str, thread_ts: str | None, content: bytes, filename: str, title: str) -> str:
         """Share a file (e.g. the incident chart) in a channel or thread with files_upload_v2; its file id.
 
@@ -144,6 +163,17 @@ class SlackOut:
             params["thread_ts"] = thread_ts
         files = self._call("files_upload_v2", **params).get("files") or [{}]
         return str(files[0].get("id", ""))
+
+    def workspace_url(self) -> str | None:
+        """The workspace's address per auth.test ("https://acme.slack.com/"), read once; None while Slack cannot say.
+        A thread's link is `<url>archives/<channel>/p<ts without the dot>`."""
+        if self._workspace_url is None:
+            try:
+                url = self._call("auth.test").get("url")
+            except Exception:  # noqa: BLE001 - a link is a nicety: without it the page has no link
+                return None
+            self._workspace_url = str(url) if url else None
+        return self._workspace_url
 
     def whoami(self) -> str:
         """`user_id` in `team_id` per auth.test: whether Slack accepts the token."""

@@ -1,6 +1,7 @@
 // The sandbox chat page's client (index.html): polls /sandbox/state, renders the channel, threads,
-// ephemerals and modals from the bot's own Block Kit, and sends the user's commands, clicks and modal
-// submissions to the sandbox server, which signs them and posts them to the bot the way Slack does.
+// ephemerals, modals and the app's Home tab from the bot's own Block Kit, and sends the user's commands,
+// clicks, modal submissions and Home tab openings to the sandbox server, which signs them and posts them to
+// the bot the way Slack does.
 "use strict";
 
 const POLL_MS = 500;
@@ -9,6 +10,9 @@ let lastJson = "";         // its text, to skip re-rendering when nothing change
 let openThread = null;     // ts of the parent whose thread pane is open
 let modalKey = "";         // id+hash of the modal on screen, so typing is not wiped by a re-render
 let confirming = null;     // {button, message, ephemeral} while a Block Kit confirm dialog is shown
+let page = "channel";      // what the main pane shows: "channel", or "home" (the app's Home tab)
+let homeAsked = false;     // the Home tab was opened and the bot's view may still be on its way
+let homeKey = "";          // id+hash of the Home view on screen: re-rendered only when the bot publishes anew
 
 const $ = (id) => document.getElementById(id);
 
@@ -22,6 +26,7 @@ const EMOJI = {
   memo: ["✎", "blue"], pencil: ["✎", "blue"], bar_chart: ["▥", "blue"], stopwatch: ["◷", "grey"],
   chart_with_upwards_trend: ["↗", "blue"], chart_with_downwards_trend: ["↘", "red"], tada: ["★", "green"],
   bell: ["♪", "amber"], information_source: ["ℹ", "blue"], clipboard: ["≡", "grey"],
+  ice_cube: ["❄", "blue"], octagonal_sign: ["⊘", "red"], robot_face: ["⚙", "blue"], sunny: ["☀", "amber"],
 };
 
 function escapeHtml(text) {
@@ -241,7 +246,46 @@ function render() {
   )).join("");
   $("status-panel").classList.toggle("hidden", !(state.status || []).length);
 
+  renderHome();
   renderModal();
+}
+
+// The app's Home tab: the view the bot last published for this user (views.publish), in place of the channel.
+function renderHome() {
+  const onHome = page === "home";
+  $("home").classList.toggle("hidden", !onHome);
+  $("channel").classList.toggle("hidden", onHome);
+  $("home-link").classList.toggle("active", onHome);
+  $("channel-link").classList.toggle("active", !onHome);
+  if (onHome) $("thread").classList.add("hidden");
+  if (!onHome) {
+    homeKey = "";
+    return;
+  }
+  const view = state.home;
+  const key = view ? `${view.id}/${view.hash}` : `none/${homeAsked}`;
+  if (key === homeKey) return;  // the channel moved on, the tab did not: keep the page (and a click) steady
+  homeKey = key;
+  const ctx = { ts: "", ephemeral: false };
+  $("home-body").innerHTML = view && view.blocks
+    ? view.blocks.map((b) => renderBlock(b, ctx)).join("")
+    : `<div class="home-empty">${homeAsked ? "Opening rollback-bot's Home tab…" : "Nothing published yet."}</div>`;
+}
+
+// A link to a message of this channel (the Home tab's thread links, Slack's permalink shape
+// .../archives/<channel>/p<ts without its dot>) opens its thread here instead of leaving the page.
+function threadOfLink(href) {
+  const found = /\/archives\/([A-Z0-9]+)\/p(\d{10})(\d{6})/.exec(href || "");
+  if (!found || !state || found[1] !== state.channel.id) return null;
+  return `${found[2]}.${found[3]}`;
+}
+
+async function openHome() {
+  page = "home";
+  homeAsked = true;
+  render();
+  await post("/sandbox/home", { tab: "home" });  // Slack sends app_home_opened each time the tab is opened
+  refresh();
 }
 
 // -- dialogs ---------------------------------------------------------------------------------------
@@ -341,6 +385,15 @@ function findElement(btn) {
 }
 
 document.addEventListener("click", (event) => {
+  const link = event.target.closest("a[href]");
+  const linked = link && threadOfLink(link.getAttribute("href"));
+  if (linked) {
+    event.preventDefault();
+    page = "channel";
+    openThread = linked;
+    render();
+    return;
+  }
   const btn = event.target.closest("button[data-action-id]");
   if (btn && !btn.closest("#dialog")) {
     const el = findElement(btn);
@@ -357,6 +410,9 @@ document.addEventListener("click", (event) => {
 });
 
 $("thread-close").addEventListener("click", () => { openThread = null; render(); });
+$("home-link").addEventListener("click", openHome);
+$("home-tab").addEventListener("click", openHome);
+$("channel-link").addEventListener("click", () => { page = "channel"; render(); });
 
 $("composer").addEventListener("submit", async (event) => {
   event.preventDefault();

@@ -4,19 +4,23 @@ Called by sandbox.demo (the browser page and the headless scripted user both use
 It reads what the bot sent to `FakeSlackAPI` (messages, thread replies, edits, ephemerals, views, files)
 and turns what the user does into the requests Slack sends to the app's request URL: a typed slash command
 becomes a signed form-encoded command, a button click a signed `block_actions` payload (with trigger_id,
-container, message and a response_url), a modal submit a signed `view_submission`. The browser cannot
+container, message and a response_url), a modal submit a signed `view_submission`, opening the app's Home tab
+a signed JSON `event_callback` with an `app_home_opened` event (`app_home_opened_body`); the page then shows the
+view the bot published for the user with views.publish. The browser cannot
 hold the signing secret, so it posts plain JSON here and this server signs and forwards, as Slack does.
 The bot's answer is shown the way Slack shows it: a slash command's ack body ephemerally (or in channel),
 a view_submission's `response_action: errors` under the inputs. Nothing here reaches into the bot.
 
 Routes: GET / (the page), GET /chat/{app.js,style.css}, GET /sandbox/state (JSON the page polls),
-GET /sandbox/files/<id> (an upload's bytes), POST /sandbox/{command,action,submit,close} (JSON bodies).
+GET /sandbox/files/<id> (an upload's bytes), GET /sandbox/home (the user's published Home tab view),
+POST /sandbox/{command,action,submit,close,home} (JSON bodies).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -29,7 +33,7 @@ import requests
 
 from sandbox import signing
 from sandbox.http import LoopbackServer
-from sandbox.slack_api import BOT_USER_ID, FakeSlackAPI, Params
+from sandbox.slack_api import APP_ID, BOT_USER_ID, TEAM_ID, FakeSlackAPI, Params
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,24 @@ SLACK_TIMEOUT = 3.0  # Slack gives up on an app that has not acked within 3 s; t
 Observer = Callable[[str, str], None]  # (who, what): lines for the demo's transcript
 StatusRow = tuple[str, str, str]  # the sandbox panel's rows: label, value, tone ("good", "bad", "note" or "")
 Status = Callable[[], list[StatusRow]]
+
+
+def app_home_opened_body(*, user_id: str, tab: str = "home", view: Params | None = None) -> str:
+    """The JSON `event_callback` Slack posts when `user_id` opens the app's Home tab (or its Messages tab): the
+    event carries `user`, `channel` (the user's DM with the app), `tab`, `event_ts`, and the view published
+    for the user before, when there is one."""
+    now = time.time()
+    event: Params = {"type": "app_home_opened", "user": user_id, "channel": f"D0{user_id.lstrip('UW')}",
+                     "tab": tab, "event_ts": f"{now:.6f}"}
+    if view is not None and tab == "home":
+        event["view"] = view
+    return json.dumps({
+        "token": signing.VERIFICATION_TOKEN, "team_id": TEAM_ID, "api_app_id": APP_ID, "event": event,
+        "type": "event_callback", "event_id": f"Ev0{secrets.token_hex(5).upper()}", "event_time": int(now),
+        "authorizations": [{"enterprise_id": None, "team_id": TEAM_ID, "user_id": BOT_USER_ID, "is_bot": True,
+                            "is_enterprise_install": False}],
+        "is_ext_shared_channel": False,
+    })
 
 
 class BadRequest(ValueError):
@@ -96,7 +118,7 @@ class ChatPage(LoopbackServer):
                 "channel": {"id": self.channel, "name": self.channel_name},
                 "names": self.names, "channels": {self.channel: self.channel_name},
                 "commands": list(self.commands), "banner": self.banner, "messages": messages, "threads": threads,
-                "view": self._open_view(), "status": self._status()}
+                "view": self._open_view(), "home": self.slack.home_view(self.user), "status": self._status()}
 
     def _open_view(self) -> Params | None:
         with self._lock:
@@ -203,16 +225,29 @@ class ChatPage(LoopbackServer):
             self._closed_views.add(view_id)
         return {"ok": True}
 
+    def open_home(self, tab: str = "home") -> Params:
+        """The user opened the app's Home tab (again: the bot publishes it afresh each time) or its Messages tab."""
+        if tab not in ("home", "messages"):
+            raise BadRequest(f"no tab {tab!r}: Slack's App Home has home and messages")
+        self.observe(f">> {self.user}", f"opens rollback-bot's {tab.capitalize()} tab")
+        body = app_home_opened_body(user_id=self.user, tab=tab, view=self.slack.home_view(self.user))
+        response = self._forward(body, f"the {tab} tab", content_type="application/json")
+        if response is None or response.status_code != 200:
+            return {"ok": False, "error": "no_answer" if response is None else f"http_{response.status_code}"}
+        return {"ok": True}
+
     def close(self, view_id: str) -> Params:
         """The user pressed the modal's close button (no view_closed is sent: the bot asks for none)."""
         with self._lock:
             self._closed_views.add(view_id)
         return {"ok": True}
 
-    def _forward(self, body: str, what: str) -> requests.Response | None:
+    def _forward(self, body: str, what: str, content_type: str | None = None) -> requests.Response | None:
+        """Post `body` signed to the app (form-encoded, or events as `content_type="application/json"`)."""
         started = time.monotonic()
+        extra = {"Content-Type": content_type} if content_type else None
         try:
-            response = signing.post_signed(self.events_url, self.secret, body, timeout=10)
+            response = signing.post_signed(self.events_url, self.secret, body, timeout=10, extra_headers=extra)
         except requests.RequestException as exc:  # the bot is down or hung: shown to the user, like Slack does
             log.warning("chat page: %s not delivered: %s", what, exc)
             self.observe("  [slack]", f"the bot did not answer {what}: {type(exc).__name__}")
@@ -270,6 +305,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(200, resources.files(__package__).joinpath(name).read_bytes(), content_type)
         elif path == "/sandbox/state":
             self._json(200, self.fake.state())
+        elif path == "/sandbox/home":
+            self._json(200, {"ok": True, "view": self.fake.slack.home_view(self.fake.user)})
         elif path.startswith("/sandbox/files/"):
             found = self.fake.slack.file_content(path[len("/sandbox/files/"):])
             if found:
@@ -318,6 +355,8 @@ class _Handler(BaseHTTPRequestHandler):
             return page.submit(field("view_id"), values)
         if path == "/sandbox/close":
             return page.close(field("view_id"))
+        if path == "/sandbox/home":
+            return page.open_home(str(body.get("tab") or "home"))
         raise BadRequest(f"no route {path}")
 
     def _local(self) -> bool:
