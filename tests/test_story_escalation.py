@@ -10,11 +10,14 @@ acknowledges, recovery resolves. An attended warning never pages. PagerDuty answ
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
+from bot.infra.store import Store
+from bot.slack import postmortem
 from sandbox.chat.server import app_home_opened_body
 from sandbox.model_service import ModelServiceSimulator, VersionProfile, alias_reader, seed_registry
 from sandbox.pagerduty_api import FakePagerDuty
@@ -110,6 +113,20 @@ def test_an_unattended_warning_escalates_once_then_a_click_acknowledges_and_reco
         assert len({e.dedup_key for e in pagerduty_fake.accepted(ROUTING_KEY)}) == 1
         assert pagerduty_fake.alerts[trigger.dedup_key or ""].state == "resolved"
         assert any("Recovered:" in t for t in thread(slack, warning))
+        # 3. The postmortem draft in the thread holds every event of the incident, each with its time.
+        incident_id = int(button(warning, "rollback_approve")["value"])
+        draft = wait_until(lambda: next((u for u in slack.uploads() if u.get("thread_ts") == warning["ts"]
+                                         and u.get("name") == postmortem.filename(incident_id)), None), 30,
+                           "the postmortem draft")
+        text = draft["content"].decode()
+        events = Store(bot.env["DATABASE_URL"]).events(incident_id)
+        assert {"paged", "approved", "recovered", "summary"} <= {e.kind for e in events}
+        for event in events:
+            if event.kind == "postmortem":
+                continue
+            first = postmortem.from_mrkdwn(event.text).splitlines()[0][:40]
+            assert first.split("`")[0] in text, f"event {event.kind} ({first!r}) missing from the draft"
+            assert time.strftime("%H:%M:%S", time.gmtime(event.at)) in text
 
     run(tmp_path, prometheus_bin, mlflow_server, mlflow_client, unique_model, pagerduty_fake, after="4s", story=story)
 
