@@ -122,11 +122,13 @@ def test_a_version_worse_than_its_recorded_baseline_breaches_rolls_back_and_reco
             # 1. The gate promotes v2 and records v1's AUC over the soak window as the baseline.
             promoted = wait_until(lambda: next(iter(channel_lines(slack, f"`{unique_model}` version {v2} promoted")),
                                                None), 60, "v2's promotion")
+            print(f"\n[promoted] {promoted}")
             assert f"Baselines recorded from v{v1} over the last 6s: auc-drop 0.86 (" in promoted
 
             # 2. v2 is 3.5% worse: the relative SLO breaches while the absolute one (below 0.8) stays ok.
             warning = warning_of(slack)
             shown = json.dumps(warning["blocks"], ensure_ascii=False)
+            print(f"\n[warning] {warning.get('text')}")
             assert "auc-drop" in shown
             assert (f"0.8299 on v{v2} vs baseline 0.86 (v{v1}, recorded at the "
                     f"{time.strftime('%H:', time.gmtime())}") in shown
@@ -225,6 +227,7 @@ def test_the_statistical_gate_holds_a_worse_candidate_and_promotes_an_equal_one(
             # 1. v2 is 3.5% worse (both above the absolute 0.7): held back, with medians, counts and the p-value.
             held = wait_until(lambda: next(iter(channel_lines(slack, f"Not promoting `{unique_model}` version {v2}")),
                                            None), 60, "v2 held back")
+            print(f"\n[held] {held}")
             assert f"significantly worse than @champion v{v1} over the last 15s" in held
             found = re.search(rf"auc-by-version: v{v2} median 0\.8\d\d \(n=(\d+)\) vs v{v1} 0\.86\d? \(n=(\d+)\), "
                               r"p=([0-9.e-]+) < 0\.05: significantly worse", held)
@@ -238,6 +241,7 @@ def test_the_statistical_gate_holds_a_worse_candidate_and_promotes_an_equal_one(
             mlflow_client.set_registered_model_alias(unique_model, "candidate", v3)
             promoted = wait_until(lambda: next(iter(channel_lines(slack, f"`{unique_model}` version {v3} promoted")),
                                                None), 90, "v3's promotion")
+            print(f"\n[promoted] {promoted}")
             assert mlflow_client.get_model_version_by_alias(unique_model, "champion").version == v3
             assert re.search(rf"auc-by-version: v{v3} median 0\.8\d+ \(n=\d+\) vs v{v1} 0\.8\d+ \(n=\d+\), "
                              r"p=[0-9.e-]+ ≥ 0\.05: not significantly worse", promoted), promoted
