@@ -1,4 +1,4 @@
-"""The `rollback-bot` command: serve, check-policy, rules, readiness, migrate, demo.
+"""The `rollback-bot` command: serve, check-policy, rules, rbac, readiness, migrate, demo.
 
 Entry point declared in pyproject.toml. Exit codes: 0 ok, 1 runtime failure, 2 bad input (policy or
 environment), with a message that names what is wrong. `readiness` exits 1 when a service's way back is not
@@ -65,6 +65,28 @@ def _rules(args: argparse.Namespace) -> int:
         print(f"{args.out}: cannot write the rules: {exc.strerror}", file=sys.stderr)
         return 1
     print(f"{args.out}: {rules.count(policy)} alerting rule(s) for {len(policy.services)} service(s)")
+    return 0
+
+
+def _rbac(args: argparse.Namespace) -> int:
+    """The ServiceAccount, Roles and RoleBindings the policy's steps need (or `--values`: the chart's rbac.roles)."""
+    from bot.slo import rbac
+
+    try:
+        policy = load_policy(args.policy)
+    except PolicyError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"{args.policy}: {exc.strerror}", file=sys.stderr)
+        return 2
+    try:
+        text = (rbac.render_values(policy, source=args.policy) if args.values else
+                rbac.render(policy, namespace=args.namespace, name=args.name, source=args.policy))
+    except rbac.RbacError as exc:  # a bad --namespace / --name, or a rule that must never be printed
+        print(f"rbac: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(text)
     return 0
 
 
@@ -248,6 +270,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--policy", required=True, help="policy YAML file")
     p.add_argument("--out", help="rules file to write (default: standard output)")
     p.set_defaults(func=_rules)
+
+    p = sub.add_parser("rbac", help="print the least-privilege Kubernetes RBAC the policy's rollback steps need "
+                                    "(ServiceAccount, a Role and RoleBinding per namespace)")
+    p.add_argument("--policy", required=True, help="policy YAML file")
+    p.add_argument("--namespace", default="rollback-bot", help="the bot's namespace, for its ServiceAccount "
+                                                                 "(default rollback-bot)")
+    p.add_argument("--name", default="rollback-bot", help="the ServiceAccount, Roles and RoleBindings' name "
+                                                           "(default rollback-bot)")
+    p.add_argument("--values", action="store_true", help="print the Helm chart's values instead (rbac.roles)")
+    p.set_defaults(func=_rbac)
 
     p = sub.add_parser("readiness", help="check each service's way back now (baseline, dry run, SLO data and "
                                          "kinds, approvers, recover target); exit 1 when one is not ready")

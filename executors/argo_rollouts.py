@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from executors.base import Change, ExecutorError, StepContext, StepOutcome, StepPlan
 from executors.kube import JSON_PATCH, MERGE_PATCH, Kube, NotFoundError, Obj, Ref, Seconds, match_labels_selector
-from executors.spec import Clients, ExecutorSpec, Target
+from executors.spec import Access, Clients, ExecutorSpec, Target
 
 HASH_LABEL = "rollouts-pod-template-hash"
 REVISION = "rollout.argoproj.io/revision"
@@ -376,6 +376,19 @@ def _build(config: ArgoRolloutsConfig, clients: Clients) -> ArgoRollouts:
     return ArgoRollouts(config, Kube(clients.kube))
 
 
+def access(config: ArgoRolloutsConfig) -> tuple[Access, ...]:
+    """What the requests above need: GET the Rollout (plan, execute, every read-back), list its ReplicaSets
+    by label (not restrictable by name), merge-patch `rollouts/status` (abort, promote --full) and, for undo,
+    the JSON Patch of spec.template on the Rollout itself. The abort fallback on the main resource is for
+    Rollouts < v0.10 (no status subresource) and is not granted to `action: abort`: it is answered 403 there."""
+    ns, name = config.namespace, config.rollout
+    rollout = ("get", "patch") if config.action == "undo" else ("get",)
+    return (Access("argoproj.io", "rollouts", ns, rollout, name),
+            Access("argoproj.io", "rollouts/status", ns, ("patch",), name),
+            Access("apps", "replicasets", ns, ("list",)))
+
+
 SPEC = ExecutorSpec(name=ArgoRollouts.name, config=ArgoRolloutsConfig, build=_build, reports_traffic=True,
+                    access=access,
                     target=Target(r"[0-9]{1,9}|[a-z0-9]{5,16}", "a Rollout revision number, e.g. `3`, or a "
                                   "ReplicaSet's pod-template-hash"))

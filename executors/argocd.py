@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from executors.base import Change, ExecutorError, StepContext, StepOutcome, StepPlan, TemporaryExecutorError
 from executors.kube import MERGE_PATCH, Kube, Obj, Ref, Seconds
-from executors.spec import Clients, ExecutorSpec
+from executors.spec import Access, Clients, ExecutorSpec
 
 DISABLE_AUTO_SYNC = {"spec": {"syncPolicy": {"automated": None}}}
 
@@ -178,4 +178,10 @@ def _build(config: ArgoCdConfig, clients: Clients) -> ArgoCd:
     return ArgoCd(config, Kube(clients.kube))
 
 
-SPEC = ExecutorSpec(name=ArgoCd.name, config=ArgoCdConfig, build=_build)
+def access(config: ArgoCdConfig) -> tuple[Access, ...]:
+    """What the requests above need: GET and merge-patch the one Application (auto-sync off, the sync
+    operation, and the read-back until operationState finishes), in the Application's namespace."""
+    return (Access("argoproj.io", "applications", config.namespace, ("get", "patch"), config.app),)
+
+
+SPEC = ExecutorSpec(name=ArgoCd.name, config=ArgoCdConfig, build=_build, access=access)

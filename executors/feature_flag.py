@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from executors.base import Change, ExecutorError, StepContext, StepOutcome, StepPlan, TemporaryExecutorError
 from executors.kube import MERGE_PATCH, STRATEGIC_MERGE_PATCH, Kube, Obj, Ref, Seconds
-from executors.spec import Clients, ExecutorSpec
+from executors.spec import Access, Clients, ExecutorSpec
 
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
 
@@ -145,4 +145,13 @@ def _build(config: FeatureFlagConfig, clients: Clients) -> FeatureFlag:
     return FeatureFlag(config, Kube(clients.kube))
 
 
-SPEC = ExecutorSpec(name=FeatureFlag.name, config=FeatureFlagConfig, build=_build)
+def access(config: FeatureFlagConfig) -> tuple[Access, ...]:
+    """What the requests above need: GET and merge-patch the one ConfigMap; with `restart:`, GET and
+    strategic-merge-patch the one Deployment, whose read-back is GETs of it too (no ReplicaSet or Pod reads)."""
+    grants = [Access("", "configmaps", config.namespace, ("get", "patch"), config.configmap)]
+    if config.deployment is not None:
+        grants.append(Access("apps", "deployments", config.namespace, ("get", "patch"), config.deployment))
+    return tuple(grants)
+
+
+SPEC = ExecutorSpec(name=FeatureFlag.name, config=FeatureFlagConfig, build=_build, access=access)

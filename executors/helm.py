@@ -4,6 +4,8 @@ Built by bot.incidents.runner from a policy step `helm: {release, namespace, rev
 number). `previous` is resolved from `helm history` when the incident opens and pinned, so the rollback goes to
 exactly the revision number the warning showed. helm runs as a subprocess with an argument list, never through a
 shell; the executable is Clients.helm. Process failures become ExecutorError in _helm_errors() only.
+`manages:` (optional) lists the kinds the chart manages, so `rollback-bot rbac` can grant helm what its rollback
+does to them (access() says what and why).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from executors.base import (
     Change,
@@ -27,7 +29,7 @@ from executors.base import (
     StepPlan,
     TemporaryExecutorError,
 )
-from executors.spec import Clients, ExecutorSpec, Target
+from executors.spec import Access, Clients, ExecutorSpec, Target
 
 # Statuses of a revision that once ran successfully, so a rollback target (helm's `helm history` STATUS column).
 GOOD_STATUSES = ("deployed", "superseded")
@@ -74,6 +76,33 @@ def go_duration(seconds: int) -> str:
     return f"{secs}s"
 
 
+# Kinds a namespaced Role cannot grant: a chart that manages them needs cluster-wide rights the bot is never given.
+CLUSTER_SCOPED = frozenset({
+    ("", "namespaces"), ("", "nodes"), ("", "persistentvolumes"), ("apiextensions.k8s.io", "customresourcedefinitions"),
+    ("rbac.authorization.k8s.io", "clusterroles"), ("rbac.authorization.k8s.io", "clusterrolebindings"),
+    ("storage.k8s.io", "storageclasses"), ("scheduling.k8s.io", "priorityclasses"),
+    ("admissionregistration.k8s.io", "validatingwebhookconfigurations"),
+    ("admissionregistration.k8s.io", "mutatingwebhookconfigurations"), ("apiregistration.k8s.io", "apiservices"),
+})
+
+
+class ManagedKind(BaseModel):
+    """One kind of object the release's chart renders, as RBAC names it: `{group: apps, resource: deployments}`
+    (group "" or omitted for the core group: services, configmaps)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    group: str = Field(default="", pattern=r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?)?$", max_length=253)
+    resource: str = Field(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", max_length=253)
+
+    @model_validator(mode="after")
+    def _namespaced(self) -> ManagedKind:
+        if (self.group, self.resource) in CLUSTER_SCOPED:
+            raise ValueError(f"{self.resource} are cluster-scoped: the bot's namespaced Role cannot grant them, so a "
+                             "chart managing them cannot be rolled back by the bot")
+        return self
+
+
 class HelmConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -82,6 +111,7 @@ class HelmConfig(BaseModel):
     revision: Literal["previous"] | int = "previous"
     timeout: int = 300
     kube_context: str | None = Field(default=None, min_length=1)
+    manages: tuple[ManagedKind, ...] = ()  # the kinds the chart manages, for `rollback-bot rbac` (access())
 
     @field_validator("revision", mode="before")
     @classmethod
@@ -279,5 +309,32 @@ def _build(config: HelmConfig, clients: Clients) -> Helm:
     return Helm(config, clients.helm)
 
 
-SPEC = ExecutorSpec(name=Helm.name, config=HelmConfig, build=_build,
+RELEASE_SECRET_VERBS = ("create", "delete", "get", "list", "update")
+MANAGED_VERBS = ("create", "delete", "get", "list", "patch", "watch")
+
+
+def access(config: HelmConfig) -> tuple[Access, ...]:
+    """What `helm history` and `helm rollback --wait` (helm 3 and 4, Secret storage) do in the release's namespace.
+
+    Release records (pkg/storage, pkg/storage/driver/secrets.go): history and "last" list the Secrets labelled
+    owner=helm,name=RELEASE; the target revision is a get of sh.helm.release.v1.RELEASE.vN; the rollback creates
+    the next revision's Secret and updates it and the superseded ones; with --history-max (helm's default 10) the
+    oldest are pruned by a get and a delete. All namespace-wide: list and create cannot be limited by resourceNames,
+    the new revision's name is not known in advance, and a list returns every Secret's data anyway, so naming
+    the gets would protect nothing. Keep other Secrets out of a namespace whose releases the bot rolls back.
+
+    The chart's kinds (`manages:`; pkg/kube/client.go update()): a get of each object, then a create when it is
+    missing, a patch (client-side three-way or server-side apply) when it exists, a delete of objects the target
+    revision no longer has; no update, since the executor never passes --force. Hooks and helm 4's `--wait`
+    watcher list and watch them; helm 3's `--wait` lists a Deployment's ReplicaSets to find the new one.
+    """
+    ns = config.namespace
+    grants = [Access("", "secrets", ns, RELEASE_SECRET_VERBS)]
+    grants += [Access(kind.group, kind.resource, ns, MANAGED_VERBS) for kind in config.manages]
+    if any((kind.group, kind.resource) == ("apps", "deployments") for kind in config.manages):
+        grants.append(Access("apps", "replicasets", ns, ("list",)))
+    return tuple(grants)
+
+
+SPEC = ExecutorSpec(name=Helm.name, config=HelmConfig, build=_build, access=access,
                     target=Target(r"[0-9]{1,9}", "a helm revision number, e.g. `4`", was="from_revision"))

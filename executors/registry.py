@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from executors import argo_rollouts, argocd, feature_flag, git_revert, helm, mlflow_alias
-from executors.spec import Clients, ExecutorSpec, Target
+from executors.spec import Access, Clients, ExecutorSpec, Target
 
-__all__ = ["Clients", "ExecutorSpec", "Registry", "Target", "default_registry"]
+__all__ = ["Access", "Clients", "ExecutorSpec", "Registry", "Target", "default_registry"]
 
 
 class Registry:
@@ -42,6 +42,10 @@ class Registry:
 
     def reports_traffic(self, name: str) -> bool:
         return name in self._specs and self._specs[name].reports_traffic
+
+    def access(self, name: str, config: object) -> tuple[Access, ...]:
+        """The Kubernetes permissions a step of executor `name` with this config needs (bot.slo.rbac)."""
+        return self._specs[name].access(config)
 
     def __contains__(self, name: object) -> bool:
         return name in self._specs

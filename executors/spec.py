@@ -2,7 +2,8 @@
 
 Each module under executors/ defines a SPEC; executors.registry lists them. The domain reads an executor's
 capabilities here (may `--to` pin it, does its plan name the model version it rolls back to, does its outcome
-report the traffic left on the bad version) and never the executor's private `data`.
+report the traffic left on the bad version) and never the executor's private `data`. `access` says which
+Kubernetes resources and verbs a step's config needs, for the least-privilege RBAC bot.slo.rbac prints.
 """
 
 from __future__ import annotations
@@ -43,9 +44,29 @@ class Target:
 
 
 @dataclass(frozen=True)
+class Access:
+    """One Kubernetes permission a step needs: `verbs` on `resource` (a plural, `rollouts/status` for a
+    subresource) of API group `group` ("" is the core group) in `namespace`; `name` set when the step only
+    ever touches that one object (RBAC resourceNames), None when it needs the whole namespace's (list, create,
+    or objects whose names are not known in advance)."""
+
+    group: str
+    resource: str
+    namespace: str
+    verbs: tuple[str, ...]
+    name: str | None = None
+
+
+def no_access(config: Any) -> tuple[Access, ...]:
+    """The access of a step that never calls the Kubernetes API (mlflow_alias, git_revert)."""
+    return ()
+
+
+@dataclass(frozen=True)
 class ExecutorSpec:
     name: str
     config: type[BaseModel]
     build: Callable[[Any, Clients], Executor]
     target: Target | None = None  # set when the step can be pinned to a named version or revision
     reports_traffic: bool = False  # its outcome says how much traffic is left on the bad version (traffic_to_bad)
+    access: Callable[[Any], tuple[Access, ...]] = no_access  # the Kubernetes permissions a config needs (RBAC)
