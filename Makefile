@@ -13,7 +13,7 @@ DEMO_PORT ?= 8080
 # Chromium for the browser test.
 APT_PACKAGES := prometheus prometheus-alertmanager chromium chromium-driver postgresql
 
-.PHONY: demo demo-headless test bench setup clean
+.PHONY: demo demo-headless test bench setup clean helm-venv
 
 demo: $(STAMP)
 	$(VENV)/bin/rollback-bot demo --port $(DEMO_PORT)
@@ -37,7 +37,23 @@ $(STAMP): pyproject.toml Makefile
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends $$missing; fi
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet -e '.[test]'
+	$(MAKE) --no-print-directory helm-venv
 	touch $@
+
+# tests/test_chart_helm.py drives the real Helm (v4) through helm-sdkpy, which needs Python >= 3.12: a test-only
+# virtualenv inside .venv (so it is ignored by git and rebuilt with it) from python3.12 on PATH or pyenv's 3.12.x.
+# Where the machine has neither, this says so and those tests skip with the same reason.
+HELM_VENV := $(VENV)/helm-py312
+helm-venv:
+	@py=$$(for c in python3.12 $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.12*/bin/python3.12; do \
+		"$$c" -c 'import sys; assert sys.version_info[:2] == (3, 12)' >/dev/null 2>&1 && { echo "$$c"; break; }; \
+	done); \
+	if [ -z "$$py" ]; then \
+		echo "helm-venv: SKIPPED: no python3.12 (PATH or pyenv); tests/test_chart_helm.py will be skipped"; \
+	else \
+		{ test -x $(HELM_VENV)/bin/python || "$$py" -m venv $(HELM_VENV); } && \
+		$(HELM_VENV)/bin/pip install --quiet 'helm-sdkpy==0.1.32' 'kubernetes-validate==1.37.0'; \
+	fi
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache
