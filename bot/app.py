@@ -312,9 +312,12 @@ def build(settings: Settings, policy: Policy, *, mlflow: Any = None) -> Runtime:
     # process_before_response: Bolt runs each listener to its end on the thread that dispatched it. Clicks and
     # commands reach Bolt on handlers.slack_http's workers, already acked, so nothing waits for Bolt's own ack (and
     # its 10 ms ack polling is gone); a modal submission's ack (with its errors) comes after a short listener.
+    # In Socket Mode nothing acks before Bolt: the socket's ack is sent when App.dispatch returns, so there Bolt
+    # runs each listener on its own threads and returns at the listener's ack() (within Slack's 3 s, whatever the
+    # listener does after it: a held chat.postEphemeral, a slow MLflow).
     # request_verification_enabled=False: handlers.slack_http verifies every request over HTTP before Bolt sees
     # it (Socket Mode has no signatures), so Bolt does not verify it a second time (and is not given the secret).
-    bolt = App(client=client, process_before_response=True, token_verification_enabled=False,
+    bolt = App(client=client, process_before_response=not settings.slack_app_token, token_verification_enabled=False,
                request_verification_enabled=False)
     register_handlers(bolt, bot.incidents, bot.oncall, bot.slack, bot.store)
     return Runtime(settings, bot, bolt, threading.Event())
@@ -343,6 +346,9 @@ def serve(runtime: Runtime, host: str = "0.0.0.0", port: int = 3000) -> None:
     """Start the loops and serve until interrupted."""
     runtime.bot.start()
     if runtime.settings.slack_app_token:
+        # slack_sdk's built-in client, on Bolt's WebClient: apps.connections.open goes to SLACK_API_URL with the
+        # app-level token. Not the websocket-client adapter: after a `disconnect` it can send an ack on a session
+        # not yet open and lose it (tests/test_socket_mode.py); the built-in one only reads a new connection late.
         from slack_bolt.adapter.socket_mode import SocketModeHandler
 
         handler = SocketModeHandler(runtime.bolt, runtime.settings.slack_app_token)

@@ -16,6 +16,9 @@ the original); `respond()` does the same for a slash command's ack body. The cha
 `hold_responses(method, seconds=…, count=…, channel=…)` handles the next calls of a method at once (a posted message
 is stored and readable) but answers them late, with the caller's address kept (`held()`): a client that dies while
 it waits never learns its post was taken (tests/test_replicas.py).
+`apps.connections.open` (Socket Mode) wants the app-level `xapp-` token in the Authorization header, as Slack does,
+and answers `{"ok": true, "url": …}` with a one-time WebSocket URL of the Socket Mode fake attached by
+`use_socket_mode` (sandbox/socket_mode.py); without one it answers `internal_error`.
 """
 
 from __future__ import annotations
@@ -115,6 +118,7 @@ class FakeSlackAPI(LoopbackServer):
             "files.completeUploadExternal": self._complete_upload,
             "response_url": self._response,
         }
+        self._open_socket: Callable[[], str] | None = None  # use_socket_mode: hands out Socket Mode URLs
         self.reset()
 
     @property
@@ -126,6 +130,10 @@ class FakeSlackAPI(LoopbackServer):
     def response_url(self) -> str:
         """A response_url for signed payloads; posts to it are recorded as method "response_url"."""
         return f"{self.base}/response"
+
+    def use_socket_mode(self, open_url: Callable[[], str]) -> None:
+        """Answer apps.connections.open with `open_url()` (sandbox.socket_mode.FakeSocketMode.open_url)."""
+        self._open_socket = open_url
 
     def reset(self) -> None:
         """Forget calls, messages, ephemerals, views (Home tabs too), files, pending failures and holds
@@ -255,6 +263,8 @@ class FakeSlackAPI(LoopbackServer):
                 body = _error("not_authed")
             else:
                 body = self._methods.get(method, lambda p: {"ok": True})(params)
+            if method == "apps.connections.open" and error is None:
+                body = self._connections_open(params, headers)
             masked = {k: ("Bearer ***" if k.lower() == "authorization" else v) for k, v in headers.items()}
             params = {k: ("***" if k == "token" else v) for k, v in params.items()}
             call = Call(method, params, masked, time.time())
@@ -360,6 +370,18 @@ class FakeSlackAPI(LoopbackServer):
         eph["message_ts"] = self._next_ts()
         self._ephemerals.append(eph)
         return {"ok": True, "message_ts": eph["message_ts"]}
+
+    def _connections_open(self, p: Params, headers: _Headers) -> Params:
+        """apps.connections.open: only an app-level token, only in the Authorization header (Slack refuses it as a
+        POST parameter), and a fresh one-time URL of the attached Socket Mode fake."""
+        bearer = next((v for k, v in headers.items() if k.lower() == "authorization"), "").removeprefix("Bearer ")
+        if not bearer:
+            return _error("missing_args" if p.get("token") is None else "invalid_auth")
+        if not bearer.startswith("xapp-"):
+            return _error("invalid_auth")
+        if self._open_socket is None:
+            return _error("internal_error")  # no Socket Mode fake attached (use_socket_mode)
+        return {"ok": True, "url": self._open_socket()}
 
     def _open_view(self, p: Params) -> Params:
         if not isinstance(p.get("view"), dict):

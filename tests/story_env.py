@@ -69,13 +69,13 @@ class BotProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / "bot.log"
+        inherited = {k: v for k, v in os.environ.items() if k != "SLACK_APP_TOKEN"}  # HTTP unless a test asks
         self.env = {
-            **os.environ,
+            **inherited,
             "SLACK_BOT_TOKEN": TOKEN, "SLACK_SIGNING_SECRET": SECRET, "SLACK_API_URL": slack_url,
             "PROMETHEUS_URL": prometheus_url, "MLFLOW_TRACKING_URI": mlflow_url,
             "DATABASE_URL": f"sqlite:///{workdir / 'bot.db'}", **(extra_env or {}),
         }
-        self.env.pop("SLACK_APP_TOKEN", None)
         self.cmd = [sys.executable, "-m", "bot.cli", "serve", "--policy", str(policy), "--host", "127.0.0.1",
                     "--port", str(self.port)]
         self.proc: subprocess.Popen[bytes] | None = None
