@@ -122,8 +122,8 @@ def assert_once_each(s: Stack, service: str, warning: dict[str, Any], incident_i
     texts = thread_texts(s.slack, channel, warning["ts"])
     assert sum("*Summary —" in t for t in texts) == 1, "one summary"
     assert sum(t.startswith("Recovered: ") or "Recovered: every SLO" in t for t in texts) == 1, "one verdict"
-    uploads = [json.dumps(c.params.get("files")) for c in s.slack.calls("files.completeUploadExternal")
-               if c.params.get("thread_ts") == warning["ts"]]
+    uploads = [json.dumps(c.params.get("files")).lower() for c in s.slack.calls("files.completeUploadExternal")
+               if c.params.get("thread_ts") == warning["ts"]]  # the draft's title: "Postmortem draft: …"
     assert sum("postmortem" not in u for u in uploads) <= 1, "at most one chart"
     assert sum("postmortem" in u for u in uploads) <= 1, "at most one postmortem draft"
     progress = [m["ts"] for m in s.slack.thread(channel, warning["ts"]) if "— elapsed" in m.get("text", "")]
