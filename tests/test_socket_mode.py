@@ -47,7 +47,7 @@ from tests.story_env import (
 
 pytestmark = pytest.mark.story
 
-APP_TOKEN = "xapp-1-A0SANDBOX-0000-socketmodetoken"
+APP_TOKEN = "xapp-sandbox-not-a-real-token"  # the fake wants the xapp- prefix only
 FAST = VersionProfile(latency_seconds=0.05, error_rate=0.0, auc=0.86)
 SLOW = VersionProfile(latency_seconds=0.45, error_rate=0.02, auc=0.71)
 
