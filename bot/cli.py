@@ -20,17 +20,23 @@ from bot.slo.policy_file import PolicyError, load_policy, load_policy_in_child
 
 if TYPE_CHECKING:
     from bot.incidents.readiness import ReadinessReport
-    from bot.slo.policy import Service
+    from bot.slo.policy import Policy, Service
+
+
+def _read_policy(path: str) -> Policy | None:
+    """The policy at `path`, or None after printing every problem (file:line: field: problem) to stderr."""
+    try:
+        return load_policy(path)
+    except PolicyError as exc:
+        print(exc, file=sys.stderr)
+    except OSError as exc:
+        print(f"{path}: {exc.strerror}", file=sys.stderr)
+    return None
 
 
 def _check_policy(args: argparse.Namespace) -> int:
-    try:
-        policy = load_policy(args.file)
-    except PolicyError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"{args.file}: {exc.strerror}", file=sys.stderr)
+    policy = _read_policy(args.file)
+    if policy is None:
         return 2
     names = ", ".join(policy.services)
     print(f"{args.file}: ok — {len(policy.services)} service(s): {names}")
@@ -49,10 +55,8 @@ def _check_policy(args: argparse.Namespace) -> int:
 def _rules(args: argparse.Namespace) -> int:
     from bot.slo import rules
 
-    try:
-        policy = load_policy(args.policy)
-    except PolicyError as exc:
-        print(exc, file=sys.stderr)
+    policy = _read_policy(args.policy)
+    if policy is None:
         return 2
     text = rules.render(policy, source=args.policy)
     if not args.out:
@@ -72,13 +76,8 @@ def _rbac(args: argparse.Namespace) -> int:
     """The ServiceAccount, Roles and RoleBindings the policy's steps need (or `--values`: the chart's rbac.roles)."""
     from bot.slo import rbac
 
-    try:
-        policy = load_policy(args.policy)
-    except PolicyError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"{args.policy}: {exc.strerror}", file=sys.stderr)
+    policy = _read_policy(args.policy)
+    if policy is None:
         return 2
     try:
         text = (rbac.render_values(policy, source=args.policy) if args.values else
